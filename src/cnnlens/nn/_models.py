@@ -1,0 +1,200 @@
+"""Reference CNNs: LeNet-5 (RECOS paper, 003), plain small/large CNNs (spline paper, 000) and a small ResNet.
+
+Short, readable definitions in the torchvision manner: one ``nn.Module`` per family and thin keyword-only builders
+registered by name (``get_model``, ``list_models``). Every model is built only from piecewise-affine parts (conv,
+linear, ReLU, max-pool, batch-norm, residual additions), so the spline engine reads all of them exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LeNet5",
+    "PlainCNN",
+    "SmallResNet",
+    "get_model",
+    "large_cnn",
+    "lenet5",
+    "list_models",
+    "register_model",
+    "small_cnn",
+    "small_resnet",
+]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name``; duplicate names are rejected."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"a model named {name!r} is already registered; pick another name")
+        _MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of the registered model builders, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model(name: str, **config: object) -> nn.Module:
+    """Build the registered model ``name`` with keyword ``config`` (e.g. ``num_classes=10``)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return _MODELS[name](**config)
+
+
+def _activation(activation: str | type[nn.Module]) -> nn.Module:
+    if isinstance(activation, type) and issubclass(activation, nn.Module):
+        return activation()
+    if activation == "relu":
+        return nn.ReLU()
+    if activation == "none":
+        return nn.Identity()
+    raise ValueError(
+        f"activation must be 'relu', 'none' or an nn.Module class (e.g. nn.LeakyReLU), got {activation!r}"
+    )
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as used in the RECOS paper (003, Fig. 1, Table 1) with ReLU activations and max-pooling.
+
+    Input (N, C, 32, 32) -> C1 conv 5x5, 6 maps (28x28) -> S2 max-pool 2 (14x14) -> C3 conv 5x5, 16 maps (10x10)
+    -> S4 max-pool 2 (5x5) -> C5 conv 5x5, 120 maps (1x1) -> F6 linear 84 -> output linear ``num_classes``.
+    With ``activation="none"`` every nonlinearity is the identity and the network is a linear system
+    (the "without rectification" arm of 003 sec. 2).
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, activation: str | type[nn.Module] = "relu"
+    ) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 6, 5)
+        self.act1 = _activation(activation)
+        self.s2 = nn.MaxPool2d(2)
+        self.c3 = nn.Conv2d(6, 16, 5)
+        self.act2 = _activation(activation)
+        self.s4 = nn.MaxPool2d(2)
+        self.c5 = nn.Conv2d(16, 120, 5)
+        self.act3 = _activation(activation)
+        self.flatten = nn.Flatten()
+        self.f6 = nn.Linear(120, 84)
+        self.act4 = _activation(activation)
+        self.output = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[-2:] != (32, 32):
+            raise ValueError(
+                f"LeNet-5 expects inputs of shape (N, C, 32, 32), got {tuple(x.shape)}; "
+                "pad 28x28 digits with the 'pad32' transform of cnnlens.data"
+            )
+        x = self.s2(self.act1(self.c1(x)))
+        x = self.s4(self.act2(self.c3(x)))
+        x = self.flatten(self.act3(self.c5(x)))
+        return self.output(self.act4(self.f6(x)))
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class PlainCNN(nn.Module):
+    """Plain CNN in the spirit of the spline paper's smallCNN/largeCNN (000 sec. 6-7; exact nets not in the seed).
+
+    ``stages`` is a list of stages, each a list of channel widths; every width is a 3x3 conv (no bias) ->
+    batch-norm -> ReLU, and each stage ends with a 2x2 max-pool. A global average pool and one linear layer (the
+    class templates' last factor) follow. Works for any input size >= 2**len(stages).
+    """
+
+    def __init__(self, stages: list[list[int]], num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for widths in stages:
+            for cout in widths:
+                layers += _conv_bn_relu(cin, cout)
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.output = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.flatten(self.pool(self.features(x))))
+
+
+class _BasicBlock(nn.Module):
+    """Residual block: relu(x + bn(conv(relu(bn(conv(x)))))), with a 1x1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A small ResNet: stem conv -> three stages of ``blocks`` residual blocks (widths w, 2w, 4w; stride 2 between
+    stages) -> global average pool -> linear."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, width))
+        stages: list[nn.Module] = []
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            for j in range(blocks):
+                stages.append(_BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.output = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.flatten(self.pool(self.stages(self.stem(x)))))
+
+
+@register_model("lenet5")
+def lenet5(
+    *, num_classes: int = 10, in_channels: int = 1, activation: str | type[nn.Module] = "relu"
+) -> LeNet5:
+    """LeNet-5 of 003 (32x32 input), ReLU by default; ``activation="none"`` gives the linear system."""
+    return LeNet5(num_classes, in_channels, activation)
+
+
+@register_model("small-cnn")
+def small_cnn(*, num_classes: int = 10, in_channels: int = 1) -> PlainCNN:
+    """smallCNN-like: stages [[32], [64]] (two conv-BN-ReLU, two max-pools), GAP, linear. 0.02 M parameters."""
+    return PlainCNN([[32], [64]], num_classes, in_channels)
+
+
+@register_model("large-cnn")
+def large_cnn(*, num_classes: int = 10, in_channels: int = 1) -> PlainCNN:
+    """largeCNN-like: stages [[64, 64], [128, 128], [256]], GAP, linear. 0.56 M parameters."""
+    return PlainCNN([[64, 64], [128, 128], [256]], num_classes, in_channels)
+
+
+@register_model("small-resnet")
+def small_resnet(*, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks: int = 1) -> SmallResNet:
+    """Small ResNet (widths 16/32/64, one basic block per stage by default)."""
+    return SmallResNet(num_classes, in_channels, width, blocks)

@@ -1,0 +1,117 @@
+"""The training loop: determinism, resume after interruption, checkpoint errors, extra losses, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from cnnlens import CheckpointError
+from cnnlens.train import evaluate, fit, seed_everything
+
+
+def _data(n: int = 96, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].sum((1, 2)) > 0).long() + 2 * (x[:, 0, 4:].sum((1, 2)) > 0).long()
+    return TensorDataset(x, y)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    seed_everything(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(144, 4))
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_same_seed_gives_identical_metrics_and_weights() -> None:
+    runs = []
+    for _ in range(2):
+        model = _model(3)
+        result = fit(model, _data(), epochs=3, batch_size=16, lr=0.05, seed=3, eval_data=_data(40, 1), progress=False)
+        runs.append((result.history, _params(model)))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        assert torch.equal(a, b)
+    other = _model(3)
+    history = fit(other, _data(), epochs=3, batch_size=16, lr=0.05, seed=4, progress=False).history
+    assert history[-1]["train_loss"] != runs[0][0][-1]["train_loss"]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path) -> None:
+    reference = _model(1)
+    ref_result = fit(reference, _data(), epochs=4, batch_size=16, lr=0.05, seed=1, progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(record: dict[str, float]) -> None:
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    interrupted = _model(1)
+    with pytest.raises(Interrupt):
+        fit(interrupted, _data(), epochs=4, batch_size=16, lr=0.05, seed=1, checkpoint_dir=tmp_path,
+            progress=False, on_epoch_end=stop_after_two)
+    torch.manual_seed(12345)  # the RNG state must come from the checkpoint, not from whatever ran in between
+    resumed = _model(99)  # fresh weights: everything must come from the checkpoint
+    result = fit(resumed, _data(), epochs=4, batch_size=16, lr=0.05, seed=1, checkpoint_dir=tmp_path,
+                 progress=False)
+    assert result.resumed_from_epoch == 2
+    assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in ref_result.history]
+    for a, b in zip(_params(reference), _params(resumed), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    model = _model()
+    fit(model, _data(), epochs=1, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different model or different training hyper-parameters"):
+        fit(_model(), _data(), epochs=2, batch_size=16, lr=0.5, seed=0, checkpoint_dir=tmp_path, progress=False)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    with pytest.raises(CheckpointError, match="different model"):
+        fit(other, _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or incomplete"):
+        fit(_model(), _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_extra_losses_are_added_and_logged() -> None:
+    model = _model()
+    penalty = {"l2_last": lambda m: 0.1 * m[-1].weight.pow(2).sum()}
+    result = fit(model, _data(), epochs=2, batch_size=16, seed=0, extra_losses=penalty, progress=False)
+    assert all(h["l2_last"] > 0 for h in result.history)
+    # a huge penalty on the last layer's weights drives them to (almost) zero
+    strong = _model()
+    fit(strong, _data(), epochs=3, batch_size=16, lr=0.05, momentum=0.0, seed=0,
+        extra_losses={"l2": lambda m: 5.0 * m[-1].weight.pow(2).sum()}, progress=False)
+    assert strong[-1].weight.abs().max() < 0.5 * model[-1].weight.abs().max()
+
+
+def test_evaluate_reports_accuracy_and_per_class_accuracy() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3, 4))
+        model[1].bias.zero_()
+    x = torch.tensor([[9.0, 0, 0, 0], [0, 9, 0, 0], [0, 0, 9, 0], [9, 0, 0, 0]]).reshape(4, 1, 2, 2)
+    y = torch.tensor([0, 1, 2, 2])
+    ev = evaluate(model, TensorDataset(x, y))
+    assert ev.accuracy == 0.75
+    assert ev.per_class_accuracy == [1.0, 1.0, 0.5]
+    assert ev.predictions.tolist() == [0, 1, 2, 0]
+    assert model.training  # the mode is restored
+
+
+def test_bad_inputs_give_clear_errors() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), _data(), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="optimizer must be"):
+        fit(_model(), _data(), epochs=1, optimizer="lbfgs", progress=False)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(_model(), _data(), epochs=1, extra_losses={"nan": lambda m: torch.tensor(float("nan"))}, progress=False)
