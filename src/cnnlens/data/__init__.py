@@ -6,9 +6,12 @@
 torch.Size([4000, 1, 32, 32])
 """
 
-from . import _embedded  # noqa: F401  (registers mnist5k, digits)
+from . import _embedded, _standard  # noqa: F401  (register mnist5k, digits, mnist, fashion-mnist, cifar10)
+from ._cifar import read_cifar_batch
 from ._dataset import ArrayDataset, SceneDataset
+from ._download import FileSpec, downloads_enabled, md5sum
 from ._embedded import DIGITS_SPLIT_SEED, MNIST5K_TEST_PER_CLASS, MNIST5K_TRAIN_PER_CLASS
+from ._idx import read_idx
 from ._registry import (
     DatasetInfo,
     clear_cache,
@@ -18,23 +21,44 @@ from ._registry import (
     load,
     register_dataset,
 )
+from ._standard import (
+    CIFAR10_ARCHIVE,
+    CIFAR10_FILES,
+    CIFAR10_FOLDER,
+    FASHION_MNIST_FILES,
+    MNIST_FILES,
+    cifar_loader,
+    idx_loader,
+)
 from ._transforms import TransformContext, get_transform, list_transforms, register_transform
 
 __all__ = [
+    "CIFAR10_ARCHIVE",
+    "CIFAR10_FILES",
+    "CIFAR10_FOLDER",
     "DIGITS_SPLIT_SEED",
+    "FASHION_MNIST_FILES",
     "MNIST5K_TEST_PER_CLASS",
     "MNIST5K_TRAIN_PER_CLASS",
+    "MNIST_FILES",
     "ArrayDataset",
-    "DatasetInfo",
-    "SceneDataset",
-    "TransformContext",
+    "cifar_loader",
     "clear_cache",
     "dataset_info",
+    "DatasetInfo",
     "default_data_dir",
+    "downloads_enabled",
+    "FileSpec",
     "get_transform",
+    "idx_loader",
     "list_datasets",
     "list_transforms",
     "load",
+    "md5sum",
+    "read_cifar_batch",
+    "read_idx",
     "register_dataset",
     "register_transform",
+    "SceneDataset",
+    "TransformContext",
 ]

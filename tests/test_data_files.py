@@ -1,0 +1,261 @@
+"""Standard-format loaders (IDX, CIFAR batches), checksums, downloads and their errors, on small files
+written here in the real formats."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnlens import DataIntegrityError, DataUnavailableError
+from cnnlens.data import (
+    CIFAR10_FOLDER,
+    MNIST_FILES,
+    FileSpec,
+    cifar_loader,
+    clear_cache,
+    dataset_info,
+    default_data_dir,
+    idx_loader,
+    load,
+    md5sum,
+    read_cifar_batch,
+    read_idx,
+)
+from cnnlens.data._download import download_file
+
+_IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise ``array`` in the IDX format (magic 0x0000, type code, ndim, big-endian sizes and values)."""
+    header = bytes([0, 0, _IDX_CODES[array.dtype.type], array.ndim])
+    sizes = np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + sizes + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def tiny_mnist(folder: Path, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[FileSpec, ...]]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    image_path = write_idx(folder / "tiny-images-idx3-ubyte.gz", images)
+    label_path = write_idx(folder / "tiny-labels-idx1-ubyte.gz", labels)
+    specs = (FileSpec(image_path.name, md5sum(image_path)), FileSpec(label_path.name, md5sum(label_path)))
+    return images, labels, specs
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CNNLENS_OFFLINE", "1")
+    clear_cache()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(list(_IDX_CODES)),
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4).map(tuple),
+    compress=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_read_idx_round_trips_every_type(
+    tmp_path_factory: pytest.TempPathFactory, dtype: type, shape: tuple[int, ...], compress: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    array = (rng.normal(size=shape) * 100).astype(dtype)
+    path = write_idx(tmp_path_factory.mktemp("idx") / "a.idx.gz", array, compress)
+    result = read_idx(path)
+    assert result.dtype == np.dtype(dtype) and result.shape == shape
+    np.testing.assert_array_equal(result, array)
+
+
+def test_idx_loader_reads_verified_files(tmp_path: Path) -> None:
+    images, labels, specs = tiny_mnist(tmp_path / "tiny")
+    data = idx_loader("tiny", {"train": specs})("train", tmp_path)
+    assert data.images.shape == (12, 1, 28, 28) and data.images.dtype == torch.float32
+    np.testing.assert_allclose(data.images[:, 0].numpy(), images / 255.0, atol=1e-7)
+    assert data.labels.tolist() == labels.tolist() and data.name == "tiny"
+
+
+def test_checksum_mismatch_is_an_error(tmp_path: Path) -> None:
+    _, _, (image_spec, label_spec) = tiny_mnist(tmp_path / "tiny")
+    wrong = FileSpec(image_spec.filename, "0" * 32)
+    with pytest.raises(DataIntegrityError, match=r"tiny-images-idx3-ubyte.gz does not match its published "
+                                                 r"checksum \(MD5 [0-9a-f]{32}, expected 0{32}\).*Delete it"):
+        idx_loader("tiny", {"train": (wrong, label_spec)})("train", tmp_path)
+
+
+def test_real_mnist_file_with_wrong_content_is_rejected(tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    for spec in MNIST_FILES["test"]:
+        write_idx(folder / spec.filename, np.zeros((3, 28, 28) if "images" in spec.filename else 3, np.uint8))
+    with pytest.raises(DataIntegrityError, match="t10k-images-idx3-ubyte.gz does not match its published checksum"):
+        load("mnist", "test", data_dir=tmp_path)
+
+
+def test_truncated_and_corrupt_idx_files(tmp_path: Path) -> None:
+    array = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    cut_stream = tmp_path / "cut.gz"
+    cut_stream.write_bytes(gzip.compress(idx_bytes(array))[:-12])
+    with pytest.raises(DataIntegrityError, match="cut.gz is not a valid IDX file: its gzip stream is damaged"):
+        read_idx(cut_stream)
+    short_data = tmp_path / "short.gz"
+    short_data.write_bytes(gzip.compress(idx_bytes(array)[:-7]))
+    with pytest.raises(DataIntegrityError, match=r"declares shape \(3, 4, 5\) \(60 bytes of data\) but it holds "
+                                                 r"53 bytes \(truncated"):
+        read_idx(short_data)
+    bad_magic = tmp_path / "magic.idx"
+    bad_magic.write_bytes(b"\x01\x02\x08\x01" + bytes(8))
+    with pytest.raises(DataIntegrityError, match="does not start with the IDX magic 0x0000"):
+        read_idx(bad_magic)
+    bad_type = tmp_path / "type.idx"
+    bad_type.write_bytes(b"\x00\x00\x07\x01" + bytes(8))
+    with pytest.raises(DataIntegrityError, match="type code 0x07 is not one of"):
+        read_idx(bad_type)
+    # a verified-but-wrong pairing (labels for a different number of images) is also caught
+    images, _, (image_spec, _) = tiny_mnist(tmp_path / "pair")
+    labels_path = write_idx(tmp_path / "pair" / "few-labels.gz", np.zeros(5, np.uint8))
+    with pytest.raises(DataIntegrityError, match="should hold 12 labels in 0..9 to match"):
+        idx_loader("pair", {"train": (image_spec, FileSpec(labels_path.name, None))})("train", tmp_path)
+
+
+def test_missing_mnist_files_name_files_folder_and_option(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError) as caught:
+        load("mnist", "train", data_dir=tmp_path)
+    message = str(caught.value)
+    assert f"needs files that are not in {tmp_path / 'mnist'}" in message
+    assert "train-images-idx3-ubyte.gz" in message and "train-labels-idx1-ubyte.gz" in message
+    assert "t10k" not in message  # only the requested split's files
+    assert "--data-dir DIR" in message and "CNNLENS_OFFLINE" in message
+    with pytest.raises(DataUnavailableError, match="fashion-mnist.*t10k-labels-idx1-ubyte.gz"):
+        load("fashion-mnist", "test", data_dir=tmp_path)
+    assert dataset_info("mnist").needs_files
+
+
+def test_download_from_a_mirror_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNNLENS_OFFLINE")
+    source = write_idx(tmp_path / "mirror" / "tiny-labels-idx1-ubyte.gz", np.arange(7, dtype=np.uint8))
+    url = source.as_uri()
+    target = tmp_path / "data"
+    bad = FileSpec(source.name, "f" * 32, (url,))
+    failure = download_file(bad, target)
+    assert "does not match its published checksum" in failure and not (target / source.name).exists()
+    assert list(target.iterdir()) == []  # no partial file left behind
+    good = FileSpec(source.name, md5sum(source), ("file:///nonexistent/mirror/x.gz", url))
+    assert download_file(good, target) == ""
+    assert md5sum(target / source.name) == good.md5
+
+
+def test_load_downloads_missing_files_when_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNNLENS_OFFLINE")
+    _, labels, specs = tiny_mnist(tmp_path / "mirror")
+    online = {"train": tuple(FileSpec(s.filename, s.md5, ((tmp_path / "mirror" / s.filename).as_uri(),))
+                             for s in specs)}
+    data = idx_loader("tiny", online)("train", tmp_path / "cache")
+    assert data.labels.tolist() == labels.tolist()
+    assert (tmp_path / "cache" / "tiny" / specs[0].filename).is_file()
+
+
+def cifar_batch(n: int, seed: int) -> tuple[np.ndarray, list[int], bytes]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=n)]
+    # the published batches are Python-2 pickles (protocol 2) of dicts with bytes keys
+    payload = pickle.dumps({b"batch_label": b"test", b"labels": labels, b"data": data, b"filenames": []},
+                           protocol=2)
+    return data, labels, payload
+
+
+def write_cifar(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, list[int], tuple[FileSpec, ...]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    datas, all_labels, specs = [], [], []
+    for seed, name in enumerate(names):
+        data, labels, payload = cifar_batch(4 + seed, seed)
+        (folder / name).write_bytes(payload)
+        datas.append(data)
+        all_labels += labels
+        specs.append(FileSpec(name, md5sum(folder / name)))
+    return np.concatenate(datas), all_labels, tuple(specs)
+
+
+def test_cifar_loader_reads_batches_channel_first(tmp_path: Path) -> None:
+    data, labels, specs = write_cifar(tmp_path / "tinycifar" / CIFAR10_FOLDER, ("data_batch_1", "data_batch_2"))
+    dataset = cifar_loader("tinycifar", {"train": specs})("train", tmp_path)
+    assert dataset.images.shape == (9, 3, 32, 32) and dataset.labels.tolist() == labels
+    # pixel (row 3, column 5) of the green plane is entry 1024 + 3 * 32 + 5 of the row
+    assert float(dataset.images[2, 1, 3, 5]) == pytest.approx(data[2, 1024 + 3 * 32 + 5] / 255.0)
+
+
+def test_cifar_archive_is_extracted(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    data, labels, specs = write_cifar(staging / CIFAR10_FOLDER, ("test_batch",))
+    root = tmp_path / "data" / "tinycifar"
+    root.mkdir(parents=True)
+    archive_path = root / "tiny.tar.gz"
+    with tarfile.open(archive_path, "w:gz") as archive:
+        archive.add(staging / CIFAR10_FOLDER, arcname=CIFAR10_FOLDER)
+    archive_spec = FileSpec(archive_path.name, md5sum(archive_path))
+    dataset = cifar_loader("tinycifar", {"test": specs}, archive_spec)("test", tmp_path / "data")
+    assert dataset.labels.tolist() == labels
+    assert (root / CIFAR10_FOLDER / "test_batch").is_file()
+    wrong = FileSpec(archive_path.name, "1" * 32)
+    (root / CIFAR10_FOLDER / "test_batch").unlink()
+    with pytest.raises(DataIntegrityError, match="tiny.tar.gz does not match its published checksum"):
+        cifar_loader("tinycifar", {"test": specs}, wrong)("test", tmp_path / "data")
+
+
+class _RunsCode:
+    """Unpickling this would call os.system: a tampered batch must be refused before that."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, ("echo unsafe",)
+
+
+def test_cifar_corrupt_and_unsafe_batches(tmp_path: Path) -> None:
+    _, _, payload = cifar_batch(3, 0)
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DataIntegrityError, match="truncated is not a valid CIFAR-10 batch: it cannot be unpickled"):
+        read_cifar_batch(truncated)
+    unsafe = tmp_path / "unsafe"
+    unsafe.write_bytes(pickle.dumps({b"data": _RunsCode()}, protocol=2))
+    with pytest.raises(DataIntegrityError, match=r"global \w+\.system is not allowed in a CIFAR batch"):
+        read_cifar_batch(unsafe)
+    wrong_keys = tmp_path / "keys"
+    wrong_keys.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8)}, protocol=2))
+    with pytest.raises(DataIntegrityError, match="keys b'data' and b'labels'"):
+        read_cifar_batch(wrong_keys)
+    wrong_shape = tmp_path / "shape"
+    wrong_shape.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DataIntegrityError, match=r"should be uint8 of shape \(N, 3072\); found uint8 \(2, 100\)"):
+        read_cifar_batch(wrong_shape)
+
+
+def test_missing_cifar10_names_batches_and_archive(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError) as caught:
+        load("cifar10", "test", data_dir=tmp_path)
+    message = str(caught.value)
+    assert "test_batch" in message and str(tmp_path / "cifar10" / CIFAR10_FOLDER) in message
+    assert "cifar-10-python.tar.gz" in message and "--data-dir" in message
+
+
+def test_default_data_dir_honours_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CNNLENS_DATA", str(tmp_path / "mine"))
+    assert default_data_dir() == tmp_path / "mine"
+    monkeypatch.delenv("CNNLENS_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "cnnlens"
