@@ -1,0 +1,124 @@
+"""Drawings of RECOS objects: image grids of anchors and stitched compound anchors, and the unit circle of Fig. 3
+of 003. matplotlib is imported when a function is called, not when cnnlens.recos is imported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_image_grid", "plot_unit_circle"]
+
+
+def plot_image_grid(
+    images: Tensor,
+    *,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    title: str | None = None,
+    signed: bool = True,
+    cell: float = 1.2,
+) -> Figure:
+    """Draw ``(M, H, W)`` or ``(M, 1, H, W)`` images (anchors, compound anchors, feature maps) as a grid.
+
+    Parameters
+    ----------
+    images : Tensor
+        The images; each is scaled on its own.
+    titles : sequence of str, optional
+        One title per image.
+    ncols : int, optional
+        Columns of the grid (default: up to 8).
+    title : str, optional
+        Figure title.
+    signed : bool
+        Diverging colours centred at 0 (blue negative, red positive) for anchors; grey scale otherwise.
+    cell : float
+        Size of one cell in inches.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, received {type(images).__name__}")
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (M, H, W) or (M, 1, H, W), received {tuple(images.shape)}")
+    if titles is not None and len(titles) != images.shape[0]:
+        raise ValueError(f"got {len(titles)} titles for {images.shape[0]} images; pass one title per image")
+    m = images.shape[0]
+    ncols = ncols or min(m, 8)
+    nrows = -(-m // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.4 if title else 0.0)),
+                             squeeze=False)
+    data = images.detach().cpu().double().numpy()
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= m:
+            continue
+        img = data[i]
+        if signed:
+            lim = float(np.abs(img).max()) or 1.0
+            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        else:
+            ax.imshow(img, cmap="gray", interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_unit_circle(cosines: Tensor, *, labels: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Fig. 3 of 003 from real vectors: an input x and anchors a_k at their true angles on the unit circle.
+
+    The input sits at angle 0; anchor k is drawn at angle theta_k = arccos(cosines[k]) (alternately above and
+    below the axis so that anchors at similar angles stay apart). The angle to x is exact; the side is not
+    meaningful (in N dimensions the anchors do not share one plane). Anchors beyond 90 degrees have negative
+    correlation and are rectified to zero (eq. 4): drawn dashed, grey.
+
+    Parameters
+    ----------
+    cosines : Tensor
+        ``(K,)`` cos(a_k, x) of unit vectors.
+    labels : sequence of str, optional
+        One label per anchor (default ``a1 ... aK``).
+    title : str, optional
+    """
+    import matplotlib.pyplot as plt
+
+    cos = torch.as_tensor(cosines).detach().cpu().double().clamp(-1, 1).numpy()
+    if cos.ndim != 1:
+        raise ValueError(f"cosines must have shape (K,), received {tuple(cos.shape)}")
+    labels = list(labels) if labels is not None else [f"a{k + 1}" for k in range(cos.shape[0])]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    t = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(np.cos(t), np.sin(t), color="0.7", lw=1)
+    ax.axvline(0, color="0.85", lw=0.8)
+    ax.annotate("", xy=(1, 0), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "k", "lw": 2})
+    ax.text(1.05, 0.02, "x", fontsize=11)
+    order = np.argsort(-cos)
+    for rank, k in enumerate(order):
+        theta = float(np.arccos(cos[k])) * (1 if rank % 2 == 0 else -1)
+        active = cos[k] > 0
+        style = {"arrowstyle": "->", "color": "tab:red" if active else "0.5", "lw": 1.5,
+                 "linestyle": "-" if active else "--"}
+        ax.annotate("", xy=(np.cos(theta), np.sin(theta)), xytext=(0, 0), arrowprops=style)
+        deg = np.degrees(abs(theta))
+        ax.text(1.12 * np.cos(theta) - 0.1, 1.12 * np.sin(theta), f"{labels[k]} {deg:.0f}°\nRec={max(cos[k], 0):.2f}",
+                fontsize=7, color=style["color"])
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.45, 1.45)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
