@@ -6,7 +6,7 @@
 torch.Size([4000, 1, 32, 32])
 """
 
-from . import _embedded, _standard  # noqa: F401  (register mnist5k, digits, mnist, fashion-mnist, cifar10)
+from . import _embedded, _scenes, _standard  # noqa: F401  (each registers its data sets)
 from ._cifar import read_cifar_batch
 from ._dataset import ArrayDataset, SceneDataset
 from ._download import FileSpec, downloads_enabled, md5sum
@@ -21,6 +21,7 @@ from ._registry import (
     load,
     register_dataset,
 )
+from ._scenes import SCENE_NAMES, SCENE_SIDE, SCENES_SEED, composite, scene_images
 from ._standard import (
     CIFAR10_ARCHIVE,
     CIFAR10_FILES,
@@ -41,9 +42,13 @@ __all__ = [
     "MNIST5K_TEST_PER_CLASS",
     "MNIST5K_TRAIN_PER_CLASS",
     "MNIST_FILES",
+    "SCENES_SEED",
+    "SCENE_NAMES",
+    "SCENE_SIDE",
     "ArrayDataset",
     "cifar_loader",
     "clear_cache",
+    "composite",
     "dataset_info",
     "DatasetInfo",
     "default_data_dir",
@@ -59,6 +64,7 @@ __all__ = [
     "read_idx",
     "register_dataset",
     "register_transform",
+    "scene_images",
     "SceneDataset",
     "TransformContext",
 ]
