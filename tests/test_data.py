@@ -148,3 +148,5 @@ def test_array_dataset_validation_and_subset() -> None:
     part = data.subset([3, 1, 4])
     assert len(part) == 3 and torch.equal(part.images[1], data.images[1])
     assert torch.equal(part.labels, data.labels[[3, 1, 4]])
+    with pytest.raises(IndexError, match=r"indices must lie in \[-1000, 1000\) .* values from 0 to 1000"):
+        data.subset([0, 1000])

@@ -89,6 +89,8 @@ def test_idx_loader_reads_verified_files(tmp_path: Path) -> None:
     assert data.images.shape == (12, 1, 28, 28) and data.images.dtype == torch.float32
     np.testing.assert_allclose(data.images[:, 0].numpy(), images / 255.0, atol=1e-7)
     assert data.labels.tolist() == labels.tolist() and data.name == "tiny"
+    with pytest.raises(ValueError, match="data set 'tiny' has files for splits 'train'; received split='test'"):
+        idx_loader("tiny", {"train": specs})("test", tmp_path)
 
 
 def test_checksum_mismatch_is_an_error(tmp_path: Path) -> None:

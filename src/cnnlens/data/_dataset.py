@@ -106,7 +106,10 @@ class ArrayDataset(Dataset[tuple[Tensor, Tensor]]):
         if index.ndim != 1:
             raise ValueError(f"indices must be one-dimensional; received shape {tuple(index.shape)}.")
         if len(index) and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
-            raise IndexError(f"indices must lie in [-{len(self)}, {len(self)}); received {index.tolist()[:10]}...")
+            raise IndexError(
+                f"indices must lie in [-{len(self)}, {len(self)}) for a data set of {len(self)} items; received "
+                f"values from {int(index.min())} to {int(index.max())}."
+            )
         changes = {f.name: getattr(self, f.name)[index] for f in fields(self)
                    if isinstance(getattr(self, f.name), Tensor)}
         return replace(self, **changes)
@@ -133,8 +136,8 @@ class SceneDataset(ArrayDataset):
         Names of the scikit-image sample images used as backgrounds.
     """
 
-    clean_images: Tensor = None  # type: ignore[assignment]
-    scene_index: Tensor = None  # type: ignore[assignment]
+    clean_images: Tensor
+    scene_index: Tensor
     scene_names: tuple[str, ...] = ()
 
     _image_fields: ClassVar[tuple[str, ...]] = ("images", "clean_images")

@@ -94,6 +94,7 @@ def idx_loader(name: str, files: Mapping[str, tuple[FileSpec, FileSpec]], num_cl
     """
 
     def load_idx(split: str, data_dir: Path) -> ArrayDataset:
+        _check_split(name, split, files)
         image_path, label_path = ensure_files(name, data_dir / name, files[split])
         images, labels = read_idx(image_path), read_idx(label_path)
         if images.dtype != np.uint8 or images.ndim != 3:
@@ -125,6 +126,7 @@ def cifar_loader(
     """
 
     def load_cifar(split: str, data_dir: Path) -> ArrayDataset:
+        _check_split(name, split, files)
         root, batch_dir = data_dir / name, data_dir / name / folder
         specs = files[split]
         missing = [spec.filename for spec in specs if not (batch_dir / spec.filename).is_file()]
@@ -149,6 +151,13 @@ def cifar_loader(
         return ArrayDataset(images, labels, 10, name, split)
 
     return load_cifar
+
+
+def _check_split(name: str, split: str, files: Mapping[str, object]) -> None:
+    if split not in files:
+        raise ValueError(
+            f"data set {name!r} has files for splits {', '.join(map(repr, files))}; received split={split!r}."
+        )
 
 
 def _extract(archive_path: Path, folder: str, filenames: Sequence[str], destination: Path) -> None:
