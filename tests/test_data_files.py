@@ -253,6 +253,7 @@ def test_missing_cifar10_names_batches_and_archive(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "test_batch" in message and str(tmp_path / "cifar10" / CIFAR10_FOLDER) in message
     assert "cifar-10-python.tar.gz" in message and "--data-dir" in message
+    assert "whose cifar10/cifar-10-batches-py/ subfolder has them" in message
 
 
 def test_default_data_dir_honours_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -68,12 +68,20 @@ def downloads_enabled() -> bool:
     return os.environ.get("CNNLENS_OFFLINE", "").strip().lower() not in {"1", "yes", "true", "on"}
 
 
-def ensure_files(dataset: str, folder: Path, specs: Sequence[FileSpec], *, alternative: str = "") -> list[Path]:
+def ensure_files(
+    dataset: str,
+    folder: Path,
+    specs: Sequence[FileSpec],
+    *,
+    data_dir: Path | None = None,
+    alternative: str = "",
+) -> list[Path]:
     """Make sure every file of ``specs`` is in ``folder`` with its published checksum.
 
     Missing files are downloaded when :func:`downloads_enabled`; each one is verified in a temporary file
-    and only then moved into ``folder``. ``alternative`` is appended to the missing-files message (e.g. "or
-    put the archive ... in ...").
+    and only then moved into ``folder``. ``data_dir`` (the folder given by ``--data-dir``) lets the
+    missing-files message show where ``folder`` sits inside it; ``alternative`` is appended to that message
+    (e.g. "put the archive ... in ...").
 
     Returns
     -------
@@ -97,7 +105,8 @@ def ensure_files(dataset: str, folder: Path, specs: Sequence[FileSpec], *, alter
                 failures.append(failure)
         missing = [spec for spec in specs if not (folder / spec.filename).is_file()]
     if missing:
-        raise DataUnavailableError(_missing_message(dataset, folder, missing, failures, alternative))
+        inside = folder.relative_to(data_dir) if data_dir is not None else Path(folder.name)
+        raise DataUnavailableError(_missing_message(dataset, folder, inside, missing, failures, alternative))
     paths = [folder / spec.filename for spec in specs]
     for path, spec in zip(paths, specs, strict=True):
         verify_file(path, spec)
@@ -115,6 +124,7 @@ def download_file(spec: FileSpec, folder: Path, unreachable: set[str] | None = N
     for url in spec.urls:
         host = urlsplit(url).netloc
         if host in unreachable:
+            reasons.append(f"{host} unreachable")
             continue
         try:
             _fetch(url, folder / spec.filename, spec)
@@ -142,7 +152,12 @@ def _fetch(url: str, destination: Path, spec: FileSpec) -> None:
 
 
 def _missing_message(
-    dataset: str, folder: Path, missing: Sequence[FileSpec], failures: Sequence[str], alternative: str
+    dataset: str,
+    folder: Path,
+    inside: Path,
+    missing: Sequence[FileSpec],
+    failures: Sequence[str],
+    alternative: str,
 ) -> str:
     lines = [f"data set {dataset!r} needs files that are not in {folder}:"]
     for spec in missing:
@@ -151,7 +166,7 @@ def _missing_message(
         lines.append(f"  - {spec.filename}{source}{checksum}")
     lines.append(
         f"Put these files in {folder}, or pass --data-dir DIR (Python: data_dir=DIR, or set CNNLENS_DATA) "
-        f"for a folder whose {folder.name}/ subfolder has them."
+        f"for a folder whose {inside.as_posix()}/ subfolder has them."
     )
     if alternative:
         lines.append(f"Alternatively, {alternative}.")

@@ -95,7 +95,7 @@ def idx_loader(name: str, files: Mapping[str, tuple[FileSpec, FileSpec]], num_cl
 
     def load_idx(split: str, data_dir: Path) -> ArrayDataset:
         _check_split(name, split, files)
-        image_path, label_path = ensure_files(name, data_dir / name, files[split])
+        image_path, label_path = ensure_files(name, data_dir / name, files[split], data_dir=data_dir)
         images, labels = read_idx(image_path), read_idx(label_path)
         if images.dtype != np.uint8 or images.ndim != 3:
             raise DataIntegrityError(
@@ -144,7 +144,7 @@ def cifar_loader(
                 f"put the archive {archive.filename}{source} in {root}; cnnlens extracts the batches from it"
                 + (f" (its download failed: {failure})" if failure else "")
             )
-        paths = ensure_files(name, batch_dir, specs, alternative=alternative)
+        paths = ensure_files(name, batch_dir, specs, data_dir=data_dir, alternative=alternative)
         batches = [read_cifar_batch(path) for path in paths]
         images = torch.from_numpy(np.concatenate([b[0] for b in batches])).to(torch.float32).div_(255.0)
         labels = torch.from_numpy(np.concatenate([b[1] for b in batches]))
