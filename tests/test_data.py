@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnlens.data import (
     ArrayDataset,
@@ -150,3 +152,24 @@ def test_array_dataset_validation_and_subset() -> None:
     assert torch.equal(part.labels, data.labels[[3, 1, 4]])
     with pytest.raises(IndexError, match=r"indices must lie in \[-1000, 1000\) .* values from 0 to 1000"):
         data.subset([0, 1000])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=30, deadline=None)
+@given(height=st.integers(1, 32), width=st.integers(1, 32), channels=st.integers(1, 3), seed=st.integers(0, 999))
+def test_pad32_and_reverse_polarity_properties(
+    dtype: torch.dtype, height: int, width: int, channels: int, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    # grey levels k / 256: dyadic, so 1 - x is exact in both dtypes
+    images = torch.randint(0, 257, (2, channels, height, width), generator=generator).to(dtype) / 256
+    padded = get_transform("pad32")(images, None)
+    assert padded.shape == (2, channels, 32, 32) and padded.dtype == dtype
+    top, left = (32 - height) // 2, (32 - width) // 2
+    assert torch.equal(padded[:, :, top : top + height, left : left + width], images)
+    border = padded.clone()
+    border[:, :, top : top + height, left : left + width] = 0
+    assert not bool(border.any())  # only zeros were added
+    reverse = get_transform("reverse-polarity")
+    assert torch.equal(reverse(reverse(images, None), None), images)
+    assert torch.equal(reverse(images, None) + images, torch.ones_like(images))
