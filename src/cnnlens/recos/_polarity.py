@@ -104,7 +104,7 @@ def _as_offset(offset: float | Tensor) -> Tensor:
     if isinstance(offset, Tensor):
         return offset
     if isinstance(offset, int | float) and not isinstance(offset, bool):
-        return torch.tensor(float(offset))
+        return torch.tensor(float(offset), dtype=torch.float64)
     raise TypeError(f"offset must be a number or a tensor (the reversal image c), received {type(offset).__name__}")
 
 
