@@ -146,6 +146,8 @@ def test_missing_mnist_files_name_files_folder_and_option(tmp_path: Path) -> Non
     with pytest.raises(DataUnavailableError, match="fashion-mnist.*t10k-labels-idx1-ubyte.gz"):
         load("fashion-mnist", "test", data_dir=tmp_path)
     assert dataset_info("mnist").needs_files
+    with pytest.raises(ValueError, match="unknown transform 'pad64'"):  # checked before looking for files
+        load("mnist", "train", data_dir=tmp_path, transforms=["pad64"])
 
 
 def test_download_from_a_mirror_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,6 +161,13 @@ def load(
         raise TypeError(
             f"transforms must be a sequence of names or callables, e.g. ['pad32']; received {transforms!r}."
         )
+    for transform in transforms:  # fail on a bad transform before reading any file
+        if isinstance(transform, str):
+            get_transform(transform)
+        elif not callable(transform):
+            raise TypeError(
+                f"a transform must be a registered name or a callable images -> images; received {transform!r}."
+            )
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     dataset = _load_raw(info, split, root)
     for position, transform in enumerate(transforms):
@@ -194,8 +201,4 @@ def _apply(
             train_images=lambda: load(info.name, "train", root, preceding).images,
         )
         return dataset.map_images(lambda images: registered(images, ctx))
-    if callable(transform):
-        return dataset.map_images(transform)
-    raise TypeError(
-        f"a transform must be a registered name or a callable images -> images; received {transform!r}."
-    )
+    return dataset.map_images(transform)
