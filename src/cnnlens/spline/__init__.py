@@ -1,0 +1,26 @@
+"""The spline engine (000): exact affine maps, templates, partition codes and distances, region walks.
+
+Every network built from piecewise-affine parts (Linear/Conv, ReLU-like activations, clamp, max/avg pooling,
+batch-norm in eval mode, residual additions, concatenation, ...) is a composition of max-affine spline operators,
+so conditioned on the region of its input it is an affine map ``f(x) = A[x] x + B[x]`` (eqs. 5-9 of 000).
+The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented in ``_capture``.
+"""
+
+from ._affine import AffineMap, Templates, affine_map, templates
+from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
+from ._distance import nearest_neighbors, partition_distance
+from ._orthogonal import orthogonal_penalty
+
+__all__ = [
+    "AffineMap",
+    "LayerCode",
+    "PartitionCodes",
+    "Templates",
+    "affine_map",
+    "boundary_units",
+    "nearest_neighbors",
+    "orthogonal_penalty",
+    "partition_codes",
+    "partition_distance",
+    "templates",
+]

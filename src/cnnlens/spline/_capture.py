@@ -1,0 +1,562 @@
+"""Runtime capture of a piecewise-affine network: the one place in cnnlens that looks inside a model.
+
+A forward pass runs under a :class:`torch.overrides.TorchFunctionMode` plus module hooks, so the capture sees every
+operation whether it is a module (``nn.ReLU``) or a functional call (``F.relu``, ``x.clamp(min=0)``,
+``torch.maximum(x, 0 * x)``, residual ``+``, ``torch.cat``, ...) and follows the Python control flow the model really
+takes. Every tensor that depends on the input is tracked; each operation applied to a tracked tensor is looked up in
+the SUPPORTED tables below:
+
+* affine operations (Prop. 1 of 000: convolution, linear, batch-norm in eval mode, average pooling, additions,
+  concatenation, reshapes, multiplication by constants, ...) run unchanged;
+* max-affine operations (Props. 2-3 of 000: ReLU, leaky ReLU, PReLU, abs, hardtanh/clamp, maximum/minimum, max-pool)
+  record their region code (eq. 14 of 000) and return the *same value* computed as a masked linear function of their
+  input (``torch.where`` with the recorded mask, ``gather`` with the recorded argmax), so that the autograd graph of
+  the captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
+* anything else that touches a tracked tensor raises :class:`cnnlens.NotPiecewiseAffineError` naming the operation and
+  the module it was called in (or is linearised locally when ``approximate=True``).
+
+Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
+``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
+of 000. Hence: ReLU, leaky ReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is strictly
+positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a clamp to ``[lo, hi]`` is in its
+linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
+selects ``a`` only when ``a > b`` (``minimum(a, b)`` only when ``a < b``); max-pooling selects the first index of the
+maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode, resolve_name
+from torch.utils._pytree import tree_leaves
+
+from .._errors import NotPiecewiseAffineError
+
+__all__ = ["Capture", "Entry", "capture", "check_model_input"]
+
+_APPROX_HINT = (
+    "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
+    "or replace it by a piecewise-affine part (ReLU, LeakyReLU, PReLU, abs, hardtanh, max-pool)."
+)
+
+T = torch.Tensor
+
+# --- SUPPORTED tables -------------------------------------------------------------------------------------------
+
+#: Operations that are linear (or affine with constant terms) jointly in all their tensor arguments.
+_LINEAR_ALL: set[Callable] = {
+    torch.add, T.add, T.add_, T.__add__, T.__radd__, T.__iadd__,
+    torch.sub, torch.subtract, T.sub, T.sub_, T.__sub__, T.__rsub__, T.__isub__,
+    torch.neg, torch.negative, T.neg, T.neg_, T.__neg__, torch.positive, T.__pos__,
+    torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack,
+    T.view, T.view_as, T.reshape, T.reshape_as, torch.reshape, T.flatten, torch.flatten, T.unflatten,
+    T.permute, torch.permute, T.transpose, torch.transpose, T.t, torch.t, T.swapaxes, T.movedim, torch.movedim,
+    T.squeeze, torch.squeeze, T.unsqueeze, torch.unsqueeze, T.contiguous, T.__getitem__, T.__setitem__,
+    T.expand, T.expand_as, T.repeat, T.narrow, torch.narrow, T.select, torch.select, T.chunk, torch.chunk,
+    T.split, torch.split, T.unbind, torch.unbind, T.tensor_split, T.roll, torch.roll, T.flip, torch.flip,
+    T.sum, torch.sum, T.mean, torch.mean, T.clone, torch.clone, T.copy_, T.to, T.float, T.double, T.type_as,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d,
+    F.pad, F.interpolate, F.pixel_shuffle, F.pixel_unshuffle,
+}
+_DROPOUT: set[Callable] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+#: Operations affine in exactly one tracked operand (the others must be constants): products, quotients, matmuls.
+_PRODUCT: set[Callable] = {torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__,
+                           torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm, torch.einsum}
+_QUOTIENT: set[Callable] = {torch.div, torch.divide, torch.true_divide, T.div, T.div_, T.__truediv__, T.__itruediv__}
+#: Affine in their first argument (the input) only: weights and statistics must not depend on the input.
+_INPUT_ONLY: set[Callable] = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                              F.conv_transpose3d, F.linear, F.bilinear, F.batch_norm}
+#: Input-dependent but piecewise-constant results (masks, indices): allowed only for control flow.
+_DISCRETE: set[Callable] = {
+    torch.gt, T.gt, T.__gt__, torch.lt, T.lt, T.__lt__, torch.ge, T.ge, T.__ge__, torch.le, T.le, T.__le__,
+    torch.eq, T.eq, T.__eq__, torch.ne, T.ne, T.__ne__, torch.isnan, T.isnan, torch.isinf, T.isinf,
+    torch.isfinite, T.isfinite, torch.argmax, T.argmax, torch.argmin, T.argmin, torch.sign, T.sign, T.any,
+    T.all, torch.any, torch.all,
+}
+#: Results that never depend on the input values.
+_CONSTANT_LIKE: set[Callable] = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+                                 T.new_zeros, T.new_ones, T.new_empty, T.new_full, T.new_tensor}
+
+_RELU = {F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_}
+_LEAKY = {F.leaky_relu, F.leaky_relu_}
+_PRELU = {F.prelu, torch.prelu}
+_ABS = {torch.abs, torch.absolute, T.abs, T.abs_, T.absolute, T.__abs__}
+_HARDTANH = {F.hardtanh, F.hardtanh_, F.relu6}
+_CLAMP = {torch.clamp, torch.clip, T.clamp, T.clip, T.clamp_, T.clip_, torch.clamp_min, T.clamp_min,
+          torch.clamp_max, T.clamp_max}
+_MAXIMUM = {torch.maximum, T.maximum, torch.fmax}
+_MINIMUM = {torch.minimum, T.minimum, torch.fmin}
+_MINMAX_BINARY = {torch.max, T.max, torch.min, T.min}  # only the binary elementwise form max(a, b)
+_MAX_POOL = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.max_pool1d_with_indices: 1,
+             F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3}
+
+_IN_PLACE = {F.relu_, torch.relu_, T.relu_, F.leaky_relu_, T.abs_, F.hardtanh_, T.clamp_, T.clip_}
+_INPLACE_KW = {F.relu, F.leaky_relu, F.hardtanh, F.relu6}
+
+_NONLINEAR_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d,
+                      nn.MaxPool3d)
+_TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _canonical(func: Callable) -> str:
+    """A short op name for layer names of functional calls (``relu``, ``max_pool2d``, ...)."""
+    if func in _RELU:
+        return "relu"
+    if func in _LEAKY:
+        return "leaky_relu"
+    if func in _PRELU:
+        return "prelu"
+    if func in _ABS:
+        return "abs"
+    if func in _HARDTANH:
+        return "relu6" if func is F.relu6 else "hardtanh"
+    if func in _CLAMP:
+        return "clamp"
+    if func in _MAXIMUM or func in _MINIMUM or func in _MINMAX_BINARY:
+        return "maximum" if (func in _MAXIMUM or func in (torch.max, T.max)) else "minimum"
+    if func in _MAX_POOL:
+        return f"max_pool{_MAX_POOL[func]}d"
+    return resolve_name(func) or getattr(func, "__name__", repr(func))
+
+
+# --- records ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """What the capture records at one max-affine operation (one layer of eq. 14 of 000).
+
+    ``states`` holds the region code per unit: bool for "binary" (True = active piece), uint8 for "ternary"
+    (0 below, 1 linear, 2 above), int64 window-relative argmax for "argmax". ``selector`` is what the masked linear
+    network needs to replay the same piece (the mask, the ternary state, or the flat max-pool index).
+    ``probe`` holds, when requested, the quantities whose sign changes define region boundaries (used by the
+    region walk and by :func:`boundary_units`).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    num_states: int
+    states: Tensor
+    selector: Tensor
+    probe: dict[str, Any] = field(default_factory=dict)
+
+
+class Capture(TorchFunctionMode):
+    """Records one forward pass of a model (see the module docstring). Use through :func:`capture`."""
+
+    def __init__(self, *, graph: bool, approximate: bool = False, probe: bool = False,
+                 forced: list[Entry] | None = None) -> None:
+        super().__init__()
+        self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
+        self.approximate = approximate
+        self.probe = probe
+        self.forced = forced
+        self.entries: list[Entry] = []
+        self.linearised: list[str] = []
+        self.module_stack: list[tuple[str, nn.Module]] = []
+        self._tracked: dict[int, weakref.ref] = {}
+        self._discrete: dict[int, weakref.ref] = {}
+        self._counts: dict[str, int] = {}
+        self._module_calls: dict[str, int] = {}
+
+    # tracking ---------------------------------------------------------------------------------------------------
+    def track(self, t: Any, discrete: bool = False) -> None:
+        table = self._discrete if discrete else self._tracked
+        for leaf in tree_leaves(t):
+            if isinstance(leaf, Tensor):
+                table[id(leaf)] = weakref.ref(leaf)
+
+    def _is(self, t: Any, table: dict[int, weakref.ref]) -> bool:
+        ref = table.get(id(t))
+        return ref is not None and ref() is t
+
+    def is_tracked(self, t: Any) -> bool:
+        return self._is(t, self._tracked)
+
+    # naming ------------------------------------------------------------------------------------------------------
+    def _where(self) -> str:
+        if not self.module_stack:
+            return ""
+        path, mod = self.module_stack[-1]
+        return f" (called in module '{path or '<root>'}' of type {type(mod).__name__})"
+
+    def _layer_name(self, func: Callable) -> str:
+        if self.module_stack:
+            path, mod = self.module_stack[-1]
+            if path and not any(True for _ in mod.children()):
+                k = self._module_calls.get(path, 0)
+                self._module_calls[path] = k + 1
+                return path if k == 0 else f"{path}:{k}"
+        op = _canonical(func)
+        k = self._counts.get(op, 0)
+        self._counts[op] = k + 1
+        return f"{op}_{k}"
+
+    def _error(self, what: str) -> NotPiecewiseAffineError:
+        return NotPiecewiseAffineError(f"{what}{self._where()} is not piecewise affine, so the network has no exact "
+                                       f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
+
+    # dispatch ---------------------------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: C901 - one dispatch table
+        kwargs = kwargs or {}
+        leaves = tree_leaves((args, kwargs))
+        tracked = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._tracked)]
+        discrete = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._discrete)]
+        if not tracked and not discrete:
+            return func(*args, **kwargs)
+        if func in _DISCRETE:
+            out = func(*args, **kwargs)
+            self.track(out, discrete=True)
+            return out
+        if func in _CONSTANT_LIKE:
+            return func(*args, **kwargs)
+        if discrete:
+            out = func(*args, **kwargs)
+            if not any(isinstance(t, Tensor) for t in tree_leaves(out)):
+                return out  # control flow on an input-dependent mask (bool(), item()): follows the real path
+            raise NotPiecewiseAffineError(
+                f"{resolve_name(func) or func}{self._where()} uses an input-dependent mask or index (from a "
+                "comparison, sign or argmax of an input-dependent tensor); cnnlens cannot record its region. Write "
+                "the nonlinearity as a supported operation (relu, clamp, maximum, max-pool). " + _APPROX_HINT)
+        handler = _NONLINEAR_HANDLERS.get(func)
+        if handler is not None:
+            return handler(self, func, args, kwargs)
+        if func in _LINEAR_ALL or func in _DROPOUT or func in _PRODUCT or func in _QUOTIENT or func in _INPUT_ONLY:
+            self._check_affine(func, args, kwargs, tracked)
+            out = func(*args, **kwargs)
+            self.track(out)
+            if func in (T.__setitem__, T.copy_) or getattr(func, "__name__", "").endswith("_"):
+                self.track(args[0])
+            return out
+        out = func(*args, **kwargs)
+        if not any(isinstance(t, Tensor) for t in tree_leaves(out)):
+            return out  # shape queries, item(), bool(): no tensor flows on
+        name = resolve_name(func) or getattr(func, "__name__", repr(func))
+        if not self.approximate:
+            raise self._error(f"operation {name}")
+        self.linearised.append(name + self._where())
+        self.track(out)
+        return out
+
+    def _check_affine(self, func: Callable, args: tuple, kwargs: dict, tracked: list[Tensor]) -> None:
+        name = resolve_name(func) or getattr(func, "__name__", repr(func))
+        floats = [t for t in tracked if t.is_floating_point() or t.is_complex()]
+        if len(floats) < len(tracked):
+            raise self._error(f"operation {name} on an input-dependent integer tensor")
+        if func in _DROPOUT:
+            training = kwargs.get("training", args[2] if len(args) > 2 else True)
+            if training:
+                raise ValueError(f"dropout{self._where()} runs in training mode (random masks), so the network is "
+                                 "not a fixed function of x; call model.eval() before using cnnlens.spline.")
+        if func is F.batch_norm:
+            training = kwargs.get("training", args[5] if len(args) > 5 else False)
+            if training:
+                raise ValueError(f"batch_norm{self._where()} normalises with batch statistics (training mode or "
+                                 "track_running_stats=False), which is not a per-sample affine map; call "
+                                 "model.eval() (with running statistics) before using cnnlens.spline.")
+        if func in _INPUT_ONLY:
+            first = kwargs.get("input", args[0] if args else None)
+            if any(t is not first for t in tracked):
+                raise self._error(f"operation {name} with input-dependent weights or statistics")
+        elif func in _PRODUCT:
+            if len(tracked) > 1 or (len(tracked) == 1 and sum(t is tracked[0] for t in tree_leaves(args)) > 1):
+                raise self._error(f"operation {name} multiplying two input-dependent tensors")
+        elif func in _QUOTIENT:
+            denom = kwargs.get("other", args[1] if len(args) > 1 else None)
+            if isinstance(denom, Tensor) and self._is(denom, self._tracked):
+                raise self._error(f"operation {name} dividing by an input-dependent tensor")
+            if kwargs.get("rounding_mode") is not None:
+                raise self._error(f"operation {name} with rounding_mode={kwargs['rounding_mode']!r}")
+        elif func is F.pad:
+            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+            if mode not in ("constant", "reflect", "replicate", "circular"):
+                raise self._error(f"operation torch.nn.functional.pad with mode={mode!r}")
+
+    # recording helpers ------------------------------------------------------------------------------------------
+    def _next_forced(self, name: str, kind: str, shape: tuple[int, ...]) -> Entry | None:
+        if self.forced is None:
+            return None
+        k = len(self.entries)
+        if k >= len(self.forced) or self.forced[k].kind != kind or self.forced[k].shape != shape:
+            raise RuntimeError(f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as "
+                               f"nonlinearity number {k}, which differs from the recorded pass; the model's control "
+                               "flow depends on the input values, so its regions cannot be replayed.")
+        return self.forced[k]
+
+    def record(self, entry: Entry) -> None:
+        self.entries.append(entry)
+
+
+# --- nonlinear handlers -----------------------------------------------------------------------------------------
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[pos] if len(args) > pos else default
+
+
+def _finish(cap: Capture, h: Tensor, out: Tensor, inplace: bool) -> Tensor:
+    """Return ``out`` (tracked); for in-place calls write it into ``h`` (autograd routes through the copy)."""
+    if inplace:
+        h.copy_(out)
+        out = h
+    cap.track(out)
+    return out
+
+
+def _binary(cap: Capture, func: Callable, u: Tensor, name: str, make_out: Callable[[Tensor], Tensor],
+            inplace_target: Tensor | None, probe: dict[str, Any]) -> Tensor:
+    """Record a two-piece unit whose active piece is ``u > 0`` and return ``make_out(mask)``."""
+    shape = tuple(u.shape[1:])
+    forced = cap._next_forced(name, "binary", shape)
+    mask = forced.selector if forced is not None else u > 0
+    cap.record(Entry(name, "binary", shape, 2, mask, mask, probe if cap.probe else {}))
+    out = make_out(mask)
+    if inplace_target is not None:
+        return _finish(cap, inplace_target, out, True)
+    return _finish(cap, u, out, False)
+
+
+def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    h = _arg(args, kwargs, 0, "input")
+    inplace = func in _IN_PLACE or (func in _INPLACE_KW and bool(kwargs.get("inplace", False)))
+    if func is F.relu and len(args) > 1:
+        inplace = bool(args[1])
+    name = cap._layer_name(func)
+    if func in _RELU:
+        def make(m: Tensor) -> Tensor:
+            return torch.where(m, h, torch.zeros((), dtype=h.dtype))
+    elif func in _LEAKY:
+        slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
+        inplace = inplace or (len(args) > 2 and bool(args[2]))
+
+        def make(m: Tensor) -> Tensor:
+            return torch.where(m, h, h * slope)
+    elif func in _PRELU:
+        w = _arg(args, kwargs, 1, "weight")
+        if cap.is_tracked(w):
+            raise cap._error("prelu with an input-dependent weight")
+        w = w.detach()  # a constant slope of the map; detached so that no autograd node saves h
+        wb = w.reshape(1, -1, *([1] * (h.dim() - 2))) if (w.numel() > 1 and h.dim() >= 2) else w.reshape(())
+
+        def make(m: Tensor) -> Tensor:
+            return torch.where(m, h, h * wb)
+    else:  # abs
+
+        def make(m: Tensor) -> Tensor:
+            return torch.where(m, h, -h)
+    return _binary(cap, func, h, name, make, h if inplace else None, {"u": h})
+
+
+def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    h = _arg(args, kwargs, 0, "input")
+    if func in _HARDTANH:
+        if func is F.relu6:
+            lo, hi = 0.0, 6.0
+            inplace = bool(_arg(args, kwargs, 1, "inplace", False))
+        else:
+            lo = _arg(args, kwargs, 1, "min_val", -1.0)
+            hi = _arg(args, kwargs, 2, "max_val", 1.0)
+            inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+    elif func in (torch.clamp_min, T.clamp_min):
+        lo, hi, inplace = _arg(args, kwargs, 1, "min"), None, False
+    elif func in (torch.clamp_max, T.clamp_max):
+        lo, hi, inplace = None, _arg(args, kwargs, 1, "max"), False
+    else:
+        lo = _arg(args, kwargs, 1, "min")
+        hi = _arg(args, kwargs, 2, "max")
+        inplace = func in _IN_PLACE
+    for bound in (lo, hi):
+        if isinstance(bound, Tensor) and cap.is_tracked(bound):
+            raise cap._error("clamp with an input-dependent bound")
+    if lo is None and hi is None:
+        raise ValueError("clamp needs at least one of min and max; received neither.")
+    name = cap._layer_name(func)
+    target = h if inplace else None
+    lo_t = torch.as_tensor(lo, dtype=h.dtype) if lo is not None else None
+    hi_t = torch.as_tensor(hi, dtype=h.dtype) if hi is not None else None
+    if hi is None:
+        return _binary(cap, func, h - lo_t, name, lambda m: torch.where(m, h, lo_t),
+                       target, {"u": h - lo_t})
+    if lo is None:
+        return _binary(cap, func, hi_t - h, name, lambda m: torch.where(m, h, hi_t),
+                       target, {"u": hi_t - h})
+    if bool(torch.any(lo_t > hi_t)):
+        raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
+    shape = tuple(h.shape[1:])
+    forced = cap._next_forced(name, "ternary", shape)
+    if forced is not None:
+        state = forced.selector
+    else:
+        state = torch.ones(h.shape, dtype=torch.uint8)
+        state = state.masked_fill(h <= lo_t, 0).masked_fill(h >= hi_t, 2)
+    probe = {"h": h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
+    cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
+    out = torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype))
+    return _finish(cap, h, out, inplace)
+
+
+def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    a = _arg(args, kwargs, 0, "input")
+    b = _arg(args, kwargs, 1, "other")
+    if func in _MINMAX_BINARY and not isinstance(b, Tensor):
+        raise cap._error(f"reduction {resolve_name(func)} (max/min over a dimension; use max-pooling instead)")
+    if not isinstance(b, Tensor):
+        b = torch.as_tensor(b, dtype=a.dtype)
+    is_max = func in _MAXIMUM or func in (torch.max, T.max)
+    name = cap._layer_name(func)
+    u = (a - b) if is_max else (b - a)
+    ab = torch.broadcast_tensors(a, b)
+    return _binary(cap, func, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u})
+
+
+def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    d = _MAX_POOL[func]
+    h = _arg(args, kwargs, 0, "input")
+    k = _ntuple(_arg(args, kwargs, 1, "kernel_size"), d)
+    s = _arg(args, kwargs, 2, "stride", None)
+    s = k if (s is None or (isinstance(s, (list, tuple)) and len(s) == 0)) else _ntuple(s, d)
+    p = _ntuple(_arg(args, kwargs, 3, "padding", 0), d)
+    dil = _ntuple(_arg(args, kwargs, 4, "dilation", 1), d)
+    ceil_mode = bool(_arg(args, kwargs, 5, "ceil_mode", False))
+    return_indices = bool(_arg(args, kwargs, 6, "return_indices", False)) or func in (
+        F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)
+    if h.dim() != d + 2:
+        raise ValueError(f"max_pool{d}d received an input of shape {tuple(h.shape)}; cnnlens expects a batched "
+                         f"input (N, C, {', '.join('L' * d)}) with the sample dimension first.")
+    pool = (F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)[d - 1]
+    name = cap._layer_name(func)
+    values, idx = pool(h, k, s, p, dil, ceil_mode, True)
+    shape = tuple(values.shape[1:])
+    forced = cap._next_forced(name, "argmax", shape)
+    if forced is not None:
+        idx = forced.selector
+    rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
+    probe = {"h": h, "params": (k, s, p, dil, ceil_mode)} if cap.probe else {}
+    cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
+    if cap.graph or forced is not None:
+        values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
+    cap.track(values)
+    return (values, idx) if return_indices else values
+
+
+def _ntuple(v: Any, d: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(int(e) for e in v) if len(v) == d else tuple(int(v[0]) for _ in range(d))
+    return tuple(int(v) for _ in range(d))
+
+
+def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...],
+                  s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...]) -> Tensor:
+    """Convert PyTorch's flat per-channel max-pool index into the row-major index within the pooling window."""
+    d = len(k)
+    rel = torch.zeros_like(idx)
+    rem = idx
+    strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
+    for i in range(d):
+        coord = torch.div(rem, strides_in[i], rounding_mode="floor")
+        rem = rem - coord * strides_in[i]
+        shape = [1] * idx.dim()
+        shape[2 + i] = out_sizes[i]
+        start = (torch.arange(out_sizes[i]) * s[i] - p[i]).view(shape)
+        rel = rel * k[i] + torch.div(coord - start, dil[i], rounding_mode="floor")
+    return rel
+
+
+_NONLINEAR_HANDLERS: dict[Callable, Callable[[Capture, Callable, tuple, dict], Any]] = {}
+for _f in _RELU | _LEAKY | _PRELU | _ABS:
+    _NONLINEAR_HANDLERS[_f] = _relu_like
+for _f in _HARDTANH | _CLAMP:
+    _NONLINEAR_HANDLERS[_f] = _clamp_like
+for _f in _MAXIMUM | _MINIMUM | _MINMAX_BINARY:
+    _NONLINEAR_HANDLERS[_f] = _maximum_like
+for _f in _MAX_POOL:
+    _NONLINEAR_HANDLERS[_f] = _max_pool
+
+
+# --- entry points -----------------------------------------------------------------------------------------------
+
+
+def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x") -> None:
+    """Validate a batch for the spline functions: a finite floating tensor (N, *in_shape), model in eval mode."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (N, *in_shape); received {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor; received dtype {x.dtype}. Convert with "
+                        f"{what}.float() (or .double() for float64 exactness checks).")
+    if x.dim() < 2:
+        raise ValueError(f"{what} must be a batch of shape (N, *in_shape) with the sample dimension first; received "
+                         f"shape {tuple(x.shape)}. Add a batch dimension with {what}.unsqueeze(0).")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {tuple(x.shape)}); pass at least one sample.")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or infinite values; the affine map and the regions are only "
+                         "defined for finite inputs. Clean the data (e.g. torch.nan_to_num) first.")
+    if isinstance(model, nn.Module):
+        for path, mod in model.named_modules():
+            if isinstance(mod, _TRAINING_SENSITIVE) and mod.training:
+                raise ValueError(f"module '{path or '<root>'}' ({type(mod).__name__}) is in training mode, where it "
+                                 "depends on the batch or on random masks; call model.eval() before using "
+                                 "cnnlens.spline.")
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if params and params[0].dtype != x.dtype:
+            raise TypeError(f"{what} has dtype {x.dtype} but the model's parameters are {params[0].dtype}; convert "
+                            f"one of them (e.g. model.to({x.dtype}) or {what}.to({params[0].dtype})).")
+
+
+@contextmanager
+def capture(model: Callable[[Tensor], Tensor], *, graph: bool, approximate: bool = False, probe: bool = False,
+            forced: list[Entry] | None = None) -> Iterator[Capture]:
+    """Context manager that records the forward passes run inside it; hooks are always removed on exit."""
+    cap = Capture(graph=graph, approximate=approximate, probe=probe, forced=forced)
+    handles = []
+    if isinstance(model, nn.Module):
+        for path, mod in model.named_modules():
+            def pre(m: nn.Module, inp: Any, _path: str = path) -> None:
+                cap.module_stack.append((_path, m))
+
+            def post(m: nn.Module, inp: Any, out: Any) -> None:
+                if cap.module_stack:
+                    cap.module_stack.pop()
+
+            handles.append(mod.register_forward_pre_hook(pre))
+            handles.append(mod.register_forward_hook(post, always_call=True))
+    try:
+        with cap:
+            yield cap
+    finally:
+        for handle in handles:
+            handle.remove()
+        cap.module_stack.clear()
+
+
+def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Run ``model(x)`` inside an active capture; return the output flattened to (N, C)."""
+    cap.track(x)
+    try:
+        out = model(x)
+    except (NotPiecewiseAffineError, ValueError, TypeError):
+        raise
+    except RuntimeError as err:
+        raise ValueError(f"the model could not be evaluated on an input of shape {tuple(x.shape)}: {err}. Pass a "
+                         "batch (N, *in_shape) shaped like the model's training inputs.") from err
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the model must return one tensor of shape (N, C); it returned {type(out).__name__}. Wrap "
+                        "it so that forward returns the class scores (before softmax).")
+    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"the model returned shape {tuple(out.shape)} for a batch of {x.shape[0]} samples; cnnlens "
+                         "expects outputs (N, C) with the sample dimension first.")
+    return out.reshape(out.shape[0], -1)
