@@ -24,13 +24,13 @@ from cnnlens.data import (
     clear_cache,
     dataset_info,
     default_data_dir,
+    download_file,
     idx_loader,
     load,
     md5sum,
     read_cifar_batch,
     read_idx,
 )
-from cnnlens.data._download import download_file
 
 _IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 

@@ -9,7 +9,7 @@ torch.Size([4000, 1, 32, 32])
 from . import _embedded, _scenes, _standard  # noqa: F401  (each registers its data sets)
 from ._cifar import read_cifar_batch
 from ._dataset import ArrayDataset, SceneDataset
-from ._download import FileSpec, downloads_enabled, md5sum
+from ._download import FileSpec, download_file, downloads_enabled, ensure_files, md5sum, verify_file
 from ._embedded import DIGITS_SPLIT_SEED, MNIST5K_TEST_PER_CLASS, MNIST5K_TRAIN_PER_CLASS
 from ._idx import read_idx
 from ._registry import (
@@ -42,9 +42,9 @@ __all__ = [
     "MNIST5K_TEST_PER_CLASS",
     "MNIST5K_TRAIN_PER_CLASS",
     "MNIST_FILES",
-    "SCENES_SEED",
     "SCENE_NAMES",
     "SCENE_SIDE",
+    "SCENES_SEED",
     "ArrayDataset",
     "cifar_loader",
     "clear_cache",
@@ -52,7 +52,9 @@ __all__ = [
     "dataset_info",
     "DatasetInfo",
     "default_data_dir",
+    "download_file",
     "downloads_enabled",
+    "ensure_files",
     "FileSpec",
     "get_transform",
     "idx_loader",
@@ -67,4 +69,5 @@ __all__ = [
     "scene_images",
     "SceneDataset",
     "TransformContext",
+    "verify_file",
 ]
