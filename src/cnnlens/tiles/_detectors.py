@@ -1,7 +1,7 @@
 """Template matching and the piecewise-linear feature detectors of 002 (Defs. 3.3-3.6 and 5.1-5.3).
 
-Everything here is computed directly (sliding windows by ``Tensor.unfold``, float64) and is the reference that
-the networks of :mod:`cnnlens.tiles._shallow` and :mod:`cnnlens.tiles._deep` are tested against.
+Everything here is computed directly (float64, one shifted slice of ``|x - c|`` added per support pixel) and
+is the reference that the networks of :mod:`cnnlens.tiles._shallow` and :mod:`cnnlens.tiles._deep` are tested against.
 
 For a tile ``T = (t, eps)`` of size ``k x l`` and an input ``x`` of size ``m x n``:
 
@@ -31,6 +31,9 @@ from torch import Tensor
 
 from ._model import FeatureTile, Image, ImageClass, _describe
 
+#: largest number of |x - c| entries held at once (float64), bounds memory to ~64 MB
+_CHUNK_ELEMENTS = 2**23
+
 __all__ = [
     "class_labels",
     "contains",
@@ -43,10 +46,6 @@ __all__ = [
     "phi_tile",
     "tile_distance",
 ]
-
-#: largest number of gathered window entries held at once (float64), bounds memory to ~64 MB
-_CHUNK_ELEMENTS = 2**23
-
 
 def _as_batch(x: Tensor | np.ndarray) -> tuple[Tensor, tuple[int, ...]]:
     """Inputs as float64 ``(N, m, n)`` and the leading shape of the result: ``(m, n) -> ()``,
@@ -113,15 +112,19 @@ def distance_map(
     values, support = _template(t, mask)
     (k, l), (m, n) = tuple(values.shape), tuple(xs.shape[1:])
     _check_size(k, l, m, n)
-    rows, cols = torch.nonzero(support, as_tuple=True)
-    target = values[rows, cols]
-    out = xs.new_zeros((xs.shape[0], m - k + 1, n - l + 1))
-    if rows.numel():
-        windows = xs.unfold(1, k, 1).unfold(2, l, 1)  # (N, m-k+1, n-l+1, k, l), a view
-        step = max(1, _CHUNK_ELEMENTS // max(1, out[0].numel() * rows.numel()))
-        for start in range(0, xs.shape[0], step):
-            patch = windows[start : start + step][..., rows, cols]  # (B, m-k+1, n-l+1, |supp|)
-            out[start : start + step] = (patch - target).abs().sum(-1)
+    # |x - c| once per distinct value c, then one shifted slice added per support pixel (a, b); the batch is the
+    # innermost dimension so that each slice is a few contiguous runs
+    grey, which = torch.unique(values[support], return_inverse=True)
+    pixels = torch.nonzero(support).tolist()
+    out = xs.new_zeros((m - k + 1, n - l + 1, xs.shape[0]))
+    step = max(1, _CHUNK_ELEMENTS // max(1, grey.numel() * m * n))
+    for start in range(0, xs.shape[0], step):
+        chunk = xs[start : start + step].permute(1, 2, 0)
+        gaps = (chunk.unsqueeze(0) - grey.view(-1, 1, 1, 1)).abs()  # (L, m, n, B)
+        acc = out[..., start : start + step]
+        for (a, b), v in zip(pixels, which.tolist(), strict=True):
+            acc += gaps[v, a : a + m - k + 1, b : b + n - l + 1]
+    out = out.permute(2, 0, 1)
     return out.reshape(*lead, m - k + 1, n - l + 1)
 
 
