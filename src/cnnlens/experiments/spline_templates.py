@@ -1,0 +1,148 @@
+"""``spline-templates``: the exact input-dependent affine map and class templates of trained CNNs (000 sec. 5).
+
+LeNet-5 (32x32) and the small CNN (28x28, batch-norm) are trained on mnist5k; for every test digit the engine returns
+``A[x]`` and ``B[x]`` with ``f(x) = A[x] x + B[x]`` (eqs. 7-9 of 000). The identity is checked against an
+*independent* computation: a trained ReLU/max-pool network with biases is positively homogeneous of degree 1 jointly
+in its input and its offsets (biases, batch-norm shifts and running means), so by Euler's identity
+``f(x) = J_x x + J_b b`` on the region of x, and ``J_b b`` is one forward-mode JVP of the plain PyTorch model with
+tangent ``b``. The reported error compares ``A[x] x`` from the engine with ``f(x) - J_b b`` from that JVP in float64.
+The inner products ``<A[x]_c, x>`` of the correct class and of the other classes are the numbers of Fig. 1 / eq. 12.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+from torch.utils.data import Subset
+
+from ..data import load
+from ..nn.models import get_model
+from ..spline import templates
+from ..spline._figures import plot_templates
+from ..train import evaluate, fit, seed_everything
+from ._registry import ExperimentResult, RunContext, register_experiment
+
+
+@dataclass(frozen=True)
+class TemplatesConfig:
+    """Training budget (Adam) of the two networks; the analysis always covers the whole 1,000-digit test set."""
+
+    models: tuple[str, ...] = ("lenet5", "small-cnn")
+    epochs: int = 10
+    train_size: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    figure_digit: int = 0
+
+
+def offset_output(model: nn.Module, x: Tensor) -> Tensor:
+    """``J_b b``: the output's derivative along all offsets of the model, at ``x`` (one forward-mode JVP).
+
+    For a network whose output is positively homogeneous of degree 1 jointly in the input and the offsets
+    (conv/linear biases and batch-norm shifts; weights, scales and variances fixed), this is exactly ``B[x]`` of
+    eq. 9 of 000 on the region selected by PyTorch's own derivative rules (ReLU'(0) = 0, first max-pool index),
+    computed without the spline engine. Batch-norm layers (eval mode) are first rewritten on a copy with their
+    whole shift ``beta - gamma * mean / sqrt(var + eps)`` in the bias and a zero running mean (the same function).
+    """
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and module.track_running_stats:
+                scale = module.weight / torch.sqrt(module.running_var + module.eps)
+                module.bias -= scale * module.running_mean
+                module.running_mean.zero_()
+    named = dict(model.named_parameters()) | dict(model.named_buffers())
+    offsets = {k: v.detach() for k, v in named.items() if k.endswith("bias")}
+    fixed = {k: v.detach() for k, v in named.items() if k not in offsets}
+
+    def output(offset_values: dict[str, Tensor]) -> Tensor:
+        return functional_call(model, {**fixed, **offset_values}, (x,))
+
+    return jvp(output, (offsets,), (offsets,))[1]
+
+
+def _balanced_subset(data, size: int | None):
+    if size is None:
+        return data
+    step = max(1, len(data) // size)
+    return Subset(data, list(range(0, len(data), step))[:size])
+
+
+@register_experiment(
+    "spline-templates",
+    claim="Conditioned on the input, a ReLU/max-pool CNN is exactly an affine map A[x] x + B[x]; its rows are "
+    "class templates whose inner product with x is large for the correct class and negative for the others.",
+    paper="000 sec. 4-5, eqs. 7-12, Fig. 1",
+    quick=TemplatesConfig(epochs=2, train_size=1500, batch_size=32),
+    full=TemplatesConfig(epochs=10),
+    metrics=("identity_max_rel_error", "inner_correct_mean", "inner_other_mean"),
+)
+def run(cfg: TemplatesConfig, ctx: RunContext) -> ExperimentResult:
+    """Train each model, compute all-class templates of the whole test set and check the affine identity."""
+    metrics: dict[str, float] = {}
+    figures = {}
+    notes = []
+    for name in cfg.models:
+        transforms = ("pad32",) if name == "lenet5" else ()
+        train = load("mnist5k", "train", ctx.data_dir, transforms=transforms)
+        test = load("mnist5k", "test", ctx.data_dir, transforms=transforms)
+        seed_everything(ctx.seed)
+        model = get_model(name, num_classes=10)
+        fit(model, _balanced_subset(train, cfg.train_size), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            optimizer="adam", seed=ctx.seed, progress=ctx.progress, checkpoint_dir=ctx.checkpoint_dir(name))
+        accuracy = evaluate(model, test).accuracy
+        model64 = copy.deepcopy(model).double().eval()
+        x = test.images.double()
+        result = templates(model64, x, chunk_size=250)
+        with torch.no_grad():
+            f = model64(x)
+        b_independent = torch.cat([offset_output(model64, x[i:i + 250]) for i in range(0, len(x), 250)])
+        a_x = result.inner_products  # <A[x]_c, x> for every class c, from the engine
+        scale = f.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        identity_error = float(((a_x + b_independent - f).abs().amax(dim=1) / scale).max())
+        engine_error = float(((result.outputs - f).abs().amax(dim=1) / scale).max())
+        labels = test.labels
+        correct_mask = torch.zeros_like(a_x, dtype=torch.bool)
+        correct_mask[torch.arange(len(labels)), labels] = True
+        inner_correct = a_x[correct_mask]
+        inner_other = a_x[~correct_mask]
+        key = name.replace("-", "_")
+        metrics[f"identity_max_rel_error_{key}"] = identity_error
+        metrics[f"engine_output_max_rel_error_{key}"] = engine_error
+        metrics[f"inner_correct_mean_{key}"] = float(inner_correct.mean())
+        metrics[f"inner_other_mean_{key}"] = float(inner_other.mean())
+        metrics[f"inner_correct_is_max_rate_{key}"] = float((a_x.argmax(dim=1) == labels).double().mean())
+        metrics[f"test_acc_{key}"] = accuracy
+        ctx.log(f"{name}: test acc {accuracy:.4f}, identity error {identity_error:.3g}, "
+                f"<A_y,x> {inner_correct.mean():.3f} vs others {inner_other.mean():.3f}")
+
+        index = int(torch.nonzero(labels == cfg.figure_digit)[0])
+        shown = [cfg.figure_digit] + [c for c in (3, 7) if c != cfg.figure_digit]
+        figures[f"templates_{key}"] = plot_templates(
+            test.images[index].double(), result.templates[index, shown], classes=shown,
+            inner_products=result.inner_products[index, shown], biases=result.biases[index, shown],
+            title=f"{name}: test digit '{cfg.figure_digit}' and its templates A[x]_c (Fig. 1 of 000)")
+        figures[f"templates_all_{key}"] = plot_templates(
+            test.images[index].double(), result.templates[index], inner_products=result.inner_products[index],
+            biases=result.biases[index], title=f"{name}: all 10 class templates of the same digit")
+        notes.append(
+            f"{name} ({accuracy:.1%} test accuracy): A[x] x + B[x] reproduces f(x) on all {len(x)} test digits with "
+            f"a max relative error of {identity_error:.1e} in float64, with B[x] computed independently of the "
+            f"engine (Euler JVP along the offsets), so the engine's A[x] is the exact slope of the region PyTorch's "
+            f"own derivative rules select. The correct-class template matches x with mean <A[x]_y, x> = "
+            f"{inner_correct.mean():.2f} against {inner_other.mean():.2f} for the other classes (Fig. 1 of 000 "
+            f"reports 32.7 vs about -27.7 for its MNIST digit); the correct class has the largest inner product for "
+            f"{metrics[f'inner_correct_is_max_rate_{key}']:.1%} of the digits, so the biases B[x] decide the rest."
+        )
+    first = cfg.models[0].replace("-", "_")
+    metrics["identity_max_rel_error"] = max(metrics[f"identity_max_rel_error_{m.replace('-', '_')}"]
+                                            for m in cfg.models)
+    metrics["inner_correct_mean"] = metrics[f"inner_correct_mean_{first}"]
+    metrics["inner_other_mean"] = metrics[f"inner_other_mean_{first}"]
+    notes.append(f"The headline inner-product metrics are those of {cfg.models[0]}; identity_max_rel_error is the "
+                 "worst over both networks.")
+    return ExperimentResult(metrics, figures, " ".join(notes))
