@@ -1,4 +1,4 @@
-"""Random piecewise-affine architectures (a helper module of the property tests; it holds no tests) for the spline engine's property tests.
+"""Random piecewise-affine architectures for the spline property tests (a helper module; it holds no tests).
 
 Every supported part appears, as a module and as a functional call: conv, linear, BN (eval, random statistics),
 ReLU / F.relu / torch.relu / x.relu() / x.clamp(min=0) / torch.maximum(x, 0*x), leaky ReLU, PReLU, abs, hardtanh,
@@ -34,6 +34,7 @@ class RandomNet(nn.Module):
         size = 16 if dims == 1 else 8
         for i, (block, act) in enumerate(blocks):
             key = f"b{i}"
+            act_channels = c
             if act == "relu_inplace" and block != "conv":
                 act = "relu_mod"  # in place only right after a convolution, as in real code (autograd-safe)
             if block in ("conv", "residual", "cat", "branches"):
@@ -41,7 +42,7 @@ class RandomNet(nn.Module):
                 self.layers[key] = conv(c, out, 3, padding=1)
                 if block == "branches":
                     self.layers[key + "_2"] = conv(c, out, 1)
-                c = c + out if block == "cat" else out
+                c, act_channels = (c + out if block == "cat" else out), out
             elif block == "bn":
                 m = bn(c)
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
@@ -66,8 +67,7 @@ class RandomNet(nn.Module):
                 elif act == "leaky_mod":
                     self.layers[key + "_act"] = nn.LeakyReLU(0.2)
                 elif act == "prelu":
-                    self.layers[key + "_act"] = nn.PReLU(c)
-                    self.layers[key + "_act"].weight.data.copy_(torch.randn(c, generator=g) * 0.5)
+                    self.layers[key + "_act"] = nn.PReLU(act_channels)
                 elif act == "hardtanh_mod":
                     self.layers[key + "_act"] = nn.Hardtanh(-0.5, 0.7)
                 elif act == "relu_inplace":

@@ -10,11 +10,13 @@ from ._affine import AffineMap, Templates, affine_map, templates
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
 from ._distance import nearest_neighbors, partition_distance
 from ._orthogonal import orthogonal_penalty
+from ._segment import SegmentRegions, regions_on_segment
 
 __all__ = [
     "AffineMap",
     "LayerCode",
     "PartitionCodes",
+    "SegmentRegions",
     "Templates",
     "affine_map",
     "boundary_units",
@@ -22,5 +24,6 @@ __all__ = [
     "orthogonal_penalty",
     "partition_codes",
     "partition_distance",
+    "regions_on_segment",
     "templates",
 ]

@@ -50,6 +50,11 @@ _APPROX_HINT = (
 
 T = torch.Tensor
 
+
+class _Unsupported(Exception):  # noqa: N818 - internal carrier, re-raised as NotPiecewiseAffineError
+    """Raised inside the capture; not a TypeError, because torch turns a TypeError raised inside a binary
+    operator (``x * y``) into ``NotImplemented``. :func:`run_captured` re-raises it as NotPiecewiseAffineError."""
+
 # --- SUPPORTED tables -------------------------------------------------------------------------------------------
 
 #: Operations that are linear (or affine with constant terms) jointly in all their tensor arguments.
@@ -203,8 +208,8 @@ class Capture(TorchFunctionMode):
         self._counts[op] = k + 1
         return f"{op}_{k}"
 
-    def _error(self, what: str) -> NotPiecewiseAffineError:
-        return NotPiecewiseAffineError(f"{what}{self._where()} is not piecewise affine, so the network has no exact "
+    def _error(self, what: str) -> _Unsupported:
+        return _Unsupported(f"{what}{self._where()} is not piecewise affine, so the network has no exact "
                                        f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
 
     # dispatch ---------------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ class Capture(TorchFunctionMode):
             out = func(*args, **kwargs)
             if not any(isinstance(t, Tensor) for t in tree_leaves(out)):
                 return out  # control flow on an input-dependent mask (bool(), item()): follows the real path
-            raise NotPiecewiseAffineError(
+            raise _Unsupported(
                 f"{resolve_name(func) or func}{self._where()} uses an input-dependent mask or index (from a "
                 "comparison, sign or argmax of an input-dependent tensor); cnnlens cannot record its region. Write "
                 "the nonlinearity as a supported operation (relu, clamp, maximum, max-pool). " + _APPROX_HINT)
@@ -548,6 +553,8 @@ def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> 
     cap.track(x)
     try:
         out = model(x)
+    except _Unsupported as err:
+        raise NotPiecewiseAffineError(str(err)) from None
     except (NotPiecewiseAffineError, ValueError, TypeError):
         raise
     except RuntimeError as err:
