@@ -16,6 +16,7 @@ from ..recos import (
     ClusterView,
     alexnet_shaped,
     anchor_position_vectors,
+    anchor_vectors,
     cluster_view,
     compound_anchors,
     extract_patches,
@@ -51,20 +52,23 @@ def _position_figure(alpha: torch.Tensor) -> Figure:
     return fig
 
 
-def _cluster_figure(view: ClusterView, patches: torch.Tensor) -> Figure:
+def _cluster_figure(view: ClusterView, patches: torch.Tensor, anchors: torch.Tensor) -> Figure:
     k = view.share.shape[0]
-    fig, axes = plt.subplots(k, 9, figsize=(7.5, 0.95 * k + 0.6))
+    fig, axes = plt.subplots(k, 10, figsize=(8.2, 0.95 * k + 0.6))
     for j in range(k):
         members = torch.nonzero(view.assignment == j).flatten()
         order = members[torch.argsort(view.cosines[members, j], descending=True)][:8]
         axes[j, 0].text(0.0, 0.5, f"a{j + 1}: {float(view.share[j]):.1%}\nspread {float(view.angular_spread[j]):.0f}°",
                         fontsize=7, va="center")
+        lim = float(anchors[j].abs().max()) or 1.0
+        axes[j, 1].imshow(anchors[j].reshape(5, 5).numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
         for c, idx in enumerate(order.tolist()):
-            axes[j, 1 + c].imshow(patches[idx].reshape(5, 5).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[j, 2 + c].imshow(patches[idx].reshape(5, 5).numpy(), cmap="gray", vmin=0, vmax=1)
         for ax in axes[j]:
             ax.set_axis_off()
-    fig.suptitle("C1 as cluster centroids: share of patches and the 8 most correlated patches per anchor",
-                 fontsize=9)
+    axes[0, 1].set_title("anchor", fontsize=7)
+    fig.suptitle("C1 as cluster centroids: share of the non-blank patches, the anchor (pattern part) and its 8 "
+                 "most correlated patches", fontsize=8)
     return fig
 
 
@@ -77,7 +81,7 @@ def _cluster_figure(view: ClusterView, patches: torch.Tensor) -> Figure:
     full=AnchorsConfig(),
     metrics=("acc_test", "mean_angular_spread_deg", "max_anchor_share", "min_anchor_share", "unassigned_share",
              "mean_centroid_angle_deg", "mean_kmeans_angle_deg", "compound_receptive_field",
-             "compound_composition_error", "compound_negative_share"),
+             "compound_composition_error", "compound_negative_share", "blank_patch_share"),
 )
 def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
     """Train LeNet-5 and draw its anchors, anchor-position vectors, compound anchors and cluster view."""
@@ -97,6 +101,9 @@ def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
 
     patches, _ = extract_patches(test.images[: cfg.cluster_digits], model.c1)
     patches = patches.reshape(-1, 25)
+    blank = patches.amax(dim=1) < 0.1  # background: no direction on the sphere, left out of the clustering
+    m["blank_patch_share"] = float(blank.double().mean())
+    patches = patches[~blank]
     view = cluster_view(model.c1, patches, augment_mean=True, kmeans=True, seed=ctx.seed)
     m["mean_angular_spread_deg"] = view.mean_angular_spread
     m["max_anchor_share"] = float(view.share.max())
@@ -120,13 +127,15 @@ def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
                                             title="compound anchors C = AB of C1 -> S2 -> C3, 13 x 13 (eq. 21)"),
         "compound_anchors_rectified": plot_image_grid(compound.rectified, ncols=8,
                                                       title="rectified compound anchors C' (eq. 17 per entry)"),
-        "c1_cluster_view": _cluster_figure(view, patches),
+        "c1_cluster_view": _cluster_figure(view, patches, anchor_vectors(model.c1, augment_mean=True).images()),
     }
     notes = (
         f"Data: {data_text}; LeNet-5 trained {cfg.epochs} epochs, {m['acc_test']:.2%} test accuracy. "
-        f"Cluster view of C1 on {patches.shape[0]:,} 5x5 patches of {cfg.cluster_digits} test digits "
-        f"(mean-augmented, eq. 7): {m['unassigned_share']:.1%} of the patches are rectified by every anchor or "
-        f"blank; the others split over the 6 anchors with shares {m['min_anchor_share']:.1%} to "
+        f"Cluster view of C1 on the {patches.shape[0]:,} non-blank 5x5 patches of {cfg.cluster_digits} test "
+        f"digits ({m['blank_patch_share']:.1%} of all patches are blank background, max pixel < 0.1, and have no "
+        f"direction; mean-augmented vectors, eq. 7): {m['unassigned_share']:.1%} of them correlate negatively with "
+        f"every anchor (rectified to zero by all); the others split over the 6 anchors with shares "
+        f"{m['min_anchor_share']:.1%} to "
         f"{m['max_anchor_share']:.1%}; mean angle to their anchor {m['mean_angular_spread_deg']:.1f} degrees; the "
         f"anchors lie {m['mean_centroid_angle_deg']:.1f} degrees (mean) from their cluster's mean direction and "
         f"{m['mean_kmeans_angle_deg']:.1f} degrees from the matched spherical k-means centroid of the same patches"

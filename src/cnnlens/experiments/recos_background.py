@@ -85,17 +85,21 @@ def _relative_change(model: nn.Module, x_bg: torch.Tensor, x_clean: torch.Tensor
 def _fig8(model: nn.Module, data, rows: int = 3) -> Figure:
     """Fig. 8 of 003: composited digits of the ten scenes (top two rows), then for three inputs the 6 layer-1 and
     the 16 layer-2 response maps."""
-    fig = plt.figure(figsize=(13, 7.5))
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.9])
+    def item(scene: int, label: int) -> int:
+        hits = torch.nonzero((data.scene_index == scene) & (data.labels == label)).flatten()
+        return int(hits[0]) if len(hits) else int(torch.nonzero(data.scene_index == scene)[0])
+
+    fig = plt.figure(figsize=(13, 5.2))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.1])
     axes = top.subplots(2, 10)
     for s in range(10):
-        i = int(torch.nonzero(data.scene_index == s)[0])
+        i = item(s, s)
         for r, img in enumerate((data.images[i, 0], data.clean_images[i, 0])):
             axes[r, s].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
             axes[r, s].set_axis_off()
         axes[0, s].set_title(data.scene_names[s], fontsize=7)
     top.suptitle("digits on the ten background scenes (top) and the same digits without background", fontsize=9)
-    picks = [int(torch.nonzero(data.scene_index == s)[0]) for s in (0, 3, 6)][:rows]
+    picks = [item(s, label) for s, label in ((0, 2), (3, 5), (6, 8))][:rows]
     l1, l2 = _responses(model, data.images[picks])
     grid = bottom.subplots(rows, 1 + 6 + 16)
     for r, i in enumerate(picks):

@@ -37,7 +37,7 @@ class RectificationConfig:
     claim="Removing the nonlinear activation (rectification) from LeNet-5 makes it a linear system and its "
     "accuracy drops by a large margin.",
     paper="003 sec. 2, Figs. 2-3",
-    quick=RectificationConfig(epochs=2, full_mnist=False),
+    quick=RectificationConfig(epochs=2, lr=0.02, full_mnist=False),
     full=RectificationConfig(),
     metrics=("acc_linear", "acc_relu", "c1_negative_share", "fig3_rectified_anchors"),
 )

@@ -105,15 +105,17 @@ def plot_unit_circle(cosines: Tensor, *, labels: Sequence[str] | None = None, ti
     ax.annotate("", xy=(1, 0), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "k", "lw": 2})
     ax.text(1.05, 0.02, "x", fontsize=11)
     order = np.argsort(-cos)
+    legend = []
     for rank, k in enumerate(order):
         theta = float(np.arccos(cos[k])) * (1 if rank % 2 == 0 else -1)
         active = cos[k] > 0
         style = {"arrowstyle": "->", "color": "tab:red" if active else "0.5", "lw": 1.5,
                  "linestyle": "-" if active else "--"}
         ax.annotate("", xy=(np.cos(theta), np.sin(theta)), xytext=(0, 0), arrowprops=style)
-        deg = np.degrees(abs(theta))
-        ax.text(1.12 * np.cos(theta) - 0.1, 1.12 * np.sin(theta), f"{labels[k]} {deg:.0f}°\nRec={max(cos[k], 0):.2f}",
-                fontsize=7, color=style["color"])
+        ax.text(1.1 * np.cos(theta), 1.1 * np.sin(theta), labels[k], fontsize=7, color=style["color"],
+                ha="center", va="center")
+        legend.append(f"{labels[k]}: {np.degrees(abs(theta)):5.1f}°  Rec = {max(cos[k], 0):.2f}")
+    ax.text(-1.42, -1.42, "\n".join(legend), fontsize=6.5, family="monospace", va="bottom")
     ax.set_xlim(-1.45, 1.45)
     ax.set_ylim(-1.45, 1.45)
     ax.set_aspect("equal")
