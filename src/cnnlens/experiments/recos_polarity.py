@@ -44,22 +44,25 @@ class PolarityConfig:
 
 def load_digits(ctx: RunContext, *, full_mnist: bool, train_size: int | None,
                 name: str = "mnist5k") -> tuple[ArrayDataset, ArrayDataset, str]:
-    """(train, test, description) padded to 32x32: full MNIST if asked and present in ``ctx.data_dir``, else
-    ``name`` (mnist5k by default); ``train_size`` keeps the first n training digits."""
+    """(train, test, description) padded to 32x32: full MNIST if asked and available (``ctx.data_dir``, else the
+    default data folder, downloaded where the internet is reachable), else ``name`` (mnist5k by default);
+    ``train_size`` keeps the first n training digits."""
     train = test = None
-    if full_mnist and name == "mnist5k" and ctx.data_dir is not None:
+    fallback = ""
+    if full_mnist and name == "mnist5k":
         try:
             train = load("mnist", "train", ctx.data_dir, transforms=("pad32",))
             test = load("mnist", "test", ctx.data_dir, transforms=("pad32",))
             name = "mnist"
         except (DataUnavailableError, OSError) as err:
-            ctx.log(f"full MNIST not available in {ctx.data_dir} ({type(err).__name__}); using mnist5k")
+            fallback = " (full MNIST not available: fell back to mnist5k)"
+            ctx.log(f"full MNIST not available ({type(err).__name__}: {err}); using mnist5k")
     if train is None or test is None:
         train = load(name, "train", ctx.data_dir, transforms=("pad32",))
         test = load(name, "test", ctx.data_dir, transforms=("pad32",))
     if train_size is not None and train_size < len(train):
         train = train.subset(torch.arange(train_size))
-    text = f"{name}: {len(train):,} training / {len(test):,} test digits"
+    text = f"{name}: {len(train):,} training / {len(test):,} test digits{fallback}"
     ctx.log(text)
     return train, test, text
 
