@@ -74,7 +74,7 @@ def _realized_vs_compound(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, 
         for key, ref in refs.items():
             cosines[key].append(float(F.cosine_similarity(crop.flatten(), ref.flatten(), dim=0)))
     metrics = {f"realized_cos_{key}": sum(v) / len(v) for key, v in cosines.items()}
-    metrics["realized_mass_outside_14x14"] = outside
+    metrics["realized_max_outside_14x14"] = outside
     return metrics, torch.stack(crops)
 
 
@@ -118,7 +118,7 @@ def _cluster_figure(view: ClusterView, patches: torch.Tensor, anchors: torch.Ten
     metrics=("acc_test", "mean_angular_spread_deg", "max_anchor_share", "min_anchor_share", "unassigned_share",
              "mean_centroid_angle_deg", "mean_kmeans_angle_deg", "compound_receptive_field",
              "compound_composition_error", "compound_negative_share", "blank_patch_share", "realized_cos_linear",
-             "realized_cos_rectified", "realized_cos_avgpool", "realized_mass_outside_14x14"),
+             "realized_cos_rectified", "realized_cos_avgpool", "realized_max_outside_14x14"),
 )
 def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
     """Train LeNet-5 and draw its anchors, anchor-position vectors, compound anchors and cluster view."""
@@ -194,7 +194,7 @@ def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
         f"ReLU -> S2 -> C3, from the spline engine) has cosine {m['realized_cos_linear']:.2f} with C (eq. 21), "
         f"{m['realized_cos_rectified']:.2f} with C' = Rec per entry (eq. 17) and {m['realized_cos_avgpool']:.2f} "
         "with the average-pooling composition; its support stays inside the 14 x 14 window (largest entry outside: "
-        f"{m['realized_mass_outside_14x14']:.1e}). The paper's approximation (z, z' and z'' agree where "
+        f"{m['realized_max_outside_14x14']:.1e}). The paper's approximation (z, z' and z'' agree where "
         "correlations are strongly positive) holds "
         + ("well" if min(m["realized_cos_linear"], m["realized_cos_rectified"]) > 0.8 else
            "only partly" if max(m["realized_cos_linear"], m["realized_cos_rectified"]) > 0.5 else "poorly")
