@@ -19,8 +19,10 @@ with ``p, q`` multiples of ``2^s``; ``t_P`` is the tile restricted to it (suppor
 
     D_{t_P}(x)_{ij} = \\sum_{dy, dx \\in \\{0,1\\}} D_{t_{P_{dy,dx}}}(x)_{i + dy 2^{s-1}, j + dx 2^{s-1}},   (*)
 
-a 2 x 2 convolution with dilation ``2^{s-1}``, i.e. a kernel spanning ``2^{s-1} + 1`` positions whose receptive field
-on the input is exactly ``2^s x 2^s`` pixels.
+a convolution whose ``(2^{s-1} + 1) x (2^{s-1} + 1)`` kernel is zero except at its four corners (equivalently a
+2 x 2 kernel dilated by ``2^{s-1}``; PyTorch's dilated grouped float64 convolution is pathologically slow with
+several threads, so the corners are stored densely). The receptive field of a level-``s`` unit on the input is
+exactly ``2^s x 2^s`` pixels.
 
 Layers (every convolution is followed by a ReLU):
 
@@ -30,10 +32,10 @@ Layers (every convolution is followed by a ReLU):
 * ``level1``: Conv2d(1 + L, #tiles * 4^{r-1}, kernel 2 x 2): for each 2 x 2 sub-patch, weights ``+1`` on the level
   channel and ``-1`` on the identity channel of each supported pixel, bias ``sum t_P``: the pre-activation is
   ``D_{t_P}(x) >= 0``, so the ReLU leaves it unchanged.
-* ``level s`` (``2 <= s <= r``): Conv2d(#tiles * 4^{r-s+1}, #tiles * 4^{r-s}, kernel 2 x 2, dilation ``2^{s-1}``,
+* ``level s`` (``2 <= s <= r``): Conv2d(#tiles * 4^{r-s+1}, #tiles * 4^{r-s}, kernel ``2^{s-1} + 1`` square,
   ``groups = #tiles * 4^{r-s}``): the recursion (*). Channels are in quadtree order, so the four children of
   channel ``g`` are channels ``4g .. 4g + 3`` of the previous level and each group sees exactly them; only four
-  weights per output channel are non-zero and the layer has ``16 * #tiles * 4^{r-s}`` weights.
+  weights per output channel are non-zero.
 * The last level (``s = r``, one channel per tile, the whole tile) uses weights ``-1`` and bias ``eps_a`` instead,
   so its units are ``sigma(eps_a - D_{t_a}(x)_{ij})``: the tile detectors of Def. 5.1.
 * ``output``: Flatten + Linear summing, for each image, the detectors of its tiles over the windows that lie in
@@ -43,9 +45,9 @@ Layers (every convolution is followed by a ReLU):
 So a level-``s`` unit of channel ``(a, P)`` at map position ``o`` is the distance between sub-patch ``P`` of tile
 ``a`` and the ``2^s x 2^s`` window of the (padded) input at pixel ``o - pad``: small patches (2 x 2 edges, strokes)
 in early layers, whole tiles in the last one. The network has ``r + 1`` convolutional layers with receptive
-fields ``1, 2, ..., 2^r`` (Lemma 5.3 counts ``r + 1`` layers with ``2^i x 2^i`` kernels, ``i = 0..r``); a dense
-``2^s x 2^s`` kernel in place of the dilated one would hold ``4^s - 4`` structural zeros and shrink the maps by
-``2^s - 1`` instead of ``2^{s-1}``.
+fields ``1, 2, ..., 2^r`` (Lemma 5.3 counts ``r + 1`` layers with ``2^i x 2^i`` kernels, ``i = 0..r``). A
+``2^s x 2^s`` kernel, as in the lemma's wording, would only add zero rows and columns and shrink the maps by
+``2^s - 1`` instead of ``2^{s-1}`` (needing more padding); ours is the smallest kernel that realises (*).
 """
 
 from __future__ import annotations
@@ -160,9 +162,10 @@ def deep_construction(
     layers["level1"], layers["relu1"] = _first_level(image_class, levels, offsets[1], depth, side, dtype), nn.ReLU()
     for s in range(2, depth + 1):
         groups = len(flat) * 4 ** (depth - s)
-        conv = nn.Conv2d(4 * groups, groups, 2, dilation=2 ** (s - 1), groups=groups, dtype=dtype)
-        weight = torch.zeros(groups, 4, 2, 2, dtype=torch.float64)
-        weight[:, [0, 1, 2, 3], [0, 0, 1, 1], [0, 1, 0, 1]] = 1.0
+        half = 2 ** (s - 1)
+        conv = nn.Conv2d(4 * groups, groups, half + 1, groups=groups, dtype=dtype)
+        weight = torch.zeros(groups, 4, half + 1, half + 1, dtype=torch.float64)
+        weight[:, [0, 1, 2, 3], [0, 0, half, half], [0, half, 0, half]] = 1.0  # child q at offset (dy, dx) half
         bias = torch.zeros(groups, dtype=torch.float64)
         if s == depth:
             weight, bias = -weight, torch.tensor([tile.eps for _, tile in flat], dtype=torch.float64)
