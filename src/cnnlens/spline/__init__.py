@@ -9,17 +9,22 @@ The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented
 from ._affine import AffineMap, Templates, affine_map, templates
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
 from ._distance import nearest_neighbors, partition_distance
+from ._maso import MASO, ConvexityResult, is_globally_convex, maso
 from ._orthogonal import orthogonal_penalty
 from ._segment import SegmentRegions, regions_on_segment
 
 __all__ = [
     "AffineMap",
+    "ConvexityResult",
     "LayerCode",
+    "MASO",
     "PartitionCodes",
     "SegmentRegions",
     "Templates",
     "affine_map",
     "boundary_units",
+    "is_globally_convex",
+    "maso",
     "nearest_neighbors",
     "orthogonal_penalty",
     "partition_codes",

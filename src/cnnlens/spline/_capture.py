@@ -26,6 +26,7 @@ maximum in the window (row-major within the window), which is also what ``torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable, Iterator
@@ -213,8 +214,11 @@ class Capture(TorchFunctionMode):
                                        f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
 
     # dispatch ---------------------------------------------------------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: C901 - one dispatch table
-        kwargs = kwargs or {}
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self.dispatch(func, args, kwargs or {})
+
+    def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
+        """Run ``func`` on a captured forward pass (see the module docstring)."""
         leaves = tree_leaves((args, kwargs))
         tracked = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._tracked)]
         discrete = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._discrete)]
@@ -321,13 +325,15 @@ def _finish(cap: Capture, h: Tensor, out: Tensor, inplace: bool) -> Tensor:
     return out
 
 
-def _binary(cap: Capture, func: Callable, u: Tensor, name: str, make_out: Callable[[Tensor], Tensor],
-            inplace_target: Tensor | None, probe: dict[str, Any]) -> Tensor:
+def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, u: Tensor, name: str,
+            make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None, probe: dict[str, Any]) -> Tensor:
     """Record a two-piece unit whose active piece is ``u > 0`` and return ``make_out(mask)``."""
     shape = tuple(u.shape[1:])
     forced = cap._next_forced(name, "binary", shape)
     mask = forced.selector if forced is not None else u > 0
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe if cap.probe else {}))
+    if not cap.graph and forced is None and not cap.probe:  # plain forward: the model's own op, same value
+        return _finish(cap, u, func(*args, **kwargs), False)
     out = make_out(mask)
     if inplace_target is not None:
         return _finish(cap, inplace_target, out, True)
@@ -362,7 +368,7 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
 
         def make(m: Tensor) -> Tensor:
             return torch.where(m, h, -h)
-    return _binary(cap, func, h, name, make, h if inplace else None, {"u": h})
+    return _binary(cap, func, args, kwargs, h, name, make, h if inplace else None, {"u": h})
 
 
 def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -393,10 +399,10 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     lo_t = torch.as_tensor(lo, dtype=h.dtype) if lo is not None else None
     hi_t = torch.as_tensor(hi, dtype=h.dtype) if hi is not None else None
     if hi is None:
-        return _binary(cap, func, h - lo_t, name, lambda m: torch.where(m, h, lo_t),
+        return _binary(cap, func, args, kwargs, h - lo_t, name, lambda m: torch.where(m, h, lo_t),
                        target, {"u": h - lo_t})
     if lo is None:
-        return _binary(cap, func, hi_t - h, name, lambda m: torch.where(m, h, hi_t),
+        return _binary(cap, func, args, kwargs, hi_t - h, name, lambda m: torch.where(m, h, hi_t),
                        target, {"u": hi_t - h})
     if bool(torch.any(lo_t > hi_t)):
         raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
@@ -409,6 +415,8 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         state = state.masked_fill(h <= lo_t, 0).masked_fill(h >= hi_t, 2)
     probe = {"h": h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
+    if not cap.graph and forced is None and not cap.probe:
+        return _finish(cap, h, func(*args, **kwargs), False)
     out = torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype))
     return _finish(cap, h, out, inplace)
 
@@ -424,7 +432,7 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
     name = cap._layer_name(func)
     u = (a - b) if is_max else (b - a)
     ab = torch.broadcast_tensors(a, b)
-    return _binary(cap, func, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u})
+    return _binary(cap, func, args, kwargs, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u})
 
 
 def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -465,18 +473,33 @@ def _ntuple(v: Any, d: int) -> tuple[int, ...]:
 
 def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...],
                   s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...]) -> Tensor:
-    """Convert PyTorch's flat per-channel max-pool index into the row-major index within the pooling window."""
+    """Convert PyTorch's flat per-channel max-pool index into the row-major index within the pooling window.
+
+    ``idx - start`` (start = flat index of the window's first element) takes one distinct value per window element
+    whenever the window span fits in the input, so a lookup table does the conversion in two tensor operations.
+    """
     d = len(k)
-    rel = torch.zeros_like(idx)
-    rem = idx
     strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
+    start = torch.zeros((), dtype=torch.int64)
+    for i in range(d):
+        shape = [1] * (d + 2)
+        shape[2 + i] = out_sizes[i]
+        start = start + ((torch.arange(out_sizes[i]) * s[i] - p[i]) * strides_in[i]).view(shape)
+    grids = torch.meshgrid(*[torch.arange(k[i]) * dil[i] for i in range(d)], indexing="ij")
+    offsets = sum(g.reshape(-1) * strides_in[i] for i, g in enumerate(grids))
+    if all(dil[i] * (k[i] - 1) < in_sizes[i] for i in range(d)) and offsets.unique().numel() == offsets.numel():
+        lut = torch.zeros(int(offsets.max()) + 1, dtype=torch.int64)
+        lut[offsets] = torch.arange(offsets.numel())
+        return lut[idx - start]
+    rel = torch.zeros_like(idx)  # windows wider than the input (large padding): per-dimension arithmetic
+    rem = idx
     for i in range(d):
         coord = torch.div(rem, strides_in[i], rounding_mode="floor")
         rem = rem - coord * strides_in[i]
         shape = [1] * idx.dim()
         shape[2 + i] = out_sizes[i]
-        start = (torch.arange(out_sizes[i]) * s[i] - p[i]).view(shape)
-        rel = rel * k[i] + torch.div(coord - start, dil[i], rounding_mode="floor")
+        first = (torch.arange(out_sizes[i]) * s[i] - p[i]).view(shape)
+        rel = rel * k[i] + torch.div(coord - first, dil[i], rounding_mode="floor")
     return rel
 
 
@@ -523,21 +546,22 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
 
 
 @contextmanager
-def capture(model: Callable[[Tensor], Tensor], *, graph: bool, approximate: bool = False, probe: bool = False,
-            forced: list[Entry] | None = None) -> Iterator[Capture]:
+def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
+            probe: bool = False, forced: list[Entry] | None = None, cap: Capture | None = None) -> Iterator[Capture]:
     """Context manager that records the forward passes run inside it; hooks are always removed on exit."""
-    cap = Capture(graph=graph, approximate=approximate, probe=probe, forced=forced)
+    cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced)
     handles = []
+
+    def pre(m: nn.Module, inp: Any, path: str) -> None:
+        cap.module_stack.append((path, m))
+
+    def post(m: nn.Module, inp: Any, out: Any) -> None:
+        if cap.module_stack:
+            cap.module_stack.pop()
+
     if isinstance(model, nn.Module):
         for path, mod in model.named_modules():
-            def pre(m: nn.Module, inp: Any, _path: str = path) -> None:
-                cap.module_stack.append((_path, m))
-
-            def post(m: nn.Module, inp: Any, out: Any) -> None:
-                if cap.module_stack:
-                    cap.module_stack.pop()
-
-            handles.append(mod.register_forward_pre_hook(pre))
+            handles.append(mod.register_forward_pre_hook(functools.partial(pre, path=path)))
             handles.append(mod.register_forward_hook(post, always_call=True))
     try:
         with cap:
