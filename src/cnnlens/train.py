@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -203,6 +204,7 @@ def fit(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     seed: int = 0,
+    lr_schedule: str = "constant",
     extra_losses: Mapping[str, ExtraLoss] | None = None,
     eval_data: Dataset | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -216,12 +218,15 @@ def fit(
     model : classifier mapping a batch of images to logits (N, C).
     train_data : map-style data set of (image, label); ``cnnlens.data.ArrayDataset`` is used without copies.
     epochs : total number of epochs (a resumed run continues up to this number).
+    lr_schedule : "constant", or "cosine": epoch ``e`` uses ``lr * (1 + cos(pi * e / epochs)) / 2``.
     extra_losses : named callables ``f(model) -> scalar`` added to the loss, e.g.
         ``{"orthogonal": lambda m: 0.1 * orthogonal_penalty(m.output)}`` (eq. 13 of 000); logged per epoch.
     eval_data : evaluated after every epoch (``eval_acc``, ``eval_loss`` in the history).
     checkpoint_dir : where the per-epoch checkpoint is written and resumed from.
     on_epoch_end : called with each epoch's metrics after its checkpoint is written.
     """
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
     images, labels = _tensors(train_data)
@@ -232,7 +237,9 @@ def fit(
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
               "weight_decay": weight_decay, "seed": seed, "extra_losses": sorted(extra_losses),
-              "num_train": len(labels)}
+              "num_train": len(labels), "lr_schedule": lr_schedule}
+    if lr_schedule == "cosine":  # the schedule depends on the total, so a resume must keep it
+        config["epochs"] = epochs
     fingerprint = _fingerprint(model, config)
     result = FitResult()
     ckpt: Path | None = None
@@ -253,6 +260,9 @@ def fit(
         task = bar.add_task("training", total=max(epochs - start_epoch, 0) * steps, status="")
         for epoch in range(start_epoch, epochs):
             model.train()
+            if lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
             sums = {"train_loss": 0.0, "correct": 0.0, **{k: 0.0 for k in extra_losses}}
             for step in range(steps):

@@ -36,6 +36,7 @@ class RunContext:
     data_dir: Path | None = None
     quick: bool = False
     progress: bool = True
+    run_key: str = ""
     log_lines: list[str] = field(default_factory=list)
 
     def log(self, message: str) -> None:
@@ -45,8 +46,12 @@ class RunContext:
             handle.write(message + "\n")
 
     def checkpoint_dir(self, name: str) -> Path:
-        """A folder for the checkpoints of one training run, so that an interrupted run resumes."""
-        path = self.out_dir / "checkpoints" / name
+        """A folder for the checkpoints of one training run, so that an interrupted run resumes.
+
+        The folder is keyed by ``run_key`` (a hash of the configuration and seed, set by the runner), so a run
+        with another configuration starts afresh instead of meeting a checkpoint it cannot use.
+        """
+        path = self.out_dir / "checkpoints" / (f"{name}-{self.run_key}" if self.run_key else name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

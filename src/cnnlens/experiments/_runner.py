@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -58,7 +59,8 @@ def run_experiment(
     run_dir = Path(out) / name
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     (run_dir / "log.txt").unlink(missing_ok=True)
-    ctx = RunContext(run_dir, seed, Path(data_dir) if data_dir is not None else None, quick, progress)
+    run_key = hashlib.sha256(json.dumps([asdict(cfg), seed, str(data_dir)], sort_keys=True).encode()).hexdigest()[:10]
+    ctx = RunContext(run_dir, seed, Path(data_dir) if data_dir is not None else None, quick, progress, run_key)
     record: dict[str, Any] = {
         "name": exp.name, "claim": exp.claim, "paper": exp.paper, "mode": "quick" if quick else "full",
         "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "config": asdict(cfg),
