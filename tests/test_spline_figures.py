@@ -111,6 +111,8 @@ def test_region_ids_and_slice() -> None:
     assert fig.axes[0].get_title() == "3 regions in the slice"
     rgb = fig.axes[0].images[0].get_array()
     assert (rgb[0, 1] == 0).all()  # boundary pixels drawn black
+    plain = plot_region_slice(grid, boundaries=False).axes[0].images[0].get_array()
+    assert (plain[0, 1] != 0).any() and np.array_equal(plain[0, 0], plain[0, 1])  # same region, same colour
     with pytest.raises(ValueError, match="region_ids must be a 2D integer array"):
         plot_region_slice(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="at least one code tensor"):

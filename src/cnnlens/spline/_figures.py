@@ -313,6 +313,7 @@ def plot_region_slice(
     *,
     extent: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
     anchors: Mapping[str, tuple[float, float]] | None = None,
+    boundaries: bool = True,
     title: str | None = None,
 ) -> Figure:
     """A 2D slice of input space coloured by region (one colour per distinct partition code), with boundaries.
@@ -326,6 +327,9 @@ def plot_region_slice(
         Slice coordinates of the grid, for the axes.
     anchors : mapping of str to (u, v), optional
         Named points to mark (e.g. the three digits spanning the slice).
+    boundaries : bool
+        Draw grid cells where the region changes (to the next cell right or up) in black; turn off for coarse
+        grids of a fine partition, where they would cover most cells.
     title : str, optional
         Figure title.
     """
@@ -342,7 +346,8 @@ def plot_region_slice(
     boundary = np.zeros(ids.shape, dtype=bool)
     boundary[:-1, :] |= ids[:-1, :] != ids[1:, :]
     boundary[:, :-1] |= ids[:, :-1] != ids[:, 1:]
-    rgb[boundary] = 0.0
+    if boundaries:
+        rgb[boundary] = 0.0
     fig = Figure(figsize=(5.0, 4.6))
     ax = fig.subplots()
     ax.imshow(rgb, origin="lower", extent=extent, interpolation="nearest")
