@@ -304,3 +304,24 @@ def test_regions_on_segment_maxpool_switch():
     seg = regions_on_segment(Pool(), x0, x1)
     assert seg.layers == ["max_pool1d_0"]
     assert abs(float(seg.breakpoints[0]) - 0.5) < 1e-12
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 7)),
+    (nn.Conv2d(2, 4, 3, dilation=2, padding=2, groups=2), (2, 8, 8)),
+    (nn.Conv2d(1, 3, 5, padding=2), (1, 8, 8)),
+    (nn.Conv2d(3, 5, 6), (3, 6, 6)),  # 1x1 output: the matrix-product rule
+    (nn.Conv1d(2, 3, 4, stride=3), (2, 13)),
+    (nn.Conv3d(1, 2, 3, padding=1), (1, 4, 4, 4)),
+    (nn.Conv2d(2, 2, 3, padding="same"), (2, 5, 5)),
+])
+def test_convolution_transposes_match_jacobian(conv, shape):
+    torch.manual_seed(3)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).double()
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    model(x)
+    model.eval()
+    a, _ = affine_map(model, x)
+    jac = torch.func.jacrev(lambda v: model(v.view_as(x)))(x.reshape(4, -1)).detach()
+    assert torch.allclose(a, jac[torch.arange(4), :, torch.arange(4)], rtol=1e-12, atol=1e-12)
+    assert_affine_exact(model, x)

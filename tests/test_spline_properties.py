@@ -92,3 +92,17 @@ def test_regions_on_segment_match_dense_sampling(arch):
     counts = torch.bincount(bins - 1, minlength=len(grid) - 1)
     assert torch.all(counts[changed] > 0), "a code change between samples with no breakpoint in between"
     assert torch.all(changed[counts == 1]), "a single breakpoint between samples with equal codes"
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(arch=architectures, dtype=dtypes)
+def test_transposed_sweep_equals_batched_autograd(arch, dtype):
+    """The fast transposed sweep and the batched-autograd fallback give the same A (two independent paths)."""
+    from cnnlens.spline._affine import _chunk_map
+
+    blocks, dims, seed = arch
+    net = random_net(blocks, dims, seed, dtype)
+    x = input_for(net, 3, seed, dtype)
+    fast = _chunk_map(net, x, None, False)[0]
+    slow = _chunk_map(net, x, None, True)[0]  # approximate=True always takes the autograd path
+    assert float((fast - slow).abs().max()) <= default_tolerance(dtype) * float(slow.abs().max().clamp_min(1))

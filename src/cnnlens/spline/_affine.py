@@ -21,7 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._capture import Entry, capture, check_model_input, run_captured
+from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._transpose import Tape, transpose_rows
 
 __all__ = ["AffineMap", "Templates", "affine_map", "templates"]
 
@@ -80,7 +81,23 @@ def _rows_of(classes: Sequence[int] | Tensor | None, num_outputs: int) -> Tensor
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
                approximate: bool) -> tuple[Tensor, Tensor, Tensor, list[str], list[Entry]]:
-    """One recording forward + one batched backward of all requested rows (no Python loop over classes)."""
+    """One recording forward + one batched backward of all requested rows (no Python loop over classes).
+
+    Fast path: a plain forward that records the tape, then one sweep of R*N cotangents through the transposed
+    masked network (:mod:`._transpose`). Fallback (ops without a transpose rule, or approximate=True): batched
+    autograd (``is_grads_batched``) over the captured masked graph.
+    """
+    if not approximate:
+        tape = Tape()
+        with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+            xt = x.detach()
+            y = run_captured(cap, model, xt)
+        n, c = y.shape
+        rows = _rows_of(classes, c)
+        a = transpose_rows(tape, xt, y, rows)
+        if a is not None:
+            b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
+            return a.contiguous(), b, y[:, rows], cap.linearised, cap.entries
     xi = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), capture(model, graph=True, approximate=approximate) as cap:
         y = run_captured(cap, model, xi)

@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._pytree import tree_leaves
 
 from .._errors import NotPiecewiseAffineError
+from ._transpose import Node, Tape, record_linear
 
 __all__ = ["Capture", "Entry", "capture", "check_model_input"]
 
@@ -162,8 +163,9 @@ class Capture(TorchFunctionMode):
     """Records one forward pass of a model (see the module docstring). Use through :func:`capture`."""
 
     def __init__(self, *, graph: bool, approximate: bool = False, probe: bool = False,
-                 forced: list[Entry] | None = None) -> None:
+                 forced: list[Entry] | None = None, tape: Tape | None = None) -> None:
         super().__init__()
+        self.tape = tape  # when set, every op on a tracked tensor is recorded for the transposed sweep
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
         self.approximate = approximate
         self.probe = probe
@@ -245,6 +247,8 @@ class Capture(TorchFunctionMode):
             self._check_affine(func, args, kwargs, tracked)
             out = func(*args, **kwargs)
             self.track(out)
+            if self.tape is not None:
+                record_linear(self.tape, func, args, kwargs, out, self.is_tracked)
             if func in (T.__setitem__, T.copy_) or getattr(func, "__name__", "").endswith("_"):
                 self.track(args[0])
             return out
@@ -254,6 +258,8 @@ class Capture(TorchFunctionMode):
         name = resolve_name(func) or getattr(func, "__name__", repr(func))
         if not self.approximate:
             raise self._error(f"operation {name}")
+        if self.tape is not None:
+            self.tape.ok = False
         self.linearised.append(name + self._where())
         self.track(out)
         return out
@@ -326,18 +332,36 @@ def _finish(cap: Capture, h: Tensor, out: Tensor, inplace: bool) -> Tensor:
 
 
 def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, u: Tensor, name: str,
-            make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None, probe: dict[str, Any]) -> Tensor:
-    """Record a two-piece unit whose active piece is ``u > 0`` and return ``make_out(mask)``."""
+            make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None, probe: dict[str, Any],
+            slope: tuple[Tensor | None, Any] = (None, 0.0)) -> Tensor:
+    """Record a two-piece unit whose active piece is ``u > 0`` and return ``make_out(mask)``.
+
+    ``slope = (h, s)``: the output is ``h`` on the active piece and ``s * h`` (plus a constant) on the other, the
+    rule of the transposed sweep; ``h = None`` means the unit has no such single-input form (e.g. maximum(a, b)).
+    """
     shape = tuple(u.shape[1:])
     forced = cap._next_forced(name, "binary", shape)
     mask = forced.selector if forced is not None else u > 0
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe if cap.probe else {}))
     if not cap.graph and forced is None and not cap.probe:  # plain forward: the model's own op, same value
-        return _finish(cap, u, func(*args, **kwargs), False)
-    out = make_out(mask)
-    if inplace_target is not None:
-        return _finish(cap, inplace_target, out, True)
-    return _finish(cap, u, out, False)
+        out = func(*args, **kwargs)
+    else:
+        out = make_out(mask)
+        if inplace_target is not None:
+            inplace_target.copy_(out)
+            out = inplace_target
+    if cap.tape is not None:
+        h, s = slope
+        if h is None:
+            cap.tape.ok = False
+        else:
+            if isinstance(s, float) and s == 0.0:
+                coef = mask.to(h.dtype)
+            else:
+                coef = torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))
+            cap.tape.nodes.append(Node("scale", (h,), out, {"coef": coef}))
+    cap.track(out)
+    return out
 
 
 def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -368,7 +392,15 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
 
         def make(m: Tensor) -> Tensor:
             return torch.where(m, h, -h)
-    return _binary(cap, func, args, kwargs, h, name, make, h if inplace else None, {"u": h})
+    if func in _RELU:
+        slope: Any = 0.0
+    elif func in _LEAKY:
+        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+    elif func in _PRELU:
+        slope = wb
+    else:
+        slope = -1.0
+    return _binary(cap, func, args, kwargs, h, name, make, h if inplace else None, {"u": h}, (h, slope))
 
 
 def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -400,10 +432,10 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     hi_t = torch.as_tensor(hi, dtype=h.dtype) if hi is not None else None
     if hi is None:
         return _binary(cap, func, args, kwargs, h - lo_t, name, lambda m: torch.where(m, h, lo_t),
-                       target, {"u": h - lo_t})
+                       target, {"u": h - lo_t}, (h, 0.0))
     if lo is None:
         return _binary(cap, func, args, kwargs, hi_t - h, name, lambda m: torch.where(m, h, hi_t),
-                       target, {"u": hi_t - h})
+                       target, {"u": hi_t - h}, (h, 0.0))
     if bool(torch.any(lo_t > hi_t)):
         raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
     shape = tuple(h.shape[1:])
@@ -416,9 +448,12 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     probe = {"h": h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
     if not cap.graph and forced is None and not cap.probe:
-        return _finish(cap, h, func(*args, **kwargs), False)
-    out = torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype))
-    return _finish(cap, h, out, inplace)
+        out = _finish(cap, h, func(*args, **kwargs), False)
+    else:
+        out = _finish(cap, h, torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype)), inplace)
+    if cap.tape is not None:
+        cap.tape.nodes.append(Node("scale", (h,), out, {"coef": (state == 1).to(h.dtype)}))
+    return out
 
 
 def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -432,7 +467,9 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
     name = cap._layer_name(func)
     u = (a - b) if is_max else (b - a)
     ab = torch.broadcast_tensors(a, b)
-    return _binary(cap, func, args, kwargs, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u})
+    single = a if not (isinstance(b, Tensor) and cap.is_tracked(b)) and a.shape == u.shape else None
+    return _binary(cap, func, args, kwargs, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u},
+                   (single, 0.0))
 
 
 def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -461,6 +498,8 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
     if cap.graph or forced is not None:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
+    if cap.tape is not None:
+        cap.tape.nodes.append(Node("gather", (h,), values, {"idx": idx}))
     cap.track(values)
     return (values, idx) if return_indices else values
 
