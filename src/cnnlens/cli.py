@@ -20,10 +20,11 @@ console = Console()
 def list_command() -> None:
     """Show every experiment with the paper claim it reproduces and the metrics it reports."""
     table = Table(title="cnnlens experiments", show_lines=True)
-    for column in ("name", "paper", "claim", "metrics"):
-        table.add_column(column, overflow="fold")
+    table.add_column("experiment (paper)", max_width=32)
+    table.add_column("claim it reproduces; metrics", ratio=1, overflow="fold")
     for exp in list_experiments():
-        table.add_row(exp.name, exp.paper, exp.claim, ", ".join(exp.metrics))
+        metrics = ", ".join(exp.metrics)
+        table.add_row(f"[bold]{exp.name}[/bold]\n{exp.paper}", f"{exp.claim}\n[dim]metrics: {metrics}[/dim]")
     console.print(table)
 
 
