@@ -325,3 +325,22 @@ def test_convolution_transposes_match_jacobian(conv, shape):
     jac = torch.func.jacrev(lambda v: model(v.view_as(x)))(x.reshape(4, -1)).detach()
     assert torch.allclose(a, jac[torch.arange(4), :, torch.arange(4)], rtol=1e-12, atol=1e-12)
     assert_affine_exact(model, x)
+
+
+@pytest.mark.parametrize("pool, shape", [
+    (nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 7, 7)),
+    (nn.MaxPool2d((3, 2), (1, 2), (1, 0), (2, 1)), (1, 7, 6)),
+    (nn.MaxPool1d(5, 1, 2), (2, 3)),  # window wider than the input: the arithmetic path
+    (nn.MaxPool3d(2), (1, 4, 4, 4)),
+])
+def test_argmax_codes_are_first_index_within_window(pool, shape):
+    from cnnlens.spline._codes import pool_windows
+
+    x = torch.randn(3, *shape).round()  # rounding creates ties
+    code = partition_codes(pool, x)[0]
+    d = len(shape) - 1
+    tup = lambda v: tuple(v) if isinstance(v, tuple) else (v,) * d  # noqa: E731
+    win = pool_windows(x, tup(pool.kernel_size), tup(pool.stride), tup(pool.padding), tup(pool.dilation),
+                       pool.ceil_mode, float("-inf"))
+    assert code.kind == "argmax" and code.num_states == win.shape[-1]
+    assert torch.equal(code.states(), win.argmax(-1).reshape(3, -1))

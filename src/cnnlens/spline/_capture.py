@@ -510,13 +510,10 @@ def _ntuple(v: Any, d: int) -> tuple[int, ...]:
     return tuple(int(v) for _ in range(d))
 
 
-def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...],
-                  s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...]) -> Tensor:
-    """Convert PyTorch's flat per-channel max-pool index into the row-major index within the pooling window.
-
-    ``idx - start`` (start = flat index of the window's first element) takes one distinct value per window element
-    whenever the window span fits in the input, so a lookup table does the conversion in two tensor operations.
-    """
+@functools.lru_cache(maxsize=64)
+def _window_lut(in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...], s: tuple[int, ...],
+                p: tuple[int, ...], dil: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+    """(start, lut): flat index of each window's first element and offset -> window-relative index (cached)."""
     d = len(k)
     strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
     start = torch.zeros((), dtype=torch.int64)
@@ -526,10 +523,26 @@ def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, 
         start = start + ((torch.arange(out_sizes[i]) * s[i] - p[i]) * strides_in[i]).view(shape)
     grids = torch.meshgrid(*[torch.arange(k[i]) * dil[i] for i in range(d)], indexing="ij")
     offsets = sum(g.reshape(-1) * strides_in[i] for i, g in enumerate(grids))
-    if all(dil[i] * (k[i] - 1) < in_sizes[i] for i in range(d)) and offsets.unique().numel() == offsets.numel():
-        lut = torch.zeros(int(offsets.max()) + 1, dtype=torch.int64)
-        lut[offsets] = torch.arange(offsets.numel())
-        return lut[idx - start]
+    if not all(dil[i] * (k[i] - 1) < in_sizes[i] for i in range(d)) or offsets.unique().numel() != offsets.numel():
+        return None
+    lut = torch.zeros(int(offsets.max()) + 1, dtype=torch.int64)
+    lut[offsets] = torch.arange(offsets.numel())
+    return start, lut
+
+
+def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...],
+                  s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...]) -> Tensor:
+    """Convert PyTorch's flat per-channel max-pool index into the row-major index within the pooling window.
+
+    ``idx - start`` (start = flat index of the window's first element) takes one distinct value per window element
+    whenever the window span fits in the input, so a cached lookup table does the conversion in two operations.
+    """
+    d = len(k)
+    table = _window_lut(tuple(in_sizes), tuple(out_sizes), k, s, p, dil)
+    if table is not None:
+        start, lut = table
+        return lut.gather(0, (idx - start).reshape(-1)).view(idx.shape)
+    strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
     rel = torch.zeros_like(idx)  # windows wider than the input (large padding): per-dimension arithmetic
     rem = idx
     for i in range(d):
@@ -568,7 +581,7 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
                          f"shape {tuple(x.shape)}. Add a batch dimension with {what}.unsqueeze(0).")
     if x.shape[0] == 0:
         raise ValueError(f"{what} is an empty batch (shape {tuple(x.shape)}); pass at least one sample.")
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN or infinite values; the affine map and the regions are only "
                          "defined for finite inputs. Clean the data (e.g. torch.nan_to_num) first.")

@@ -15,6 +15,7 @@ autograd over the same captured (masked) graph, which gives the same A.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,8 +136,10 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple) -> Tensor:
         flipped = weight.flip(list(range(2, 2 + d))).transpose(0, 1)
         pad = [k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True)]
         if weight.shape[1] == 1:  # one input channel (first layer on grey images): oneDNN is 2-3x slower here
-            with torch.backends.mkldnn.flags(enabled=False):
-                return func(g, flipped, None, 1, pad)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the flags context warns about TF32 on Intel GPUs
+                with torch.backends.mkldnn.flags(enabled=False):
+                    return func(g, flipped, None, 1, pad)
         return func(g, flipped, None, 1, pad)
     mask = [True, False, False]
     return torch.ops.aten.convolution_backward(g, g.new_empty(in_shape), weight, None, list(stride),
