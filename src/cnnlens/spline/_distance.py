@@ -76,6 +76,10 @@ def _one_hot(states: Tensor, num_states: int) -> Tensor:
 class _MismatchCounter:
     """Exact mismatch counts between query codes and a fixed database of codes of one layer (eq. 15 of 000).
 
+    Binary codes: ``mismatch = |q| + |d| - 2 <q, d>`` over 0/1 bits. Categorical codes:
+    ``mismatch = U - <onehot(q), onehot(d)>``. Both are ``offset(q) + partial(q, d)`` with
+    ``partial = base(d) - weight * <q, d>``, which is what the top-k search ranks (one fused pass per chunk).
+
     Parameters
     ----------
     db : Tensor
@@ -84,45 +88,61 @@ class _MismatchCounter:
         Whether the codes are packed bits.
     num_states : int
         Number of states per unit (used for categorical codes).
+    num_units : int
+        Number of units U of the layer.
     """
 
-    def __init__(self, db: Tensor, *, binary: bool, num_states: int) -> None:
+    def __init__(self, db: Tensor, *, binary: bool, num_states: int, num_units: int) -> None:
         self.binary = binary
         self.num_states = num_states
-        self.db_features = self._features(db)
-        self.db_norms = self.db_features.sum(dim=1, dtype=torch.int32) if binary else None
+        self.num_units = num_units
+        self.db_features = self.features(db)
+        self.num_db = self.db_features.shape[0]
+        self.weight = 2 if binary else 1
+        # partial(q, d) + U >= 0 always (|d| - 2 <q, d> >= -|d| >= -U), so shift it into [0, 2U]
+        self.db_base = (_popcount_rows(db) + num_units) if binary else torch.full((self.num_db,), num_units)
 
-    def _features(self, codes: Tensor) -> Tensor:
+    def features(self, codes: Tensor) -> Tensor:
+        """int8 0/1 features whose inner products count agreeing units (bits, or one-hot states)."""
         return _unpack_bits(codes) if self.binary else _one_hot(codes, self.num_states)
 
-    def __call__(self, queries: Tensor, num_units: int) -> Tensor:
-        """int32 ``(n, M)`` number of units whose states differ between each query and each database code."""
-        features = self._features(queries)
-        inner = _int8_matmul(features, self.db_features)
+    def offset(self, queries: Tensor) -> Tensor:
+        """Per-query term: ``mismatch = offset + partial``, with the shift of ``db_base`` undone."""
         if self.binary:
-            norms = features.sum(dim=1, dtype=torch.int32)
-            return norms[:, None] + self.db_norms[None, :] - 2 * inner
-        return num_units - inner
+            return _popcount_rows(queries) - self.num_units
+        return torch.zeros(queries.shape[0], dtype=torch.int64)
+
+    def __call__(self, queries: Tensor) -> Tensor:
+        """int64 ``(n, M)`` number of units whose states differ between each query and each database code."""
+        inner = _int8_matmul(self.features(queries), self.db_features)
+        partial = torch.add(self.db_base[None, :], inner, alpha=-self.weight)
+        return partial + self.offset(queries)[:, None]
 
 
-def _brute_force_topk(
-    counter: _MismatchCounter, queries: Tensor, num_units: int, k: int, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+def _popcount_rows(packed: Tensor) -> Tensor:
+    """Number of set bits of each row of a packed uint8 matrix, int64 ``(N,)``."""
+    return torch.from_numpy(np.bitwise_count(packed.contiguous().numpy()).sum(axis=1, dtype=np.int64))
+
+
+def _brute_force_topk(counter: _MismatchCounter, queries: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     """Exact k smallest mismatch counts per query, ties broken by the lower database index.
 
-    The sort key ``count * M + index`` is unique per database entry, so ``topk`` on it is deterministic and
-    orders equal counts by index, exactly like a stable sort of the counts.
+    The sort key ``partial * M + index`` (``partial`` = mismatch minus a per-query constant, see
+    :class:`_MismatchCounter`) is unique per database entry, so ``topk`` on it is deterministic and orders equal
+    counts by index, exactly like a stable sort of the counts. It is formed in one fused pass from the GEMM output.
     """
-    num_db = counter.db_features.shape[0]
-    key_dtype = torch.int32 if (num_units + 1) * num_db < 2**31 else torch.int64
-    positions = torch.arange(num_db, dtype=key_dtype)
+    num_db = counter.num_db
+    key_dtype = torch.int32 if (2 * counter.num_units + 1) * num_db < 2**31 else torch.int64
+    base = (counter.db_base * num_db + torch.arange(num_db)).to(key_dtype)
     indices, counts = [], []
     for start in range(0, queries.shape[0], chunk_size):
-        mismatches = counter(queries[start : start + chunk_size], num_units).to(key_dtype)
-        keys = torch.topk(mismatches.mul_(num_db).add_(positions), k, dim=1, largest=False, sorted=True).values
+        chunk = queries[start : start + chunk_size]
+        inner = _int8_matmul(counter.features(chunk), counter.db_features).to(key_dtype)
+        keys = torch.topk(torch.add(base, inner, alpha=-counter.weight * num_db), k, dim=1, largest=False).values
+        keys = keys.long()
         indices.append(keys % num_db)
-        counts.append(keys // num_db)
-    return torch.cat(indices).long(), torch.cat(counts).long()
+        counts.append(keys // num_db + counter.offset(chunk)[:, None])
+    return torch.cat(indices), torch.cat(counts)
 
 
 def _faiss_topk(db: Tensor, queries: Tensor, num_units: int, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -148,8 +168,8 @@ def _faiss_topk(db: Tensor, queries: Tensor, num_units: int, k: int, chunk_size:
         unresolved = np.flatnonzero(distances[:, num_candidates - 1] <= distances[:, k - 1])
         if unresolved.size:
             rows = torch.from_numpy(unresolved)
-            counter = _MismatchCounter(db, binary=True, num_states=2)
-            exact_indices, exact_counts = _brute_force_topk(counter, queries[rows], num_units, k, chunk_size)
+            counter = _MismatchCounter(db, binary=True, num_states=2, num_units=num_units)
+            exact_indices, exact_counts = _brute_force_topk(counter, queries[rows], k, chunk_size)
             indices[rows] = exact_indices
             counts[rows] = exact_counts
     return indices, counts
@@ -260,12 +280,13 @@ def partition_distance(
     code_b = _layer_code(b, layer, "b")
     _check_same_layer(code_a, code_b)
     num_units = code_a.num_units
-    counter = _MismatchCounter(_kernel_inputs(code_b), binary=code_b.kind == "binary", num_states=code_b.num_states)
+    counter = _MismatchCounter(_kernel_inputs(code_b), binary=code_b.kind == "binary", num_states=code_b.num_states,
+                               num_units=num_units)
     queries = _kernel_inputs(code_a)
     rows = _chunk_rows(len(code_b), chunk_size)
     out = torch.empty(len(code_a), len(code_b), dtype=torch.float64)
     for start in range(0, len(code_a), rows):
-        out[start : start + rows] = counter(queries[start : start + rows], num_units).double() / num_units
+        out[start : start + rows] = counter(queries[start : start + rows]).double() / num_units
     return out
 
 
@@ -339,6 +360,6 @@ def nearest_neighbors(
     if backend == "faiss":
         indices, counts = _faiss_topk(db_inputs, queries, db.num_units, k, rows)
     else:
-        counter = _MismatchCounter(db_inputs, binary=binary, num_states=db.num_states)
-        indices, counts = _brute_force_topk(counter, queries, db.num_units, k, rows)
+        counter = _MismatchCounter(db_inputs, binary=binary, num_states=db.num_states, num_units=db.num_units)
+        indices, counts = _brute_force_topk(counter, queries, k, rows)
     return indices, counts.double() / db.num_units
