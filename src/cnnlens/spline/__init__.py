@@ -9,6 +9,15 @@ The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented
 from ._affine import AffineMap, Templates, affine_map, templates
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
 from ._distance import nearest_neighbors, partition_distance
+from ._figures import (
+    histogram_overlap,
+    plot_bimodality,
+    plot_lambda_sweep,
+    plot_neighbor_grid,
+    plot_region_slice,
+    plot_templates,
+    region_ids_from_codes,
+)
 from ._maso import MASO, ConvexityResult, is_globally_convex, maso
 from ._orthogonal import orthogonal_penalty
 from ._segment import SegmentRegions, regions_on_segment
@@ -23,12 +32,19 @@ __all__ = [
     "Templates",
     "affine_map",
     "boundary_units",
+    "histogram_overlap",
     "is_globally_convex",
     "maso",
     "nearest_neighbors",
     "orthogonal_penalty",
     "partition_codes",
     "partition_distance",
+    "plot_bimodality",
+    "plot_lambda_sweep",
+    "plot_neighbor_grid",
+    "plot_region_slice",
+    "plot_templates",
+    "region_ids_from_codes",
     "regions_on_segment",
     "templates",
 ]
