@@ -16,8 +16,7 @@ from torch.utils.data import Subset
 
 from ..data import load
 from ..nn.models import get_model
-from ..spline import templates
-from ..spline._figures import histogram_overlap, plot_bimodality
+from ..spline import histogram_overlap, plot_bimodality, templates
 from ..train import evaluate, fit, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
 

@@ -16,8 +16,7 @@ from torch.utils.data import Subset
 
 from ..data import load
 from ..nn.models import get_model
-from ..spline._figures import plot_lambda_sweep
-from ..spline._orthogonal import orthogonal_penalty
+from ..spline import orthogonal_penalty, plot_lambda_sweep
 from ..train import evaluate, fit, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
 

@@ -19,8 +19,7 @@ from torch.utils.data import Subset
 
 from ..data import load
 from ..nn.models import lenet5
-from ..spline import nearest_neighbors, partition_codes
-from ..spline._figures import plot_neighbor_grid
+from ..spline import nearest_neighbors, partition_codes, plot_neighbor_grid
 from ..train import evaluate, fit, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
 

@@ -23,8 +23,7 @@ from torch.utils.data import Subset
 
 from ..data import load
 from ..nn.models import lenet5
-from ..spline import partition_codes, regions_on_segment
-from ..spline._figures import plot_region_slice, region_ids_from_codes
+from ..spline import partition_codes, plot_region_slice, region_ids_from_codes, regions_on_segment
 from ..train import evaluate, fit, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
 

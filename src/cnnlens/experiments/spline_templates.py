@@ -21,8 +21,7 @@ from torch.utils.data import Subset
 
 from ..data import load
 from ..nn.models import get_model
-from ..spline import templates
-from ..spline._figures import plot_templates
+from ..spline import plot_templates, templates
 from ..train import evaluate, fit, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
 
