@@ -36,7 +36,7 @@ class AnchorsConfig:
 
     epochs: int = 15
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     train_size: int | None = None
@@ -113,7 +113,7 @@ def _cluster_figure(view: ClusterView, patches: torch.Tensor, anchors: torch.Ten
     claim="The filters of a trained CNN are anchor vectors representing frequent patterns; a second layer stitches "
     "the first layer's anchors into larger patterns on its receptive field (13 x 13 for LeNet-5's C3).",
     paper="003 secs. 2-3, eqs. 11-21, Tables 1-2, Figs. 6-7",
-    quick=AnchorsConfig(epochs=2, full_mnist=False, cluster_digits=300, realized_digits=30),
+    quick=AnchorsConfig(epochs=2, lr=0.05, full_mnist=False, cluster_digits=300, realized_digits=30),
     full=AnchorsConfig(),
     metrics=("acc_test", "mean_angular_spread_deg", "max_anchor_share", "min_anchor_share", "unassigned_share",
              "mean_centroid_angle_deg", "mean_kmeans_angle_deg", "compound_receptive_field",

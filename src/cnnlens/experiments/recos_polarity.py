@@ -35,7 +35,7 @@ class PolarityConfig:
     epochs: int = 15
     doubled_epochs: int = 10
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     train_size: int | None = None
@@ -134,7 +134,7 @@ def _doubling_reading(m: dict[str, float]) -> str:
     claim="LeNet-5 trained on MNIST fails on grey-scale-reversed digits (98.94% vs 37.36%); negating C1 swaps the "
     "two accuracies, and doubling C1's anchors ([W; -W]) handles both polarities.",
     paper="003 sec. 2, Fig. 5",
-    quick=PolarityConfig(epochs=3, doubled_epochs=1, full_mnist=False),
+    quick=PolarityConfig(epochs=3, doubled_epochs=1, lr=0.05, full_mnist=False),
     full=PolarityConfig(),
     metrics=("acc_original", "acc_reversed", "acc_negated_original", "acc_negated_reversed",
              "acc_doubled_original", "acc_doubled_reversed", "acc_exact_original", "acc_exact_reversed",
