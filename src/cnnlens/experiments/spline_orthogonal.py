@@ -70,8 +70,10 @@ def run(cfg: OrthogonalConfig, ctx: RunContext) -> ExperimentResult:
             seed_everything(seed)
             model = get_model(cfg.model, num_classes=10)
             extra = {"orthogonal": lambda m, lam=lam: lam * orthogonal_penalty(m.output)} if lam > 0 else None
+            with_curves = s == 0 and lam in (min(cfg.lambdas), max(cfg.lambdas))
             result = fit(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
-                         seed=seed, extra_losses=extra, eval_data=test, progress=ctx.progress,
+                         seed=seed, extra_losses=extra, eval_data=test if with_curves else None,
+                         progress=ctx.progress,
                          checkpoint_dir=ctx.checkpoint_dir(f"{cfg.model}_{_suffix(lam)}_seed{seed}"))
             test_acc[i, s] = evaluate(model, test).accuracy
             train_acc[i, s] = evaluate(model, train).accuracy
@@ -80,7 +82,7 @@ def run(cfg: OrthogonalConfig, ctx: RunContext) -> ExperimentResult:
                 gram[i, s] = orthogonal_penalty(weight).item()
                 unit = weight / weight.norm(dim=1, keepdim=True)
                 cosine[i, s] = orthogonal_penalty(unit).item() / (weight.shape[0] * (weight.shape[0] - 1))
-            if s == 0 and lam in (min(cfg.lambdas), max(cfg.lambdas)):
+            if with_curves:
                 curves[f"test acc, lambda {lam:g}"] = [h["eval_acc"] for h in result.history]
                 curves[f"train acc, lambda {lam:g}"] = [h["train_acc"] for h in result.history]
             ctx.log(f"lambda {lam:g} seed {seed}: test {test_acc[i, s]:.4f} train {train_acc[i, s]:.4f} "
