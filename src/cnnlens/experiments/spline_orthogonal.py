@@ -84,7 +84,7 @@ def run(cfg: OrthogonalConfig, ctx: RunContext) -> ExperimentResult:
                 cosine[i, s] = orthogonal_penalty(unit).item() / (weight.shape[0] * (weight.shape[0] - 1))
             if with_curves:
                 curves[f"test acc, lambda {lam:g}"] = [h["eval_acc"] for h in result.history]
-                curves[f"train acc, lambda {lam:g}"] = [h["train_acc"] for h in result.history]
+                curves[f"train acc (running, in epoch), lambda {lam:g}"] = [h["train_acc"] for h in result.history]
             ctx.log(f"lambda {lam:g} seed {seed}: test {test_acc[i, s]:.4f} train {train_acc[i, s]:.4f} "
                     f"gram off-diagonal {gram[i, s]:.4g}")
 

@@ -197,8 +197,8 @@ def plot_lambda_sweep(
     lambdas : sequence of float
         The penalty weights, one per row of ``accuracies``.
     accuracies : array ``(L, S)``
-        Test accuracy of each of ``S`` seeds per :math:`\lambda`: mean (black), +-1 std (grey band) and max
-        (blue) are drawn as in Fig. 3a.
+        Test accuracy of each of ``S`` seeds per :math:`\lambda`: mean (black), +-1 sample standard deviation
+        (grey band) and max (blue) are drawn as in Fig. 3a.
     curves : mapping of str to sequence of float, optional
         Per-epoch curves drawn in a second panel (e.g. train error or test accuracy for lambda 0 vs 1, Fig. 3b).
     title : str, optional
@@ -212,7 +212,7 @@ def plot_lambda_sweep(
     fig = Figure(figsize=(9.0 if curves else 4.6, 3.2))
     axes = fig.subplots(1, 2 if curves else 1, squeeze=False)[0]
     positions = np.arange(len(lambdas))
-    mean, std = acc.mean(axis=1), acc.std(axis=1)
+    mean, std = acc.mean(axis=1), acc.std(axis=1, ddof=1 if acc.shape[1] > 1 else 0)
     axes[0].fill_between(positions, mean - std, mean + std, color="0.8", label="mean +- std")
     axes[0].plot(positions, mean, "ko-", label="mean")
     axes[0].plot(positions, acc.max(axis=1), "o", color="tab:blue", label="max")
@@ -222,7 +222,7 @@ def plot_lambda_sweep(
     if curves:
         for label, values in curves.items():
             axes[1].plot(np.arange(1, len(values) + 1), values, label=label)
-        axes[1].set(xlabel="epoch")
+        axes[1].set(xlabel="epoch", ylabel="accuracy")
         axes[1].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
