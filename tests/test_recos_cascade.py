@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.nn.models import lenet5
-from cnnlens.recos import anchor_matrix, anchor_position_vectors, compound_anchors
+from cnnlens.recos import anchor_matrix, anchor_position_vectors, compound_anchors, plot_stitching
 from conftest import tol
 
 
@@ -141,3 +141,16 @@ def test_cascade_errors():
         compound_anchors(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 3), pool=nn.MaxPool2d(2, padding=1))
     with pytest.raises(TypeError, match="received Sigmoid"):
         anchor_position_vectors(nn.Sigmoid())
+
+
+def test_plot_stitching_draws_the_grid():
+    import matplotlib.pyplot as plt
+
+    ca = compound_anchors(nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5), pool=2)
+    fig = plot_stitching(ca, anchor=3)
+    assert len(fig.subfigs[0].axes) == 25 and len(fig.subfigs[1].axes) == 2
+    with pytest.raises(ValueError, match=r"anchor must be in \[0, 16\), received 16"):
+        plot_stitching(ca, anchor=16)
+    with pytest.raises(ValueError, match="conv -> conv cascade"):
+        plot_stitching(compound_anchors(torch.ones(3, 2), torch.ones(2, 4)))
+    plt.close("all")

@@ -22,6 +22,7 @@ from ..recos import (
     compound_anchors,
     extract_patches,
     plot_image_grid,
+    plot_stitching,
     summary,
 )
 from ..spline import templates
@@ -164,6 +165,7 @@ def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
         "c1_anchor_positions": _position_figure(anchor_position_vectors(model.c1).vectors),
         "compound_anchors": plot_image_grid(compound.linear, ncols=8,
                                             title="compound anchors C = AB of C1 -> S2 -> C3, 13 x 13 (eq. 21)"),
+        "compound_stitching": plot_stitching(compound, anchor=int(compound.linear.flatten(1).norm(dim=1).argmax())),
         "compound_anchors_rectified": plot_image_grid(compound.rectified, ncols=8,
                                                       title="rectified compound anchors C' (eq. 17 per entry)"),
         "realized_anchors": plot_image_grid(realized[:16], ncols=8, title="realised 14 x 14 anchors of the most "

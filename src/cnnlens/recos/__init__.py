@@ -10,7 +10,7 @@ Every conv or linear layer is read as a RECOS unit whose filters are anchor vect
 from ._anchors import AnchorVectors, RectifiedCorrelations, anchor_vectors, augment_patches, rectified_correlations
 from ._cascade import AnchorPositionVectors, CompoundAnchors, anchor_position_vectors, compound_anchors
 from ._clusters import ClusterView, cluster_view
-from ._figures import plot_image_grid, plot_unit_circle
+from ._figures import plot_image_grid, plot_stitching, plot_unit_circle
 from ._layers import anchor_matrix, extract_patches
 from ._polarity import ReversedInputConv2d, double_anchors, negate_first_layer, polarity_transform
 from ._summary import AlexNetShaped, RecosSummary, RecosUnit, alexnet_shaped, summary
@@ -36,6 +36,7 @@ __all__ = [
     "extract_patches",
     "negate_first_layer",
     "plot_image_grid",
+    "plot_stitching",
     "plot_unit_circle",
     "polarity_transform",
     "rectified_correlations",

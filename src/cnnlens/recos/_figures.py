@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._cascade import CompoundAnchors
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_image_grid", "plot_unit_circle"]
+__all__ = ["plot_image_grid", "plot_stitching", "plot_unit_circle"]
 
 
 def plot_image_grid(
@@ -123,4 +125,46 @@ def plot_unit_circle(cosines: Tensor, *, labels: Sequence[str] | None = None, ti
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_stitching(compound: CompoundAnchors, anchor: int = 0, *, channel: int = 0) -> Figure:
+    """How one compound anchor is stitched (eq. 21, Fig. 6 of 003): its P per-patch patterns alpha_n^T b_{l,p}
+    on the k2 x k2 grid of first-layer units, then their sum on the receptive field (C) and the sum of the
+    rectified patterns (C').
+
+    Parameters
+    ----------
+    compound : CompoundAnchors
+        From ``compound_anchors`` of two convolutions.
+    anchor : int
+        The second-layer anchor l.
+    channel : int
+        The input channel to draw.
+    """
+    import matplotlib.pyplot as plt
+
+    if compound.per_patch.ndim != 5:
+        raise ValueError("plot_stitching draws a conv -> conv cascade; this CompoundAnchors comes from matrices")
+    num, p = compound.per_patch.shape[:2]
+    if not 0 <= anchor < num:
+        raise ValueError(f"anchor must be in [0, {num}), received {anchor}")
+    rows = len(torch.unique(compound.offsets[:, 0]))  # patches are ordered row-major on the k2 x k2 grid
+    cols = p // rows
+    patches = compound.per_patch[anchor, :, channel].detach().cpu().double().numpy()
+    lim = float(np.abs(patches).max()) or 1.0
+    fig = plt.figure(figsize=(2 * cols * 0.55 + 5.0, rows * 0.55 + 0.8))
+    left, right = fig.subfigures(1, 2, width_ratios=[cols * 0.55, 5.0])
+    axes = left.subplots(rows, cols, squeeze=False)
+    for idx, ax in enumerate(axes.flat):
+        ax.imshow(patches[idx], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_axis_off()
+    left.suptitle(f"per-patch patterns of anchor {anchor} (eq. 21)", fontsize=8)
+    ax_lin, ax_rec = right.subplots(1, 2)
+    for ax, img, name in ((ax_lin, compound.linear, "stitched C"), (ax_rec, compound.rectified, "stitched C'")):
+        data = img[anchor, channel].detach().cpu().double().numpy()
+        lim2 = float(np.abs(data).max()) or 1.0
+        ax.imshow(data, cmap="RdBu_r", vmin=-lim2, vmax=lim2, interpolation="nearest")
+        ax.set_title(f"{name} ({data.shape[0]} x {data.shape[1]})", fontsize=8)
+        ax.set_axis_off()
     return fig
