@@ -58,3 +58,18 @@ def test_relative_change_and_hooks():
 def test_recos_experiments_registered():
     names = {e.name for e in list_experiments()}
     assert {"recos-polarity", "recos-rectification", "recos-background", "recos-anchors"} <= names
+
+
+@pytest.mark.slow
+def test_recos_polarity_quick_run_exact_identity(tmp_path):
+    """The trained network's exact transform reproduces its accuracy and logits on reversed digits."""
+    import json
+
+    from cnnlens.experiments import run_experiment
+
+    folder = run_experiment("recos-polarity", tmp_path, quick=True, progress=False)
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["acc_exact_reversed"] == m["acc_original"] and m["acc_exact_original"] == m["acc_reversed"]
+    assert m["exact_prediction_agreement"] == 1.0
+    assert m["exact_max_logit_gap_float64"] < 1e-10 and m["exact_mask_max_logit_gap_float64"] < 1e-10
+    assert m["acc_original"] > 0.8 > m["acc_reversed"]
