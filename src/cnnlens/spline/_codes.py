@@ -132,10 +132,6 @@ def _batches(x: Tensor | Dataset, batch_size: int) -> Iterator[Tensor]:
     if not isinstance(x, Dataset) or not hasattr(x, "__len__"):
         raise TypeError(f"x must be a Tensor (N, *in_shape) or a sized Dataset of (x, y) items; received "
                         f"{type(x).__name__}.")
-    images = getattr(x, "images", None)
-    if isinstance(images, Tensor) and len(images) == len(x) and not getattr(x, "transforms", None):
-        yield from _batches(images, batch_size)
-        return
     for i in range(0, len(x), batch_size):
         items = [x[j] for j in range(i, min(i + batch_size, len(x)))]
         yield torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
