@@ -64,6 +64,12 @@ def _train(filters: int, seed: int, train: TileDataset, test: TileDataset, cfg: 
     return model, evaluate(model, test).accuracy
 
 
+def _filter_alive(model: nn.Sequential, data: TileDataset) -> bool:
+    """Whether some conv neuron fires on some training input (else the network's output is constant)."""
+    with torch.no_grad():
+        return bool((model.relu(model.conv(data.images)) > 0).any())
+
+
 def _reading(model: nn.Sequential, test: TileDataset) -> tuple[str, dict[str, float]]:
     """The paper's reading of the trained weights, computed from them."""
     w = model.conv.weight.detach()[0, 0].double()
@@ -154,7 +160,11 @@ def _run(cfg: SquaresConfig, ctx: RunContext) -> ExperimentResult:
     wide = [_train(cfg.wide_filters, ctx.seed + s, train, test, cfg, ctx) for s in range(cfg.seeds)]
     acc_narrow = [a for _, a in narrow]
     acc_wide = [a for _, a in wide]
-    median = int(np.argsort(acc_narrow)[len(acc_narrow) // 2])
+    # a run whose single filter dies (ReLU silent on every input: no gradient) stays at chance; the paper's figure is
+    # for a run that trained, so acc_trained is the median over the runs that did (dead runs are counted apart)
+    alive = [s for s, (m, _) in enumerate(narrow) if _filter_alive(m, train)]
+    ranked = sorted(alive or range(cfg.seeds), key=lambda s: acc_narrow[s])
+    median = ranked[len(ranked) // 2]
     model = narrow[median][0]
     shallow = shallow_construction(image_class, 4)
     deep = deep_construction(image_class, 4)
@@ -164,7 +174,9 @@ def _run(cfg: SquaresConfig, ctx: RunContext) -> ExperimentResult:
     reading, extra = _reading(model, test)
     ctx.log(reading)
     metrics = {
-        "acc_trained": float(np.median(acc_narrow)),
+        "acc_trained": acc_narrow[median],
+        "acc_trained_all_seeds_median": float(np.median(acc_narrow)),
+        "dead_seeds": float(cfg.seeds - len(alive)),
         "acc_trained_wide": float(np.median(acc_wide)),
         "acc_shallow": acc_shallow,
         "acc_deep": acc_deep,
@@ -175,12 +187,13 @@ def _run(cfg: SquaresConfig, ctx: RunContext) -> ExperimentResult:
         "trained_parameters": float(sum(p.numel() for p in model.parameters())),
         **extra,
     }
-    dead = sum(a <= 0.55 for a in acc_narrow)
+    dead = cfg.seeds - len(alive)
     notes = (
-        f"Trained one-filter network (paper: 95%): median test accuracy {np.median(acc_narrow):.1%} over "
-        f"{cfg.seeds} seeds ({', '.join(f'{a:.1%}' for a in acc_narrow)}); "
-        + (f"{dead} seed(s) stay at chance because the single ReLU filter dies (no gradient), a failure mode the "
-           "paper does not mention. " if dead else "")
+        f"Trained one-filter network (paper: 95%): {acc_narrow[median]:.1%}, the median over the {len(alive)} of "
+        f"{cfg.seeds} seeds whose filter trained (all seeds: {', '.join(f'{a:.1%}' for a in acc_narrow)}). "
+        + (f"In {dead} seed(s) the single ReLU filter is silent on every input from the start or dies early, so "
+           "the output is constant and the network stays at chance: a failure mode the paper does not mention. "
+           if dead else "")
         + f"With {cfg.wide_filters} filters (paper: over 99%): median {np.median(acc_wide):.1%} "
         f"({', '.join(f'{a:.1%}' for a in acc_wide)}). The shallow (Thm. 1, {metrics['shallow_parameters']:.0f} "
         f"parameters) and deep (Thm. 2, {metrics['deep_parameters']:.0f} parameters) constructions classify "

@@ -2,7 +2,8 @@
 
 A draw picks the label ``j`` (labels are balanced), a tile ``T = (t, eps)`` of image ``I_j`` uniformly, a window
 uniformly among the ``(m - k + 1)(n - l + 1)`` positions and a background; it writes ``t + delta`` on the tile's
-support (pixels outside the support keep the background, as in Fig. 1 of 002), where the perturbation ``delta``
+support (pixels outside the support keep the background, as in Fig. 1 of 002; ``fill="window"`` writes the whole
+``k x l`` matrix instead, as the experiments of sec. 6 do), where the perturbation ``delta``
 has L1 norm ``rho = perturbation * eps * U``, ``U ~ U[0, 1)``, a random sign pattern and Dirichlet-distributed
 magnitudes, and the result is clipped to ``[0, 1]`` (clipping never increases the distance to ``t``). The planted
 window is then within ``eps`` of ``T`` and the input lies in ``X^{I_j}``. The input is kept only if it contains no
@@ -70,8 +71,9 @@ def plant(
     *,
     perturbation: float = 0.0,
     generator: torch.Generator | None = None,
+    fill: str = "support",
 ) -> Tensor:
-    """Write a (perturbed) copy of ``tile`` on its support into each input, at the given top-left pixels.
+    """Write a (perturbed) copy of ``tile`` into each input, at the given top-left pixels.
 
     Parameters
     ----------
@@ -84,6 +86,9 @@ def plant(
         window is at distance ``<= perturbation * eps`` from the tile.
     generator : torch.Generator, optional
         Source of randomness of the perturbation (needed when ``perturbation > 0``).
+    fill : "support" or "window"
+        Write only the support pixels (the rest keeps the background, Fig. 1 of 002), or the whole ``k x l``
+        matrix ``t`` (the window is replaced by the tile, as in the Fashion-MNIST experiment of sec. 6.2).
 
     Returns
     -------
@@ -111,7 +116,12 @@ def plant(
         sign = torch.randint(0, 2, (count, rows.numel()), generator=generator).to(torch.float64) * 2 - 1
         radius = perturbation * tile.eps * torch.rand(count, 1, generator=generator, dtype=torch.float64)
         values = (values + radius * sign * magnitude / magnitude.sum(1, keepdim=True)).clamp(0.0, 1.0)
+    if fill not in ("support", "window"):
+        raise ValueError(f"fill must be 'support' or 'window'; received {fill!r}.")
     index = torch.arange(count).unsqueeze(1)
+    if fill == "window":
+        every_r, every_c = (v.flatten() for v in torch.meshgrid(torch.arange(k), torch.arange(l), indexing="ij"))
+        out[index, pos[:, :1] + every_r, pos[:, 1:] + every_c] = tile.t[every_r, every_c]
     out[index, pos[:, :1] + rows, pos[:, 1:] + cols] = values
     return out
 
@@ -146,6 +156,7 @@ def sample(
     seed: int = 0,
     max_tries: int = 100,
     split: str = "train",
+    fill: str = "support",
 ) -> TileDataset:
     """Draw ``n`` labelled inputs of ``X^Ibar_{m,n}`` (Def. 3.6 of 002), balanced over the labels.
 
@@ -167,6 +178,8 @@ def sample(
         images are declared impossible to tell apart (ValueError naming them).
     split : str
         Stored in the data set's ``split``.
+    fill : "support" or "window"
+        Planted tiles replace their support pixels only, or the whole window (see :func:`plant`).
 
     Returns
     -------
@@ -206,7 +219,7 @@ def sample(
             k, l = flat[a][1].shape
             pos = torch.stack([torch.randint(m - k + 1, (sel.numel(),), generator=gen),
                                torch.randint(w - l + 1, (sel.numel(),), generator=gen)], dim=1)
-            draws[sel] = plant(draws[sel], flat[a][1], pos, perturbation=perturbation, generator=gen)
+            draws[sel] = plant(draws[sel], flat[a][1], pos, perturbation=perturbation, generator=gen, fill=fill)
             where[sel] = pos
         draws = draws.to(torch.float32).to(torch.float64)  # labels are checked on the stored values
         last_found = membership(draws, image_class)
