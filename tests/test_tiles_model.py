@@ -312,3 +312,22 @@ def test_plant_validates_positions_and_randomness():
         plant(x, tile, (3, 0))
     with pytest.raises(ValueError, match="pass a seeded torch.Generator"):
         plant(x, tile, (0, 0), perturbation=0.5)
+
+
+def test_plant_can_replace_the_whole_window():
+    """fill='window' writes the full k x l matrix (sec. 6.2 of 002), fill='support' only the support (Fig. 1)."""
+    tile = FeatureTile([[0.0, 1.0], [1.0, 0.0]], 0.5)
+    x = torch.full((1, 3, 3), 0.5, dtype=torch.float64)
+    support_only = plant(x, tile, (1, 1))
+    window = plant(x, tile, (1, 1), fill="window")
+    assert support_only[0].tolist() == [[0.5, 0.5, 0.5], [0.5, 0.5, 1.0], [0.5, 1.0, 0.5]]
+    assert window[0].tolist() == [[0.5, 0.5, 0.5], [0.5, 0.0, 1.0], [0.5, 1.0, 0.0]]
+    with pytest.raises(ValueError, match="fill must be 'support' or 'window'"):
+        plant(x, tile, (0, 0), fill="all")
+    image_class = _two_shapes()
+    data = sample(image_class, 40, 8, seed=2, fill="window", perturbation=0.0)
+    assert torch.equal(class_labels(data.images, image_class), data.labels)
+    for i in range(40):
+        _, tile = image_class.tiles[int(data.tile_ids[i])]
+        (r, c), (k, l) = data.positions[i].tolist(), tile.shape
+        torch.testing.assert_close(data.images[i, 0, r : r + k, c : c + l].double(), tile.t, rtol=0, atol=1e-7)
