@@ -11,6 +11,7 @@
   :func:`single_conv_net`, the trained networks of sec. 6.
 
 >>> import numpy as np
+>>> import torch
 >>> from cnnlens.tiles import FeatureTile, Image, ImageClass, sample, shallow_construction
 >>> white = FeatureTile(np.zeros((2, 2)), eps=0.5, mask=np.ones((2, 2), bool))
 >>> black = FeatureTile(np.ones((2, 2)), eps=0.5)

@@ -107,8 +107,8 @@ class DeepTileNet(TileNetwork):
             raise ValueError(f"layer {layer!r} has no unit description; use 'level0'..'level{self.depth}' or 'output'.")
         level = int(layer[len(prefix):])
         if level == 0:
-            self._check_unit(layer, unit, 1 + self.levels.numel())
-            return f"pixel channel {unit}: {describe_level(self.levels, unit)} at every pixel"
+            self._check_unit(layer, unit, 1 + self.grey_levels.numel())
+            return f"pixel channel {unit}: {describe_level(self.grey_levels, unit)} at every pixel"
         a, (row, col), side = self.patch(level, unit)
         if level == self.depth:
             return f"relu(eps - D_t(x)): detector of the whole {self._tile_name(a)} at every window"

@@ -78,7 +78,7 @@ class TileNetwork(nn.Sequential):
     image_class : ImageClass
     size : (m, n)
         The input size it was built for (inputs are ``(N, 1, m, n)``).
-    levels : Tensor
+    grey_levels : Tensor
         float64, the grey levels ``c_v`` of the pixel layer's channels ``1 + v``.
     """
 
@@ -86,7 +86,7 @@ class TileNetwork(nn.Sequential):
         super().__init__(OrderedDict(layers))
         self.image_class = image_class
         self.size = size
-        self.levels = levels
+        self.grey_levels = levels
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, l)`` of inputs ``(N, 1, m, n)``."""

@@ -78,8 +78,8 @@ class ShallowTileNet(TileNetwork):
     def describe_unit(self, layer: str, unit: int) -> str:
         """What a unit of ``pixels``, ``windows`` or ``output`` computes (see the module docstring)."""
         if layer in ("pixels", "pixels_relu"):
-            self._check_unit(layer, unit, 1 + self.levels.numel())
-            return f"pixel channel {unit}: {describe_level(self.levels, unit)} at every pixel"
+            self._check_unit(layer, unit, 1 + self.grey_levels.numel())
+            return f"pixel channel {unit}: {describe_level(self.grey_levels, unit)} at every pixel"
         if layer in ("windows", "windows_relu"):
             if self.hidden == "linear":
                 self._check_unit(layer, unit, len(self.units))
