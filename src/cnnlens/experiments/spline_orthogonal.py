@@ -52,6 +52,11 @@ class OrthogonalConfig:
 )
 def run(cfg: OrthogonalConfig, ctx: RunContext) -> ExperimentResult:
     """Train ``cfg.seeds`` networks per lambda and compare test accuracy, gap and Gram off-diagonal energy."""
+    if len(cfg.lambdas) < 2 or cfg.lambdas[0] != 0 or cfg.seeds < 1:
+        raise ValueError(
+            f"spline-orthogonal needs lambdas starting with the unpenalised 0 followed by penalised values, and at "
+            f"least one seed; received lambdas={cfg.lambdas}, seeds={cfg.seeds}."
+        )
     transforms = ("pad32",) if cfg.model == "lenet5" else ()
     train = load("mnist5k", "train", ctx.data_dir, transforms=transforms)
     test = load("mnist5k", "test", ctx.data_dir, transforms=transforms)
@@ -109,7 +114,7 @@ def _notes(cfg: OrthogonalConfig, test_acc: np.ndarray, train_acc: np.ndarray, g
     """The honest reading of the sweep, computed from the numbers."""
     base = test_acc[0].mean()
     stderr = np.sqrt(test_acc.var(axis=1, ddof=1 if cfg.seeds > 1 else 0).mean() * 2 / cfg.seeds)
-    best = int(np.argmax(test_acc.mean(axis=1)))
+    best = 1 + int(np.argmax(test_acc[1:].mean(axis=1)))  # the best penalised run (lambdas[0] is 0)
     gain = test_acc[best].mean() - base
     gaps = (train_acc - test_acc).mean(axis=1)
     lines = [
@@ -127,10 +132,11 @@ def _notes(cfg: OrthogonalConfig, test_acc: np.ndarray, train_acc: np.ndarray, g
             f"The networks are under-trained in this configuration ({base:.1%} test accuracy at lambda 0; the quick "
             "mode trains for seconds), so the comparison is only indicative; run the full configuration."
         )
-    if best == 0 or gain <= 2 * stderr:
+    if gain <= 2 * stderr:
         lines.append(
-            f"The paper's accuracy gain does NOT reproduce here: the best lambda changes the mean test accuracy by "
-            f"{gain:+.2%}, within two standard errors ({2 * stderr:.2%}) of the seed-to-seed noise. With 10 classes "
+            f"The paper's accuracy gain does NOT reproduce here: the best penalised run (lambda "
+            f"{cfg.lambdas[best]:g}) changes the mean test accuracy by {gain:+.2%} against lambda 0, within two "
+            f"standard errors ({2 * stderr:.2%}) of the seed-to-seed noise. With 10 classes "
             "and an 84-dimensional last feature space, 10 nearly orthogonal rows are easy to reach with little "
             "change to the features (the penalty drops quickly at every lambda > 0), so the constraint costs and "
             "gives little; the paper's gains were measured on CIFAR100 (100 class rows competing in a larger "
