@@ -115,18 +115,20 @@ def _accuracy_bars(metrics: dict[str, float]) -> Figure:
     return fig
 
 
-def _doubling_reading(m: dict[str, float]) -> str:
+def _doubling_reading(m: dict[str, float], num_test: int) -> str:
     doubled = min(m["acc_doubled_original"], m["acc_doubled_reversed"])
     mixed = min(m["acc_mixed_original"], m["acc_mixed_reversed"])
-    if doubled >= mixed + 0.005:
+    noise = 2.0 * (0.97 * 0.03 / num_test) ** 0.5  # about two standard errors of an accuracy near 97%
+    if doubled >= mixed + noise:
         return (f"The doubled anchors help beyond the two-polarity data: worst polarity {doubled:.2%} vs "
-                f"{mixed:.2%} for the plain network.")
-    if mixed >= doubled + 0.005:
+                f"{mixed:.2%} for the plain network (more than two standard errors, {noise:.1%}, apart).")
+    if mixed >= doubled + noise:
         return (f"The plain network does better on its worse polarity ({mixed:.2%} vs {doubled:.2%}): seeing both "
                 "polarities in training is what matters here, not the doubled anchors.")
-    return (f"Both reach about the same worst-polarity accuracy ({doubled:.2%} vs {mixed:.2%}): seeing both "
-            "polarities in training is what matters; the doubled anchors make the two polarities explicit in C1 "
-            "without an accuracy gain at this scale.")
+    return (f"Worst-polarity accuracies {doubled:.2%} (doubled) and {mixed:.2%} (plain) are within about two "
+            f"standard errors ({noise:.1%} with {num_test:,} test digits): seeing both polarities in training is "
+            "what makes the network handle both; the doubled anchors make the two polarities explicit in C1, with "
+            "no accuracy gain that this test set can resolve.")
 
 
 @register_experiment(
@@ -205,22 +207,25 @@ def run(cfg: PolarityConfig, ctx: RunContext) -> ExperimentResult:
         f"reversed ones (paper 98.94% / 37.36%: same collapse"
         + ("" if cfg.train_size is None and cfg.epochs >= 10 else ", smaller training budget here")
         + f"). Negating C1's weights as the paper does gives {m['acc_negated_original']:.2%} on original and "
-        f"{m['acc_negated_reversed']:.2%} on reversed digits: the accuracies swap only approximately (total gap "
-        f"{swap_gap:.2%}), because C1(1 - x; -W, b) = C1(x; W, b) - sum(W_k): every channel is shifted by its "
+        f"{m['acc_negated_reversed']:.2%} on reversed digits: "
+        + ("the accuracies swap approximately, as the paper reports" if swap_gap < 0.05 else
+           "the accuracies do NOT swap as the paper reports")
+        + f" (sum of the two gaps {swap_gap:.2%}), because C1(1 - x; -W, b) = C1(x; W, b) - sum(W_k): every "
+        f"channel is shifted by its "
         f"filter sum (mean |sum(W_k)| = {m['c1_filter_sum_mean_abs']:.3f}), the local-mean coordinate of the "
         f"augmented anchor (eq. 7). The exact transform (weights -W, bias b + sum(W)) gives "
         f"{m['acc_exact_reversed']:.2%} on reversed digits = the original's {m['acc_original']:.2%}, with "
         f"max |logit difference| {m['exact_max_logit_gap_float32']:.1e} in float32 and "
         f"{m['exact_max_logit_gap_float64']:.1e} in float64 and {m['exact_prediction_agreement']:.2%} identical "
         f"predictions. If the digits are reversed before the zero padding (the border stays black, reversal "
-        f"image c = the 28x28 interior mask), the network scores {m['acc_reversed_before_pad']:.2%}, the "
-        f"constant-bias transform only {m['acc_constant_transform_reversed_before_pad']:.2%} on them, and the "
-        f"exact transform with the "
+        f"image c = the 28x28 interior mask), the network scores {m['acc_reversed_before_pad']:.2%}; the "
+        f"constant-bias transform, wrong only in the windows that touch the border, gives "
+        f"{m['acc_constant_transform_reversed_before_pad']:.2%} on them, and the exact transform with the "
         f"position-dependent bias map b + W * c recovers the original logits to "
         f"{m['exact_mask_max_logit_gap_float64']:.1e} (float64). Doubled anchors [W; -W] (tied, 12 channels) "
         "trained on both polarities: "
         f"{m['acc_doubled_original']:.2%} / {m['acc_doubled_reversed']:.2%}; the control, the plain 6-anchor "
         f"LeNet-5 trained on the same data, reaches {m['acc_mixed_original']:.2%} / {m['acc_mixed_reversed']:.2%}. "
-        + _doubling_reading(m)
+        + _doubling_reading(m, len(test))
     )
     return ExperimentResult(m, figures, notes)
