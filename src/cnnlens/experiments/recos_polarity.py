@@ -204,8 +204,8 @@ def run(cfg: PolarityConfig, ctx: RunContext) -> ExperimentResult:
     notes = (
         f"Data: {data_text}; reversal x -> 1 - x of the zero-padded 32x32 image (as in Fig. 5, the padded border "
         f"turns white). Trained LeNet-5: {m['acc_original']:.2%} on test digits, {m['acc_reversed']:.2%} on "
-        f"reversed ones (paper 98.94% / 37.36%: same collapse"
-        + ("" if cfg.train_size is None and cfg.epochs >= 10 else ", smaller training budget here")
+        f"reversed ones (paper 98.94% / 37.36%"
+        + ("" if cfg.train_size is None and cfg.epochs >= 10 else "; quick training budget here")
         + f"). Negating C1's weights as the paper does gives {m['acc_negated_original']:.2%} on original and "
         f"{m['acc_negated_reversed']:.2%} on reversed digits: "
         + ("the accuracies swap approximately, as the paper reports" if swap_gap < 0.05 else
