@@ -154,10 +154,10 @@ def _figure_logits(logits: dict[tuple[str, str], list[torch.Tensor]]) -> Figure:
             for name, colour, shift in (("trained", "tab:blue", -0.18), ("shallow", "tab:orange", 0.18)):
                 z = logits[(name, probe)][col].numpy()
                 parts = ax.boxplot(z, positions=np.arange(z.shape[1]) + shift, widths=0.3, patch_artist=True,
-                                   showfliers=False)
+                                   showfliers=False, manage_ticks=False)
                 for box in parts["boxes"]:
                     box.set_facecolor(colour)
-            ax.set_xticks(range(10))
+            ax.set_xticks(range(10), [str(i) for i in range(10)])
             ax.set_title(f"tile of class {col}: {probe}", fontsize=8)
             ax.set_xlabel("logit index", fontsize=8)
     axes[0, 0].set_ylabel("logit (blue trained, orange Thm. 1)", fontsize=8)
