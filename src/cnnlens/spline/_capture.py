@@ -159,6 +159,17 @@ class Entry:
     probe: dict[str, Any] = field(default_factory=dict)
 
 
+def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
+    """The tensors among the arguments (also inside lists/tuples, e.g. torch.cat); faster than a pytree walk."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(t for t in tree_leaves(value) if isinstance(t, Tensor))
+    return found
+
+
 class Capture(TorchFunctionMode):
     """Records one forward pass of a model (see the module docstring). Use through :func:`capture`."""
 
@@ -221,9 +232,9 @@ class Capture(TorchFunctionMode):
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
         """Run ``func`` on a captured forward pass (see the module docstring)."""
-        leaves = tree_leaves((args, kwargs))
-        tracked = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._tracked)]
-        discrete = [t for t in leaves if isinstance(t, Tensor) and self._is(t, self._discrete)]
+        leaves = _tensors(args, kwargs)
+        tracked = [t for t in leaves if self._is(t, self._tracked)]
+        discrete = [t for t in leaves if self._is(t, self._discrete)]
         if not tracked and not discrete:
             return func(*args, **kwargs)
         if func in _DISCRETE:
