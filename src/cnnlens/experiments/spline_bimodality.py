@@ -2,7 +2,8 @@
 
 Prop. 5 of 000: an idealised network trained to its global optimum memorises collinear templates, ``+c x`` for the
 correct class and ``-c' x`` for the others, so the template outputs ``<A[x]_c, x>`` split into two modes. Measured
-here on a trained CNN (batch-norm before ReLU, as in Fig. 2) for training digits (the proposition's setting) and
+here on a trained CNN (full mode: the large CNN with batch-norm before ReLU, as in Fig. 2; quick mode: LeNet-5,
+without batch-norm, which Fig. 2's caption says behaves alike) for training digits (the proposition's setting) and
 held-out digits: histograms of ``<A[x]_c, x>`` for correct vs other classes, their overlap coefficient (0: two
 disjoint modes, 1: identical distributions), and the cosine between each template and the input.
 """
@@ -60,14 +61,15 @@ def _template_statistics(model, images: torch.Tensor, labels: torch.Tensor) -> d
     claim="The template outputs <A[x]_c, x> of a trained CNN are bimodal: large for the correct class, small or "
     "negative for the others (Prop. 5: collinear templates +x / -x at the optimum).",
     paper="000 sec. 5.3, Prop. 5, Fig. 2",
-    quick=BimodalityConfig(model="small-cnn", epochs=2, train_size=1500, batch_size=32, lr=2e-3, analysed=300),
+    quick=BimodalityConfig(model="lenet5", epochs=2, train_size=1500, batch_size=32, lr=2e-3, analysed=300),
     full=BimodalityConfig(),
     metrics=("cos_correct_mean", "cos_other_mean", "bimodality_overlap"),
 )
 def run(cfg: BimodalityConfig, ctx: RunContext) -> ExperimentResult:
     """Train the network, then histogram correct/other template outputs on training and test digits."""
-    train = load("mnist5k", "train", ctx.data_dir)
-    test = load("mnist5k", "test", ctx.data_dir)
+    transforms = ("pad32",) if cfg.model == "lenet5" else ()
+    train = load("mnist5k", "train", ctx.data_dir, transforms=transforms)
+    test = load("mnist5k", "test", ctx.data_dir, transforms=transforms)
     seed_everything(ctx.seed)
     model = get_model(cfg.model, num_classes=10)
     fit(model, Subset(train, _every_kth(train, cfg.train_size)), epochs=cfg.epochs, batch_size=cfg.batch_size,
