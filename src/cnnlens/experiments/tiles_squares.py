@@ -138,7 +138,7 @@ def _figure(test: TileDataset, model: nn.Sequential, shallow_logits: torch.Tenso
     claim="A one-filter CNN separates black from white 2x2 squares on random 4x4 backgrounds (about 95%), more "
     "filters do better, and the hand-built networks of Thms. 1-2 have zero error.",
     paper="002 sec. 6.1, Fig. 2; Thms. 1-2",
-    quick=SquaresConfig(n_test=1000, seeds=3),
+    quick=SquaresConfig(n_test=1000, seeds=3, batch_size=32),
     full=SquaresConfig(),
     metrics=("acc_trained", "acc_trained_wide", "acc_shallow", "acc_deep"),
 )
