@@ -107,7 +107,7 @@ def _figure(test: TileDataset, model: nn.Sequential, shallow_logits: torch.Tenso
     grid = fig.add_gridspec(2, 7)
     for i in range(8):
         ax = fig.add_subplot(grid[i // 4, i % 4])
-        ax.imshow(test.images[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(test.images[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)  # the paper's convention: 0 is white
         ax.set_title(test.class_names[int(test.labels[i])], fontsize=8)
         ax.axis("off")
     ax = fig.add_subplot(grid[:, 4])
