@@ -344,3 +344,30 @@ def test_argmax_codes_are_first_index_within_window(pool, shape):
                        pool.ceil_mode, float("-inf"))
     assert code.kind == "argmax" and code.num_states == win.shape[-1]
     assert torch.equal(code.states(), win.argmax(-1).reshape(3, -1))
+
+
+def test_in_place_activations_keep_their_pre_activations():
+    """nn.ReLU(inplace=True) / clamp_ overwrite their input: boundaries and the region walk must use the values
+    before the overwrite."""
+    torch.manual_seed(4)
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 4)
+            self.act = nn.ReLU(inplace=True)
+            self.lin2 = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.out(self.lin2(self.act(self.lin(x))).clamp_(-0.5, 0.5))
+
+    model = InPlace().double().eval()
+    with torch.no_grad():
+        model.lin.weight.copy_(torch.ones(4, 1))
+        model.lin.bias.copy_(-torch.tensor([0.25, 0.5, 0.625, 0.75], dtype=torch.float64))
+    seg = regions_on_segment(model, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    relu_breaks = [t for t, name in zip(seg.breakpoints.tolist(), seg.layers, strict=True) if name == "act"]
+    assert np.allclose(relu_breaks, [0.25, 0.5, 0.625, 0.75], atol=1e-12)
+    on = boundary_units(model, torch.tensor([[0.5]], dtype=torch.float64))
+    assert on["act"].tolist() == [[False, True, False, False]]

@@ -353,6 +353,8 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, u: Tensor, 
     shape = tuple(u.shape[1:])
     forced = cap._next_forced(name, "binary", shape)
     mask = forced.selector if forced is not None else u > 0
+    if cap.probe and inplace_target is not None:  # keep the pre-activation: the op overwrites its input
+        probe = {key: (v.clone() if v is inplace_target else v) for key, v in probe.items()}
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe if cap.probe else {}))
     if not cap.graph and forced is None and not cap.probe:  # plain forward: the model's own op, same value
         out = func(*args, **kwargs)
@@ -456,7 +458,7 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     else:
         state = torch.ones(h.shape, dtype=torch.uint8)
         state = state.masked_fill(h <= lo_t, 0).masked_fill(h >= hi_t, 2)
-    probe = {"h": h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
+    probe = {"h": h.clone() if inplace else h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
     if not cap.graph and forced is None and not cap.probe:
         out = _finish(cap, h, func(*args, **kwargs), False)
