@@ -323,8 +323,10 @@ def test_constructions_reject_bad_arguments():
     with pytest.raises(ValueError, match="hidden must be 'linear'"):
         shallow_construction(image_class, size, hidden="sparse")
     net = shallow_construction(image_class, size)
-    with pytest.raises(ValueError, match=rf"built for inputs of shape \(N, 1, {size[0]}, {size[1]}\)"):
+    with pytest.raises(ValueError, match=rf"built for inputs of shape \(N, 1, {size[0]}, {size[1]}\); received an"):
         net(torch.rand(2, 1, size[0] + 1, size[1]))
+    with pytest.raises(ValueError, match="received an object of type list"):
+        net([[0.5]])
     assert isinstance(net, ShallowTileNet) and isinstance(deep_construction(image_class, size), DeepTileNet)
     tiny = ImageClass([Image([FeatureTile(np.ones((2, 2)), 0.5)]), Image([FeatureTile(np.full((2, 2), 0.25), 0.5)])])
     with pytest.raises(ValueError, match=r"would hold .* weights .* build the same network with hidden='conv'"):

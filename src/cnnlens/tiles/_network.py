@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ._model import ImageClass
+from ._model import ImageClass, _describe
 
 __all__ = ["TileNetwork", "describe_unit"]
 
@@ -97,7 +97,7 @@ class TileNetwork(nn.Sequential):
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) != self.size:
             raise ValueError(
                 f"this network was built for inputs of shape (N, 1, {self.size[0]}, {self.size[1]}); received "
-                f"shape {tuple(x.shape)}. Rebuild it for another size."
+                f"{_describe(x)}. Rebuild it for another size."
             )
 
     def activations(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
