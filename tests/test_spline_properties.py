@@ -6,6 +6,8 @@ Each example draws an architecture mixing every supported part (see ``test_splin
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -15,7 +17,13 @@ from cnnlens.spline import affine_map, partition_codes, regions_on_segment
 from cnnlens.testing import assert_affine_exact, default_tolerance
 from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
 
-settings.register_profile("slow", max_examples=400, deadline=None)
+# Example counts below keep this file under ~40 s; CNNLENS_HYPOTHESIS_SCALE=4 runs four times as many.
+_SCALE = float(os.environ.get("CNNLENS_HYPOTHESIS_SCALE", "1"))
+
+
+def _n(examples: int) -> int:
+    return max(1, int(examples * _SCALE))
+
 
 architectures = st.tuples(
     st.lists(st.tuples(st.sampled_from(BLOCKS), st.sampled_from(ACTIVATIONS)), min_size=1, max_size=6),
@@ -39,7 +47,7 @@ def _jacobian(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return jac[torch.arange(n), :, torch.arange(n)]
 
 
-@settings(max_examples=150, **_SETTINGS)
+@settings(max_examples=_n(150), **_SETTINGS)
 @given(arch=architectures, dtype=dtypes)
 def test_identity_and_jacobian(arch, dtype):
     """A x + B == f(x) (B also propagated independently) and A equals torch.func.jacrev."""
@@ -54,7 +62,7 @@ def test_identity_and_jacobian(arch, dtype):
     assert float((a - jac).abs().max() / scale) <= default_tolerance(dtype)
 
 
-@settings(max_examples=60, **_SETTINGS)
+@settings(max_examples=_n(60), **_SETTINGS)
 @given(arch=architectures, dtype=dtypes, eps=st.sampled_from([1e-6, 1e-4]))
 def test_same_region_same_map(arch, dtype, eps):
     """Two inputs with equal codes at every layer have equal (A, B): the map is constant on a region."""
@@ -71,7 +79,7 @@ def test_same_region_same_map(arch, dtype, eps):
     assert float((bx - by).abs().max()) <= 10 * tol * float(bx.abs().max().clamp_min(1))
 
 
-@settings(max_examples=15, **_SETTINGS)
+@settings(max_examples=_n(15), **_SETTINGS)
 @given(arch=architectures)
 def test_regions_on_segment_match_dense_sampling(arch):
     """Between consecutive breakpoints the codes of dense samples are constant; across one breakpoint they change."""
@@ -94,7 +102,7 @@ def test_regions_on_segment_match_dense_sampling(arch):
     assert torch.all(changed[counts == 1]), "a single breakpoint between samples with equal codes"
 
 
-@settings(max_examples=40, **_SETTINGS)
+@settings(max_examples=_n(40), **_SETTINGS)
 @given(arch=architectures, dtype=dtypes)
 def test_transposed_sweep_equals_batched_autograd(arch, dtype):
     """The fast transposed sweep and the batched-autograd fallback give the same A (two independent paths)."""
