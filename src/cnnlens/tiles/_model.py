@@ -241,22 +241,23 @@ class ImageClass:
         from ._detectors import distance_map  # local import: the detectors import this module
 
         flat = self.tiles
-        for a, (ja, tile_a) in enumerate(flat):
-            for b, (jb, tile_b) in enumerate(flat):
-                if ja == jb or tile_b.shape[0] > tile_a.shape[0] or tile_b.shape[1] > tile_a.shape[1]:
+        shapes = sorted({tile.shape for _, tile in flat})
+        for b, (jb, tile_b) in enumerate(flat):
+            for shape in shapes:  # all tiles a of one shape at once, planted exactly, compared with tile_b
+                group = [a for a, (ja, tile_a) in enumerate(flat) if tile_a.shape == shape and ja != jb]
+                if not group or tile_b.shape[0] > shape[0] or tile_b.shape[1] > shape[1]:
                     continue
-                # windows of tile_a (planted exactly) inside its support, compared with tile_b
-                dist = distance_map(tile_a.t, tile_b)
-                outside = distance_map((~tile_a.mask).double(), torch.zeros(tile_b.shape, dtype=torch.float64),
-                                       mask=tile_b.mask)
-                inside = outside == 0  # the support of tile_b lies in the support of tile_a
-                bad = (dist <= tile_b.eps) & inside
+                dist = distance_map(torch.stack([flat[a][1].t for a in group]), tile_b)
+                outside = distance_map(torch.stack([(~flat[a][1].mask).double() for a in group]),
+                                       torch.zeros(tile_b.shape, dtype=torch.float64), mask=tile_b.mask)
+                bad = (dist <= tile_b.eps) & (outside == 0)  # windows where supp(t_b) lies in supp(t_a)
                 if bool(bad.any()):
-                    i, k = (int(v) for v in torch.nonzero(bad)[0])
+                    g, i, k = (int(v) for v in torch.nonzero(bad)[0])
+                    a, ja = group[g], flat[group[g]][0]
                     raise ValueError(
                         f"images {self._images[ja].name!r} and {self._images[jb].name!r} cannot be told apart: "
                         f"tile {a} (of {self._images[ja].name!r}) planted exactly always contains, at offset "
-                        f"({i}, {k}), a window at distance {float(dist[i, k]):.6g} <= eps={tile_b.eps:g} from "
+                        f"({i}, {k}), a window at distance {float(dist[g, i, k]):.6g} <= eps={tile_b.eps:g} from "
                         f"tile {b} (of {self._images[jb].name!r}), so every such input lies in two images "
                         "(Def. 3.6 of 002). Use more different tiles or smaller eps."
                     )
