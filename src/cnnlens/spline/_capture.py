@@ -144,8 +144,9 @@ class Entry:
     """What the capture records at one max-affine operation (one layer of eq. 14 of 000).
 
     ``states`` holds the region code per unit: bool for "binary" (True = active piece), uint8 for "ternary"
-    (0 below, 1 linear, 2 above), int64 window-relative argmax for "argmax". ``selector`` is what the masked linear
-    network needs to replay the same piece (the mask, the ternary state, or the flat max-pool index).
+    (0 below, 1 linear, 2 above), the window-relative argmax for "argmax" (uint8, int64 for windows over 256).
+    ``selector`` is what the masked linear network needs to replay the same piece (the mask, the ternary state, or
+    the flat max-pool index).
     ``probe`` holds, when requested, the quantities whose sign changes define region boundaries (used by the
     region walk and by :func:`boundary_units`).
     """
@@ -525,9 +526,20 @@ def _ntuple(v: Any, d: int) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _window_lut(in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[int, ...], s: tuple[int, ...],
-                p: tuple[int, ...], dil: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
-    """(start, lut): flat index of each window's first element and offset -> window-relative index (cached)."""
+                p: tuple[int, ...], dil: tuple[int, ...]) -> tuple[Tensor | None, Tensor] | None:
+    """(start, lut): flat index of each window's first element and offset -> window-relative index (cached).
+
+    For non-overlapping windows (stride = kernel, no padding or dilation) every input position lies in one window
+    only: ``start`` is None and ``lut`` maps the input position itself to its index within the window.
+    """
     d = len(k)
+    small = torch.uint8 if math.prod(k) <= 256 else torch.int64
+    if s == k and all(v == 0 for v in p) and all(v == 1 for v in dil):
+        coords = torch.meshgrid(*[torch.arange(n) % k[i] for i, n in enumerate(in_sizes)], indexing="ij")
+        rel = torch.zeros(in_sizes, dtype=torch.int64)
+        for i in range(d):
+            rel = rel * k[i] + coords[i]
+        return None, rel.reshape(-1).to(small)
     strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
     start = torch.zeros((), dtype=torch.int64)
     for i in range(d):
@@ -538,8 +550,8 @@ def _window_lut(in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], k: tuple[
     offsets = sum(g.reshape(-1) * strides_in[i] for i, g in enumerate(grids))
     if not all(dil[i] * (k[i] - 1) < in_sizes[i] for i in range(d)) or offsets.unique().numel() != offsets.numel():
         return None
-    lut = torch.zeros(int(offsets.max()) + 1, dtype=torch.int64)
-    lut[offsets] = torch.arange(offsets.numel())
+    lut = torch.zeros(int(offsets.max()) + 1, dtype=small)
+    lut[offsets] = torch.arange(offsets.numel()).to(small)
     return start, lut
 
 
@@ -554,7 +566,8 @@ def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, 
     table = _window_lut(tuple(in_sizes), tuple(out_sizes), k, s, p, dil)
     if table is not None:
         start, lut = table
-        return lut.gather(0, (idx - start).reshape(-1)).view(idx.shape)
+        flat = idx.reshape(-1) if start is None else (idx - start).reshape(-1)
+        return lut.gather(0, flat).view(idx.shape)
     strides_in = [math.prod(in_sizes[i + 1:]) for i in range(d)]
     rel = torch.zeros_like(idx)  # windows wider than the input (large padding): per-dimension arithmetic
     rem = idx

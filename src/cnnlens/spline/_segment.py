@@ -73,7 +73,7 @@ def _step(entry: Entry) -> Tensor:
         params = entry.probe["params"]
         v = pool_windows(h, *params, fill=float("-inf"))
         dv = pool_windows(dh, *params, fill=0.0)
-        sel = entry.states.unsqueeze(-1)
+        sel = entry.states.long().unsqueeze(-1)
         v_sel, dv_sel = v.gather(-1, sel), dv.gather(-1, sel)
         gain = dv - dv_sel
         s = torch.where(gain > 0, (v_sel - v) / torch.where(gain > 0, gain, torch.ones_like(gain)), inf)
