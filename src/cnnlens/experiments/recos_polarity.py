@@ -136,7 +136,7 @@ def _doubling_reading(m: dict[str, float], num_test: int) -> str:
     claim="LeNet-5 trained on MNIST fails on grey-scale-reversed digits (98.94% vs 37.36%); negating C1 swaps the "
     "two accuracies, and doubling C1's anchors ([W; -W]) handles both polarities.",
     paper="003 sec. 2, Fig. 5",
-    quick=PolarityConfig(epochs=3, doubled_epochs=1, lr=0.05, full_mnist=False),
+    quick=PolarityConfig(epochs=3, doubled_epochs=1, lr=0.05, train_size=2500, full_mnist=False),
     full=PolarityConfig(),
     metrics=("acc_original", "acc_reversed", "acc_negated_original", "acc_negated_reversed",
              "acc_doubled_original", "acc_doubled_reversed", "acc_exact_original", "acc_exact_reversed",
