@@ -71,8 +71,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path) -> N
 def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     model = _model()
     fit(model, _data(), epochs=1, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="different model or different training hyper-parameters"):
+    with pytest.raises(CheckpointError, match="different training data or different"):
         fit(_model(), _data(), epochs=2, batch_size=16, lr=0.5, seed=0, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different training data"):
+        fit(_model(), _data(seed=5), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     with pytest.raises(CheckpointError, match="different model"):
         fit(other, _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)

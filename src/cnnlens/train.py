@@ -144,6 +144,15 @@ def _fingerprint(model: nn.Module, config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of the training images and labels: a checkpoint only resumes on the data it was trained on."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, fingerprint: str
 ) -> None:
@@ -179,8 +188,8 @@ def _load_checkpoint(
         ) from err
     if metadata.get("fingerprint") != fingerprint:
         raise CheckpointError(
-            f"checkpoint {path} was written for a different model or different training hyper-parameters; "
-            "use another checkpoint_dir, or delete the checkpoint to train from scratch"
+            f"checkpoint {path} was written for a different model, different training data or different "
+            "hyper-parameters; use another checkpoint_dir, or delete the checkpoint to train from scratch"
         )
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -237,7 +246,7 @@ def fit(
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
               "weight_decay": weight_decay, "seed": seed, "extra_losses": sorted(extra_losses),
-              "num_train": len(labels), "lr_schedule": lr_schedule}
+              "data": _data_digest(images, labels), "lr_schedule": lr_schedule}
     if lr_schedule == "cosine":  # the schedule depends on the total, so a resume must keep it
         config["epochs"] = epochs
     fingerprint = _fingerprint(model, config)
