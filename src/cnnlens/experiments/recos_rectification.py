@@ -56,7 +56,7 @@ def _superposition_error(model: nn.Module, data) -> float:
     claim="Removing the nonlinear activation (rectification) from LeNet-5 makes it a linear system and its "
     "accuracy drops by a large margin.",
     paper="003 sec. 2, Figs. 2-3",
-    quick=RectificationConfig(epochs=2, lr=0.02, train_size=2500, full_mnist=False),
+    quick=RectificationConfig(epochs=2, lr=0.02, full_mnist=False),
     full=RectificationConfig(),
     metrics=("acc_linear", "acc_relu", "acc_maxpool_only", "linear_superposition_error", "c1_negative_share",
              "fig3_rectified_anchors"),
