@@ -98,8 +98,8 @@ def _fig8(model: nn.Module, data, rows: int = 3) -> Figure:
             axes[r, s].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
             axes[r, s].set_axis_off()
         axes[0, s].set_title(data.scene_names[s], fontsize=7)
-    top.suptitle("digits on the ten background scenes (top) and the same digits without background", fontsize=9,
-                 y=1.04)
+    top.suptitle("digits on the ten background scenes (top) and the same digits without background", fontsize=9)
+    top.subplots_adjust(top=0.8)
     picks = [item(s, label) for s, label in ((0, 2), (3, 5), (6, 8))][:rows]
     l1, l2 = _responses(model, data.images[picks])
     grid = bottom.subplots(rows, 1 + 6 + 16)
