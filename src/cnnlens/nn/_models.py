@@ -69,8 +69,9 @@ class LeNet5(nn.Module):
 
     Input (N, C, 32, 32) -> C1 conv 5x5, 6 maps (28x28) -> S2 max-pool 2 (14x14) -> C3 conv 5x5, 16 maps (10x10)
     -> S4 max-pool 2 (5x5) -> C5 conv 5x5, 120 maps (1x1) -> F6 linear 84 -> output linear ``num_classes``.
-    With ``activation="none"`` every nonlinearity is the identity and the network is a linear system
-    (the "without rectification" arm of 003 sec. 2).
+    With ``activation="none"`` every activation is the identity (the "without rectification" arm of 003 sec. 2);
+    max-pooling, itself a max-affine spline, remains: replace ``s2``/``s4`` by ``nn.AvgPool2d(2)`` for a network
+    that is one affine map.
     """
 
     def __init__(
@@ -178,7 +179,7 @@ class SmallResNet(nn.Module):
 def lenet5(
     *, num_classes: int = 10, in_channels: int = 1, activation: str | type[nn.Module] = "relu"
 ) -> LeNet5:
-    """LeNet-5 of 003 (32x32 input), ReLU by default; ``activation="none"`` gives the linear system."""
+    """LeNet-5 of 003 (32x32 input), ReLU by default; ``activation="none"`` removes the activations."""
     return LeNet5(num_classes, in_channels, activation)
 
 
