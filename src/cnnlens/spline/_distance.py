@@ -26,8 +26,9 @@ __all__ = ["nearest_neighbors", "partition_distance"]
 
 #: Longest binary code (in bits) for which faiss' IndexBinaryFlat beats the int8 GEMM (measured, see module doc).
 _FAISS_MAX_BITS = 512
-#: Budget for one chunk's (queries x database) int32/int64 work arrays, in elements.
-_CHUNK_ELEMENTS = 1 << 22
+#: Budget for one chunk's (queries x database) int32/int64 work array, in elements (32 MiB of int32: large enough
+#: for the GEMM to run at full speed, measured in ``benchmarks/bench_neighbors.py``).
+_CHUNK_ELEMENTS = 1 << 23
 
 
 def _int8_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -142,8 +143,8 @@ def _brute_force_topk(counter: _MismatchCounter, queries: Tensor, k: int, chunk_
     indices, counts = [], []
     for start in range(0, queries.shape[0], chunk_size):
         chunk = queries[start : start + chunk_size]
-        inner = _int8_matmul(counter.features(chunk), counter.db_features).to(key_dtype)
-        keys = torch.topk(torch.add(base, inner, alpha=-counter.weight * num_db), k, dim=1, largest=False).values
+        keys = _int8_matmul(counter.features(chunk), counter.db_features).to(key_dtype)
+        keys = torch.topk(keys.mul_(-counter.weight * num_db).add_(base), k, dim=1, largest=False).values
         keys = keys.long()
         indices.append(keys % num_db)
         counts.append(keys // num_db + counter.offset(chunk)[:, None])
@@ -266,7 +267,7 @@ def partition_distance(
         Layer name or position when ``a``/``b`` are PartitionCodes; ignored for LayerCode arguments.
     chunk_size : int, optional
         Rows of ``a`` processed at once (bounds memory; the result does not depend on it). By default chosen
-        so that one chunk's work arrays hold about 4 million entries.
+        so that one chunk's work array holds about 8 million entries.
 
     Returns
     -------
