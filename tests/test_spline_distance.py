@@ -272,3 +272,12 @@ def test_on_codes_of_a_real_network() -> None:
         expected_idx, expected_dist = _brute_neighbors(states[:10], states, 6)
         np.testing.assert_array_equal(idx.numpy(), expected_idx)
         np.testing.assert_array_equal(dist.numpy(), expected_dist)
+
+
+@pytest.mark.parametrize("num_bytes", [1, 3, 8, 16, 21])
+def test_popcount_rows_both_paths(num_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    packed = torch.from_numpy(np.random.default_rng(num_bytes).integers(0, 256, (17, num_bytes), dtype=np.uint8))
+    expected = np.unpackbits(packed.numpy(), axis=1).sum(axis=1)
+    np.testing.assert_array_equal(distance_module._popcount_rows(packed).numpy(), expected)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # numpy < 2.0: the byte table
+    np.testing.assert_array_equal(distance_module._popcount_rows(packed).numpy(), expected)
