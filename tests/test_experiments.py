@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_quick_run_writes_metrics_figures_and_report(name: str, tmp_path: Path) 
     assert figures, f"{name} reports no figure"
     for figure in figures:
         assert (run_dir / figure).is_file(), f"{figure} referenced by report.html is missing"
-    assert experiment.claim in html.replace("&#39;", "'").replace("&#34;", '"').replace("&amp;", "&")
+    assert experiment.claim in unescape(html)
     index = (tmp_path / "index.html").read_text()
     assert f'href="{name}/report.html"' in index
     for key, minimum in ACCEPTANCE.get(name, {}).items():
