@@ -46,6 +46,7 @@ def test_list_shows_every_experiment_with_its_claim() -> None:
     assert result.exit_code == 0
     for exp in list_experiments():
         assert exp.name in result.output
+        assert exp.claim[:40] in result.output  # no text lost to rich markup (e.g. "A[x]")
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .experiments import list_experiments, run_experiment
@@ -24,7 +25,8 @@ def list_command() -> None:
     table.add_column("claim it reproduces; metrics", ratio=1, overflow="fold")
     for exp in list_experiments():
         metrics = ", ".join(exp.metrics)
-        table.add_row(f"[bold]{exp.name}[/bold]\n{exp.paper}", f"{exp.claim}\n[dim]metrics: {metrics}[/dim]")
+        table.add_row(f"[bold]{escape(exp.name)}[/bold]\n{escape(exp.paper)}",
+                      f"{escape(exp.claim)}\n[dim]metrics: {escape(metrics)}[/dim]")
     console.print(table)
 
 
