@@ -26,6 +26,7 @@ from cnnlens.tiles import (
     Image,
     ImageClass,
     deep_construction,
+    hidden_units,
     shallow_construction,
     single_conv_net,
 )
@@ -51,20 +52,6 @@ def digit_class(per_class: int) -> ImageClass:
         images.append(Image([FeatureTile(torch.round(source.images[i, 0].double() * 8) / 8, 4.0) for i in items],
                             str(label)))
     return ImageClass(images)
-
-
-def hidden_units(model: nn.Module, x: torch.Tensor) -> int:
-    """Number of ReLU outputs per input."""
-    counts: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(counts)
 
 
 def forward_time(model: nn.Module, x: torch.Tensor, repeats: int) -> float:

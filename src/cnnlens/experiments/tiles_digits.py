@@ -37,6 +37,7 @@ from ..tiles import (
     ImageClass,
     class_labels,
     deep_construction,
+    hidden_units,
     neuron_selectivity,
     phi_class,
     plant,
@@ -123,20 +124,6 @@ def _exactness(model: nn.Module, data: ArrayDataset, image_class: ImageClass, ba
             correct += int((logits.argmax(1) == y).sum())
             gap = max(gap, float((logits.double() - phi_class(x, image_class)).abs().max()))
     return correct / len(data), gap
-
-
-def _hidden_units(model: nn.Module, x: torch.Tensor) -> float:
-    """Number of ReLU outputs (hidden units) for one input."""
-    counts: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return float(sum(counts))
 
 
 def _logit_std(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
@@ -241,7 +228,7 @@ def _run(cfg: DigitsConfig, ctx: RunContext) -> ExperimentResult:
         "deep_inputs": float(min(cfg.n_deep, len(test))),
         "probe_inputs_kept": float(sum(len(x) for p in probes.values() for x in p)),
         **{f"parameters_{k}": v for k, v in sizes.items()},
-        **{f"hidden_units_{name}": _hidden_units(m, test.images) for name, m in
+        **{f"hidden_units_{name}": float(hidden_units(m, test.images)) for name, m in
            (("trained", trained), ("shallow", shallow), ("deep", deep))},
     }
     ratio = metrics["logit_std_translation_trained"] / max(metrics["logit_std_background_trained"], 1e-12)

@@ -1,27 +1,6 @@
 """Reference models: ``cnnlens.nn.models.lenet5`` etc. (see ``_models`` for the definitions)."""
 
-from ._models import (
-    LeNet5,
-    PlainCNN,
-    SmallResNet,
-    get_model,
-    large_cnn,
-    lenet5,
-    list_models,
-    register_model,
-    small_cnn,
-    small_resnet,
-)
+from . import _models
+from ._models import *  # noqa: F403 (the public names are those of _models.__all__)
 
-__all__ = [
-    "LeNet5",
-    "PlainCNN",
-    "SmallResNet",
-    "get_model",
-    "large_cnn",
-    "lenet5",
-    "list_models",
-    "register_model",
-    "small_cnn",
-    "small_resnet",
-]
+__all__ = _models.__all__

@@ -37,7 +37,7 @@ from ._detectors import (
     tile_distance,
 )
 from ._model import FeatureTile, Image, ImageClass
-from ._network import TileNetwork, describe_unit
+from ._network import TileNetwork, describe_unit, hidden_units
 from ._sampling import TileDataset, plant, sample
 from ._selectivity import Selectivity, neuron_selectivity
 from ._shallow import ShallowTileNet, shallow_construction
@@ -56,6 +56,7 @@ __all__ = [
     "contains_image",
     "deep_construction",
     "describe_unit",
+    "hidden_units",
     "distance_map",
     "in_class",
     "membership",

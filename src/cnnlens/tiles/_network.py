@@ -144,3 +144,21 @@ def describe_unit(model: nn.Module, layer: str, unit: int) -> str:
     if layer not in names:
         raise ValueError(f"unknown layer {layer!r}; the layers are {names}.")
     return model.describe_unit(layer, unit)
+
+
+def hidden_units(model: nn.Module, x: Tensor) -> int:
+    """Number of hidden units of ``model`` for one input: the outputs of all its ``nn.ReLU`` modules on ``x[:1]``.
+
+    The size measure of the constructions of Thms. 1-2 (002) against a trained network (``tiles-digits`` and
+    ``benchmarks/bench_tiles.py``). Hooks are removed even if the forward pass fails.
+    """
+    counts: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(counts)
