@@ -28,20 +28,13 @@ from ..recos import (
 from ..spline import templates
 from ..train import evaluate, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
-from .recos_polarity import load_digits, train_model
+from .recos_polarity import LeNetBudget, load_digits, train_model
 
 
 @dataclass(frozen=True)
-class AnchorsConfig:
+class AnchorsConfig(LeNetBudget):
     """Training budget and the number of test digits whose patches are clustered."""
 
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    train_size: int | None = None
-    full_mnist: bool = True
     cluster_digits: int = 1000
     realized_digits: int = 100
 

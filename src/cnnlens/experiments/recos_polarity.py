@@ -29,19 +29,26 @@ from ._registry import ExperimentResult, RunContext, register_experiment
 
 
 @dataclass(frozen=True)
-class PolarityConfig:
-    """Training budget (SGD with momentum) and data of the polarity experiment; ``both_size`` digits (all if
-    None) of the training set are used in both polarities for the doubled and the control network."""
+class LeNetBudget:
+    """The LeNet-5 training budget (SGD with momentum) and data shared by the RECOS experiments: ``train_size``
+    training digits (all if None), full MNIST when ``full_mnist`` and its files are available (else mnist5k)."""
 
     epochs: int = 15
-    doubled_epochs: int = 10
     batch_size: int = 32
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     train_size: int | None = None
-    both_size: int | None = None
     full_mnist: bool = True
+
+
+@dataclass(frozen=True)
+class PolarityConfig(LeNetBudget):
+    """The polarity experiment's budget; ``both_size`` digits (all if None) of the training set are used in both
+    polarities for the doubled and the control network, trained for ``doubled_epochs``."""
+
+    doubled_epochs: int = 10
+    both_size: int | None = None
 
 
 def load_digits(ctx: RunContext, *, full_mnist: bool, train_size: int | None,
@@ -69,7 +76,7 @@ def load_digits(ctx: RunContext, *, full_mnist: bool, train_size: int | None,
     return train, test, text
 
 
-def train_model(model: nn.Module, data: torch.utils.data.Dataset, cfg: PolarityConfig | object, ctx: RunContext,
+def train_model(model: nn.Module, data: torch.utils.data.Dataset, cfg: LeNetBudget, ctx: RunContext,
                 name: str, epochs: int) -> nn.Module:
     """Train ``model`` in place with the config's SGD settings (checkpointed under ``name``) and return it."""
     fit(model, data, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,

@@ -19,20 +19,12 @@ from ..nn.models import lenet5
 from ..recos import extract_patches, plot_unit_circle, rectified_correlations
 from ..train import evaluate, seed_everything
 from ._registry import ExperimentResult, RunContext, register_experiment
-from .recos_polarity import load_digits, train_model
+from .recos_polarity import LeNetBudget, load_digits, train_model
 
 
 @dataclass(frozen=True)
-class RectificationConfig:
+class RectificationConfig(LeNetBudget):
     """Same SGD budget for both arms."""
-
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    train_size: int | None = None
-    full_mnist: bool = True
 
 
 def _linear_lenet5() -> nn.Module:

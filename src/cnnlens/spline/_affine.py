@@ -117,6 +117,21 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     return a.contiguous(), b, y[:, rows], cap.linearised, cap.entries
 
 
+def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
+                 chunk_size: int | None, approximate: bool, caller: str) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """(A, B, outputs, linearised ops) of ``x``, ``chunk_size`` samples at a time; warns when linearised."""
+    check_model_input(model, x)
+    _validate_chunk(chunk_size)
+    step = chunk_size or x.shape[0]
+    parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
+    linearised = sorted({op for part in parts for op in part[3]})
+    if linearised:
+        warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
+                      "the result is the local linearisation at x (the Jacobian), exact only at x.", stacklevel=3)
+    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
+            linearised)
+
+
 def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None,
                approximate: bool = False) -> AffineMap:
     """Exact input-dependent affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model (eqs. 5-9 of 000).
@@ -149,17 +164,8 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     >>> torch.allclose(torch.einsum("ncd,nd->nc", A, x.flatten(1)) + B, model(x))  # doctest: +SKIP
     True
     """
-    check_model_input(model, x)
-    _validate_chunk(chunk_size)
-    step = chunk_size or x.shape[0]
-    parts = [_chunk_map(model, x[i:i + step], None, approximate) for i in range(0, x.shape[0], step)]
-    linearised = sorted({op for part in parts for op in part[3]})
-    if linearised:
-        warnings.warn(f"affine_map(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
-                      "the returned (A, B) is the local linearisation at x (the Jacobian), exact only at x.",
-                      stacklevel=2)
-    return AffineMap(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                     approximate=bool(linearised), linearised=linearised)
+    a, b, _, linearised = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
+    return AffineMap(a, b, approximate=bool(linearised), linearised=linearised)
 
 
 @dataclass(frozen=True)
@@ -206,17 +212,7 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
     Templates
         Templates shaped like the input, biases, inner products, outputs and the class indices.
     """
-    check_model_input(model, x)
-    _validate_chunk(chunk_size)
-    step = chunk_size or x.shape[0]
-    parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
-    linearised = sorted({op for part in parts for op in part[3]})
-    if linearised:
-        warnings.warn(f"templates(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
-                      "the templates are the local linearisation at x, exact only at x.", stacklevel=2)
-    a = torch.cat([p[0] for p in parts])
-    b = torch.cat([p[1] for p in parts])
-    out = torch.cat([p[2] for p in parts])
+    a, b, out, linearised = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
     n, r, _ = a.shape
     inner = torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
     rows = torch.arange(r) if classes is None else torch.as_tensor(classes).reshape(-1).long()  # validated above

@@ -22,6 +22,7 @@ grey levels of the tiles (quantising tiles to ``L`` levels bounds it by ``L + 1`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -66,7 +67,7 @@ def describe_level(levels: Tensor, channel: int) -> str:
     return f"relu(2x - 2c) with grey level c = {float(levels[channel - 1]):.6g} (for |x - c| = this - x + c)"
 
 
-class TileNetwork(nn.Sequential):
+class TileNetwork(nn.Sequential, ABC):
     """A network built by hand from an image class; its logits are ``phi_{I_j}(x)`` on ``[0, 1]`` inputs.
 
     An ordinary :class:`torch.nn.Sequential` of Conv2d, ReLU, Flatten and Linear layers (so the spline engine and
@@ -107,10 +108,10 @@ class TileNetwork(nn.Sequential):
             x = layer(x)
             yield name, x
 
+    @abstractmethod
     def describe_unit(self, layer: str, unit: int) -> str:
         """What unit (channel for convolutional layers, neuron for fully connected ones) ``unit`` of ``layer``
-        computes."""
-        raise NotImplementedError(f"{type(self).__name__} does not describe its units")
+        computes; every construction (shallow, deep) implements it."""
 
     def _check_unit(self, layer: str, unit: int, count: int) -> None:
         if not 0 <= unit < count:
