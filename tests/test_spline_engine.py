@@ -371,3 +371,32 @@ def test_in_place_activations_keep_their_pre_activations():
     assert np.allclose(relu_breaks, [0.25, 0.5, 0.625, 0.75], atol=1e-12)
     on = boundary_units(model, torch.tensor([[0.5]], dtype=torch.float64))
     assert on["act"].tolist() == [[False, True, False, False]]
+
+
+def _helper_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x)
+
+
+def test_layer_names_follow_the_innermost_module_on_the_call_stack():
+    """Leaf modules name their nonlinearities even through helper functions; a non-leaf module's own functional
+    calls get op names; errors name the innermost module."""
+
+    class Act(nn.Module):
+        def forward(self, x):
+            return _helper_relu(x)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.act = Act()
+
+        def forward(self, x):
+            return F.relu(self.act(self.lin(x)))
+
+    model = nn.Sequential(Block(), nn.Linear(4, 4), Act(), Block()).eval()
+    x = torch.randn(2, 4)
+    assert list(partition_codes(model, x)) == ["0.act", "relu_0", "2", "3.act", "relu_1"]
+    model[3].act.forward = torch.tanh  # the module's call frame still names it
+    with pytest.raises(NotPiecewiseAffineError, match=r"tanh \(called in module '3.act' of type Act\)"):
+        partition_codes(model, x)

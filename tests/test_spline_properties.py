@@ -79,6 +79,25 @@ def test_same_region_same_map(arch, dtype, eps):
     assert float((bx - by).abs().max()) <= 10 * tol * float(bx.abs().max().clamp_min(1))
 
 
+@settings(max_examples=_n(60), **_SETTINGS)
+@given(arch=architectures, dtype=dtypes, zeros=st.booleans())
+def test_fast_codes_equal_recorded_pre_activation_signs(arch, dtype, zeros):
+    """partition_codes reads ReLU codes off the model's own outputs (out != 0); they equal the codes computed from
+    the recorded pre-activations (u > 0), also on inputs with exact zeros (ties) and with in-place activations."""
+    from cnnlens.spline._codes import _record
+
+    blocks, dims, seed = arch
+    net = random_net(blocks, dims, seed, dtype)
+    x = input_for(net, 3, seed, dtype)
+    if zeros:
+        x = torch.where(x.abs() < 0.5, torch.zeros((), dtype=dtype), x)
+    codes = partition_codes(net, x)
+    recorded = _record(net, x, probe=True).entries
+    assert list(codes) == [e.name for e in recorded]
+    for entry in recorded:
+        assert torch.equal(codes[entry.name].states(), entry.states.reshape(3, -1).long()), entry.name
+
+
 @settings(max_examples=_n(15), **_SETTINGS)
 @given(arch=architectures)
 def test_regions_on_segment_match_dense_sampling(arch):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,6 +116,12 @@ _NONLINEAR_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.ReLU6, nn
 _TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
+@functools.lru_cache(maxsize=1024)
+def _op_name(func: Callable) -> str:
+    """The qualified name of a torch function (``torch.nn.functional.conv2d``), cached: resolving it is slow."""
+    return resolve_name(func) or getattr(func, "__name__", repr(func))
+
+
 def _canonical(func: Callable) -> str:
     """A short op name for layer names of functional calls (``relu``, ``max_pool2d``, ...)."""
     if func in _RELU:
@@ -133,7 +140,7 @@ def _canonical(func: Callable) -> str:
         return "maximum" if (func in _MAXIMUM or func in (torch.max, T.max)) else "minimum"
     if func in _MAX_POOL:
         return f"max_pool{_MAX_POOL[func]}d"
-    return resolve_name(func) or getattr(func, "__name__", repr(func))
+    return _op_name(func)
 
 
 # --- records ----------------------------------------------------------------------------------------------------
@@ -160,13 +167,22 @@ class Entry:
     probe: dict[str, Any] = field(default_factory=dict)
 
 
+def _has_tensor(out: Any) -> bool:
+    """Whether a result holds a tensor (shape queries, ``item()`` and ``bool()`` return none)."""
+    if isinstance(out, Tensor):
+        return True
+    if out is None or isinstance(out, (bool, int, float, torch.Size)):
+        return False
+    return any(isinstance(t, Tensor) for t in tree_leaves(out))
+
+
 def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
     """The tensors among the arguments (also inside lists/tuples, e.g. torch.cat); faster than a pytree walk."""
-    found = []
+    found: list[Tensor] = []
     for value in (*args, *kwargs.values()):
         if isinstance(value, Tensor):
             found.append(value)
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, (list, tuple)) and not all(type(v) is int for v in value):  # skip sizes
             found.extend(t for t in tree_leaves(value) if isinstance(t, Tensor))
     return found
 
@@ -184,7 +200,7 @@ class Capture(TorchFunctionMode):
         self.forced = forced
         self.entries: list[Entry] = []
         self.linearised: list[str] = []
-        self.module_stack: list[tuple[str, nn.Module]] = []
+        self.paths: dict[int, str] = {}  # id(module) -> path of the model's modules, set by capture()
         self._tracked: dict[int, weakref.ref] = {}
         self._discrete: dict[int, weakref.ref] = {}
         self._counts: dict[str, int] = {}
@@ -193,6 +209,9 @@ class Capture(TorchFunctionMode):
     # tracking ---------------------------------------------------------------------------------------------------
     def track(self, t: Any, discrete: bool = False) -> None:
         table = self._discrete if discrete else self._tracked
+        if isinstance(t, Tensor):
+            table[id(t)] = weakref.ref(t)
+            return
         for leaf in tree_leaves(t):
             if isinstance(leaf, Tensor):
                 table[id(leaf)] = weakref.ref(leaf)
@@ -205,15 +224,34 @@ class Capture(TorchFunctionMode):
         return self._is(t, self._tracked)
 
     # naming ------------------------------------------------------------------------------------------------------
+    def _current_module(self) -> tuple[str, nn.Module] | None:
+        """The innermost of the model's modules whose code is running, read off the call stack.
+
+        Only layer names and error messages need it, so a plain forward pass pays nothing (module hooks would
+        slow every module call).
+        """
+        frame = sys._getframe(1)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                obj = frame.f_locals.get("self")
+                path = self.paths.get(id(obj))
+                if path is not None:
+                    return path, obj
+            frame = frame.f_back
+        return None
+
     def _where(self) -> str:
-        if not self.module_stack:
+        current = self._current_module()
+        if current is None:
             return ""
-        path, mod = self.module_stack[-1]
+        path, mod = current
         return f" (called in module '{path or '<root>'}' of type {type(mod).__name__})"
 
     def _layer_name(self, func: Callable) -> str:
-        if self.module_stack:
-            path, mod = self.module_stack[-1]
+        current = self._current_module()
+        if current is not None:
+            path, mod = current
             if path and not any(True for _ in mod.children()):
                 k = self._module_calls.get(path, 0)
                 self._module_calls[path] = k + 1
@@ -246,10 +284,10 @@ class Capture(TorchFunctionMode):
             return func(*args, **kwargs)
         if discrete:
             out = func(*args, **kwargs)
-            if not any(isinstance(t, Tensor) for t in tree_leaves(out)):
+            if not _has_tensor(out):
                 return out  # control flow on an input-dependent mask (bool(), item()): follows the real path
             raise _Unsupported(
-                f"{resolve_name(func) or func}{self._where()} uses an input-dependent mask or index (from a "
+                f"{_op_name(func)}{self._where()} uses an input-dependent mask or index (from a "
                 "comparison, sign or argmax of an input-dependent tensor); cnnlens cannot record its region. Write "
                 "the nonlinearity as a supported operation (relu, clamp, maximum, max-pool). " + _APPROX_HINT)
         handler = _NONLINEAR_HANDLERS.get(func)
@@ -265,9 +303,9 @@ class Capture(TorchFunctionMode):
                 self.track(args[0])
             return out
         out = func(*args, **kwargs)
-        if not any(isinstance(t, Tensor) for t in tree_leaves(out)):
+        if not _has_tensor(out):
             return out  # shape queries, item(), bool(): no tensor flows on
-        name = resolve_name(func) or getattr(func, "__name__", repr(func))
+        name = _op_name(func)
         if not self.approximate:
             raise self._error(f"operation {name}")
         if self.tape is not None:
@@ -277,7 +315,7 @@ class Capture(TorchFunctionMode):
         return out
 
     def _check_affine(self, func: Callable, args: tuple, kwargs: dict, tracked: list[Tensor]) -> None:
-        name = resolve_name(func) or getattr(func, "__name__", repr(func))
+        name = _op_name(func)
         floats = [t for t in tracked if t.is_floating_point() or t.is_complex()]
         if len(floats) < len(tracked):
             raise self._error(f"operation {name} on an input-dependent integer tensor")
@@ -343,23 +381,31 @@ def _finish(cap: Capture, h: Tensor, out: Tensor, inplace: bool) -> Tensor:
     return out
 
 
-def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, u: Tensor, name: str,
-            make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None, probe: dict[str, Any],
-            slope: tuple[Tensor | None, Any] = (None, 0.0)) -> Tensor:
-    """Record a two-piece unit whose active piece is ``u > 0`` and return ``make_out(mask)``.
+def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, shape: tuple[int, ...],
+            pre: Callable[[], Tensor], make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None,
+            slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False) -> Tensor:
+    """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return ``make_out(mask)``.
 
     ``slope = (h, s)``: the output is ``h`` on the active piece and ``s * h`` (plus a constant) on the other, the
     rule of the transposed sweep; ``h = None`` means the unit has no such single-input form (e.g. maximum(a, b)).
+    ``zero_floor``: the op is ``max(u, 0)`` itself (ReLU, clamp(min=0)), so on a plain forward pass the mask is read
+    off the model's own output (``out != 0`` exactly when ``u > 0``), which costs a third of the comparison.
     """
-    shape = tuple(u.shape[1:])
     forced = cap._next_forced(name, "binary", shape)
-    mask = forced.selector if forced is not None else u > 0
-    if cap.probe and inplace_target is not None:  # keep the pre-activation: the op overwrites its input
-        probe = {key: (v.clone() if v is inplace_target else v) for key, v in probe.items()}
-    cap.record(Entry(name, "binary", shape, 2, mask, mask, probe if cap.probe else {}))
-    if not cap.graph and forced is None and not cap.probe:  # plain forward: the model's own op, same value
-        out = func(*args, **kwargs)
+    plain = not cap.graph and forced is None and not cap.probe
+    if plain:  # the model's own op, same value
+        if zero_floor:
+            out = func(*args, **kwargs)
+            mask = out.bool()
+        else:
+            mask = pre() > 0  # before the op: an in-place op (abs_) overwrites u
+            out = func(*args, **kwargs)
+        cap.record(Entry(name, "binary", shape, 2, mask, mask))
     else:
+        u = pre()
+        mask = forced.selector if forced is not None else u > 0
+        probe = {"u": u.clone() if u is inplace_target else u} if cap.probe else {}  # in-place ops overwrite u
+        cap.record(Entry(name, "binary", shape, 2, mask, mask, probe))
         out = make_out(mask)
         if inplace_target is not None:
             inplace_target.copy_(out)
@@ -414,7 +460,8 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         slope = wb
     else:
         slope = -1.0
-    return _binary(cap, func, args, kwargs, h, name, make, h if inplace else None, {"u": h}, (h, slope))
+    return _binary(cap, func, args, kwargs, name, tuple(h.shape[1:]), lambda: h, make, h if inplace else None,
+                   (h, slope), zero_floor=func in _RELU)
 
 
 def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -444,12 +491,12 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     target = h if inplace else None
     lo_t = torch.as_tensor(lo, dtype=h.dtype) if lo is not None else None
     hi_t = torch.as_tensor(hi, dtype=h.dtype) if hi is not None else None
-    if hi is None:
-        return _binary(cap, func, args, kwargs, h - lo_t, name, lambda m: torch.where(m, h, lo_t),
-                       target, {"u": h - lo_t}, (h, 0.0))
-    if lo is None:
-        return _binary(cap, func, args, kwargs, hi_t - h, name, lambda m: torch.where(m, h, hi_t),
-                       target, {"u": hi_t - h}, (h, 0.0))
+    if hi is None or lo is None:
+        bound = lo_t if hi is None else hi_t
+        shape = tuple(torch.broadcast_shapes(h.shape, bound.shape)[1:])
+        zero_floor = hi is None and bound.numel() == 1 and bool(bound == 0)
+        return _binary(cap, func, args, kwargs, name, shape, (lambda: h - lo_t) if hi is None else (lambda: hi_t - h),
+                       lambda m: torch.where(m, h, bound), target, (h, 0.0), zero_floor=zero_floor)
     if bool(torch.any(lo_t > hi_t)):
         raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
     shape = tuple(h.shape[1:])
@@ -474,7 +521,7 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
     a = _arg(args, kwargs, 0, "input")
     b = _arg(args, kwargs, 1, "other")
     if func in _MINMAX_BINARY and not isinstance(b, Tensor):
-        raise cap._error(f"reduction {resolve_name(func)} (max/min over a dimension; use max-pooling instead)")
+        raise cap._error(f"reduction {_op_name(func)} (max/min over a dimension; use max-pooling instead)")
     if not isinstance(b, Tensor):
         b = torch.as_tensor(b, dtype=a.dtype)
     is_max = func in _MAXIMUM or func in (torch.max, T.max)
@@ -482,8 +529,8 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
     u = (a - b) if is_max else (b - a)
     ab = torch.broadcast_tensors(a, b)
     single = a if not (isinstance(b, Tensor) and cap.is_tracked(b)) and a.shape == u.shape else None
-    return _binary(cap, func, args, kwargs, u, name, lambda m: torch.where(m, ab[0], ab[1]), None, {"u": u},
-                   (single, 0.0))
+    return _binary(cap, func, args, kwargs, name, tuple(u.shape[1:]), lambda: u,
+                   lambda m: torch.where(m, ab[0], ab[1]), None, (single, 0.0))
 
 
 def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -617,37 +664,21 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
                 raise ValueError(f"module '{path or '<root>'}' ({type(mod).__name__}) is in training mode, where it "
                                  "depends on the batch or on random masks; call model.eval() before using "
                                  "cnnlens.spline.")
-        params = [p for p in model.parameters() if p.is_floating_point()]
-        if params and params[0].dtype != x.dtype:
-            raise TypeError(f"{what} has dtype {x.dtype} but the model's parameters are {params[0].dtype}; convert "
-                            f"one of them (e.g. model.to({x.dtype}) or {what}.to({params[0].dtype})).")
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if param is not None and param.dtype != x.dtype:
+            raise TypeError(f"{what} has dtype {x.dtype} but the model's parameters are {param.dtype}; convert "
+                            f"one of them (e.g. model.to({x.dtype}) or {what}.to({param.dtype})).")
 
 
 @contextmanager
 def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
             probe: bool = False, forced: list[Entry] | None = None, cap: Capture | None = None) -> Iterator[Capture]:
-    """Context manager that records the forward passes run inside it; hooks are always removed on exit."""
+    """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors)."""
     cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced)
-    handles = []
-
-    def pre(m: nn.Module, inp: Any, path: str) -> None:
-        cap.module_stack.append((path, m))
-
-    def post(m: nn.Module, inp: Any, out: Any) -> None:
-        if cap.module_stack:
-            cap.module_stack.pop()
-
     if isinstance(model, nn.Module):
-        for path, mod in model.named_modules():
-            handles.append(mod.register_forward_pre_hook(functools.partial(pre, path=path)))
-            handles.append(mod.register_forward_hook(post, always_call=True))
-    try:
-        with cap:
-            yield cap
-    finally:
-        for handle in handles:
-            handle.remove()
-        cap.module_stack.clear()
+        cap.paths = {id(mod): path for path, mod in model.named_modules()}
+    with cap:
+        yield cap
 
 
 def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
