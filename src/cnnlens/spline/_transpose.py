@@ -156,7 +156,8 @@ def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape:
         planes = (wt @ part.transpose(0, 1).reshape(cout, -1)).view(len(offsets), part.shape[0], *osz)
         target = full[start:start + chunk]
         for r, off in enumerate(offsets):
-            target[(slice(None), *(slice(o, o + n) for o, n in zip(off, osz, strict=True)))] += planes[r]
+            # add_ on the view: ``target[...] += v`` would also copy the view back onto itself (__setitem__)
+            target[(slice(None), *(slice(o, o + n) for o, n in zip(off, osz, strict=True)))].add_(planes[r])
     crop = tuple(slice(p, p + n) for p, n in zip(padding, x_shape[2:], strict=True))
     return full[(slice(None), *crop)].unsqueeze(1)
 
