@@ -230,6 +230,8 @@ class Capture(TorchFunctionMode):
         Only layer names and error messages need it, so a plain forward pass pays nothing (module hooks would
         slow every module call).
         """
+        if not self.paths:  # the model is a plain function
+            return None
         frame = sys._getframe(1)
         while frame is not None:
             code = frame.f_code
