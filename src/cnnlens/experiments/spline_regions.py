@@ -73,6 +73,11 @@ def _slice_ids(model: nn.Module, anchors: Tensor, resolution: int, margin: float
     return {name: ids.reshape(resolution, resolution).numpy() for name, ids in maps.items()}
 
 
+def _walked(fraction: float) -> str:
+    """'the whole of' or 'the middle 2% of': the walked part of each segment."""
+    return "the whole of" if fraction == 1 else f"the middle {fraction:.0%} of"
+
+
 def _counts_figure(counts: dict[str, list[int]], fraction: float) -> Figure:
     fig = Figure(figsize=(5.2, 3.2))
     ax = fig.subplots()
@@ -80,7 +85,7 @@ def _counts_figure(counts: dict[str, list[int]], fraction: float) -> Figure:
     ax.boxplot([counts[n] for n in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), [n.replace("_", "\n") for n in names], fontsize=8)
     ax.set_ylabel("regions crossed (exact)")
-    ax.set_title(f"LeNet-5: regions on the middle {fraction:.0%} of digit-to-digit segments", fontsize=9)
+    ax.set_title(f"LeNet-5: regions on {_walked(fraction)} digit-to-digit segments", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -139,15 +144,16 @@ def run(cfg: RegionsConfig, ctx: RunContext) -> ExperimentResult:
     figures["segment_regions"] = _counts_figure(counts, cfg.segment_fraction)
     m = metrics
     last = list(maps)[-2]
+    growth = (m["regions_same_trained"] + m["regions_diff_trained"]) / (m["regions_same_init"]
+                                                                        + m["regions_diff_init"])
     notes = (
-        f"Exact region counts on the middle {cfg.segment_fraction:.0%} of {cfg.pairs} same-class and {cfg.pairs} "
+        f"Exact region counts on {_walked(cfg.segment_fraction)} {cfg.pairs} same-class and {cfg.pairs} "
         f"different-class test-digit segments (LeNet-5, {m['test_acc']:.1%} test accuracy after training). "
         f"At initialisation: {m['regions_same_init']:.0f} (same class) vs {m['regions_diff_init']:.0f} (different); "
         f"after training: {m['regions_same_trained']:.0f} vs {m['regions_diff_trained']:.0f}. "
-        + ("Training multiplies the regions crossed: the learned partition is finer along paths between digits. "
-           if m["regions_same_trained"] + m["regions_diff_trained"] > 1.2 * (m["regions_same_init"]
-                                                                           + m["regions_diff_init"])
-           else "Training does not make the partition markedly finer along these paths. ")
+        + f"Training changes the regions crossed by a factor {growth:.2f} "
+        + ("(the learned partition is finer along paths between digits). " if growth > 1.2 else
+           "(the partition does not become markedly finer along these paths). ")
         + ("Different-class segments cross more regions than same-class ones after training"
            if m["regions_diff_trained"] > m["regions_same_trained"] else
            "Same-class segments cross at least as many regions as different-class ones after training")
