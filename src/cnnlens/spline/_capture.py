@@ -233,9 +233,10 @@ class Capture(TorchFunctionMode):
         if not self.paths:  # the model is a plain function
             return None
         frame = sys._getframe(1)
+        own = globals()  # the capture's own frames (dispatch, handlers) are skipped without reading their locals
         while frame is not None:
             code = frame.f_code
-            if code.co_argcount and code.co_varnames[0] == "self":
+            if frame.f_globals is not own and code.co_argcount and code.co_varnames[0] == "self":
                 obj = frame.f_locals.get("self")
                 path = self.paths.get(id(obj))
                 if path is not None:
@@ -273,9 +274,12 @@ class Capture(TorchFunctionMode):
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
         """Run ``func`` on a captured forward pass (see the module docstring)."""
-        leaves = _tensors(args, kwargs)
-        tracked = [t for t in leaves if self._is(t, self._tracked)]
-        discrete = [t for t in leaves if self._is(t, self._discrete)]
+        tracked, discrete = [], []
+        for t in _tensors(args, kwargs):
+            if self._is(t, self._tracked):
+                tracked.append(t)
+            elif self._discrete and self._is(t, self._discrete):
+                discrete.append(t)
         if not tracked and not discrete:
             return func(*args, **kwargs)
         if func in _DISCRETE:
