@@ -173,3 +173,15 @@ def test_pad32_and_reverse_polarity_properties(
     reverse = get_transform("reverse-polarity")
     assert torch.equal(reverse(reverse(images, None), None), images)
     assert torch.equal(reverse(images, None) + images, torch.ones_like(images))
+
+
+def test_evenly_spaced_gives_class_balanced_subsets_of_mnist5k():
+    from cnnlens.data import evenly_spaced, load
+
+    assert evenly_spaced(10, 3) == [0, 3, 6]
+    assert evenly_spaced(5, None) == [0, 1, 2, 3, 4] == evenly_spaced(5, 99)
+    train = load("mnist5k", "train")
+    labels = train.labels[evenly_spaced(len(train), 1000)]
+    assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 100))
+    with pytest.raises(ValueError, match="positive"):
+        evenly_spaced(10, 0)

@@ -10,7 +10,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ArrayDataset", "SceneDataset"]
+__all__ = ["ArrayDataset", "SceneDataset", "evenly_spaced"]
+
+
+def evenly_spaced(count: int, size: int | None) -> list[int]:
+    """``size`` evenly spaced indices out of ``count`` (all of them when ``size`` is None or not smaller).
+
+    On a split ordered by class (mnist5k) every k-th item gives a class-balanced subset.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive int or None; received {size!r}.")
+    size = count if size is None else min(size, count)
+    step = max(1, count // max(size, 1))
+    return list(range(0, count, step))[:size]
 
 
 @dataclass(eq=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Subset
 
-from ..data import load
+from ..data import evenly_spaced, load
 from ..nn.models import get_model
 from ..spline import histogram_overlap, plot_bimodality, templates
 from ..train import evaluate, fit, seed_everything
@@ -34,13 +34,6 @@ class BimodalityConfig:
     lr: float = 2e-3
     analysed: int = 500
     bins: int = 60
-
-
-def _every_kth(data, size: int | None) -> list[int]:
-    """Indices of a class-balanced subset (mnist5k splits are ordered by class)."""
-    count = len(data) if size is None else min(size, len(data))
-    step = max(1, len(data) // count)
-    return list(range(0, len(data), step))[:count]
 
 
 def _template_statistics(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,14 +66,14 @@ def run(cfg: BimodalityConfig, ctx: RunContext) -> ExperimentResult:
     test = load("mnist5k", "test", ctx.data_dir, transforms=transforms)
     seed_everything(ctx.seed)
     model = get_model(cfg.model, num_classes=10)
-    fit(model, Subset(train, _every_kth(train, cfg.train_size)), epochs=cfg.epochs, batch_size=cfg.batch_size,
+    fit(model, Subset(train, evenly_spaced(len(train), cfg.train_size)), epochs=cfg.epochs, batch_size=cfg.batch_size,
         lr=cfg.lr, optimizer="adam", seed=ctx.seed, progress=ctx.progress,
         checkpoint_dir=ctx.checkpoint_dir(cfg.model))
     model.eval()
     metrics: dict[str, float] = {"test_acc": evaluate(model, test).accuracy}
     stats = {}
     for split, data in (("train", train), ("test", test)):
-        rows = torch.tensor(_every_kth(data, cfg.analysed))
+        rows = torch.tensor(evenly_spaced(len(data), cfg.analysed))
         stats[split] = _template_statistics(model, data.images[rows], data.labels[rows])
         s = stats[split]
         metrics[f"cos_correct_mean_{split}"] = float(s["cos_correct"].mean())

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from ..data import load
+from ..data import evenly_spaced, load
 from ..nn.models import get_model
 from ..spline import orthogonal_penalty, plot_lambda_sweep
 from ..train import evaluate, fit, seed_everything
@@ -61,9 +61,7 @@ def run(cfg: OrthogonalConfig, ctx: RunContext) -> ExperimentResult:
     train = load("mnist5k", "train", ctx.data_dir, transforms=transforms)
     test = load("mnist5k", "test", ctx.data_dir, transforms=transforms)
     if cfg.train_size is not None:
-        # a class-balanced subset: mnist5k's training split is ordered by class, so take every k-th digit
-        step = max(1, len(train) // cfg.train_size)
-        train = Subset(train, list(range(0, len(train), step))[: cfg.train_size])
+        train = Subset(train, evenly_spaced(len(train), cfg.train_size))  # class-balanced
     test_acc = np.zeros((len(cfg.lambdas), cfg.seeds))
     train_acc = np.zeros_like(test_acc)
     gram = np.zeros_like(test_acc)

@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Subset
 
-from ..data import load
+from ..data import evenly_spaced, load
 from ..nn.models import lenet5
 from ..spline import nearest_neighbors, partition_codes, plot_neighbor_grid
 from ..train import evaluate, fit, seed_everything
@@ -37,12 +37,6 @@ class PartitionKnnConfig:
     queries: int = 1000
     k: int = 15
     figure_queries: int = 3
-
-
-def _every_kth(count: int, size: int | None) -> list[int]:
-    size = count if size is None else min(size, count)
-    step = max(1, count // size)
-    return list(range(0, count, step))[:size]
 
 
 def _neighbour_stats(indices: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor, db_x: torch.Tensor,
@@ -87,7 +81,7 @@ def run(cfg: PartitionKnnConfig, ctx: RunContext) -> ExperimentResult:
     """Encode all training digits at every layer and search the k nearest of each test query, per layer."""
     train = load("mnist5k", "train", ctx.data_dir, transforms=("pad32",))
     test = load("mnist5k", "test", ctx.data_dir, transforms=("pad32",))
-    queries = torch.tensor(_every_kth(len(test), cfg.queries))
+    queries = torch.tensor(evenly_spaced(len(test), cfg.queries))
     qx, qy = test.images[queries], test.labels[queries]
     db_x, db_y = train.images, train.labels
     seed_everything(ctx.seed)
@@ -97,7 +91,7 @@ def run(cfg: PartitionKnnConfig, ctx: RunContext) -> ExperimentResult:
     names: list[str] = []
     for prefix in ("init_", ""):
         if not prefix:
-            fit(model, Subset(train, _every_kth(len(train), cfg.train_size)), epochs=cfg.epochs,
+            fit(model, Subset(train, evenly_spaced(len(train), cfg.train_size)), epochs=cfg.epochs,
                 batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", seed=ctx.seed, progress=ctx.progress,
                 checkpoint_dir=ctx.checkpoint_dir("lenet5"))
             metrics["test_acc"] = evaluate(model, test).accuracy

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from ..data import load
+from ..data import evenly_spaced, load
 from ..nn.models import lenet5
 from ..spline import partition_codes, plot_region_slice, region_ids_from_codes, regions_on_segment
 from ..train import evaluate, fit, seed_everything
@@ -117,8 +117,7 @@ def run(cfg: RegionsConfig, ctx: RunContext) -> ExperimentResult:
     figures: dict[str, Figure] = {}
     for stage in ("init", "trained"):
         if stage == "trained":
-            step = max(1, len(train) // (cfg.train_size or len(train)))
-            subset = Subset(train, list(range(0, len(train), step))[: cfg.train_size or len(train)])
+            subset = Subset(train, evenly_spaced(len(train), cfg.train_size))
             fit(model, subset, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
                 seed=ctx.seed, progress=ctx.progress, checkpoint_dir=ctx.checkpoint_dir("lenet5"))
             metrics["test_acc"] = evaluate(model, test).accuracy

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from torch.utils.data import Subset
 
-from ..data import load
+from ..data import evenly_spaced, load
 from ..nn.models import get_model
 from ..spline import plot_templates, templates
 from ..train import evaluate, fit, seed_everything
@@ -67,8 +67,7 @@ def offset_output(model: nn.Module, x: Tensor) -> Tensor:
 def _balanced_subset(data, size: int | None):
     if size is None:
         return data
-    step = max(1, len(data) // size)
-    return Subset(data, list(range(0, len(data), step))[:size])
+    return Subset(data, evenly_spaced(len(data), size))
 
 
 @register_experiment(
