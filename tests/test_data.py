@@ -175,13 +175,41 @@ def test_pad32_and_reverse_polarity_properties(
     assert torch.equal(reverse(images, None) + images, torch.ones_like(images))
 
 
-def test_evenly_spaced_gives_class_balanced_subsets_of_mnist5k():
-    from cnnlens.data import evenly_spaced, load
+@settings(max_examples=300, deadline=None)
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=12), fraction=st.floats(0, 1),
+       shuffle=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_stratified_subset_keeps_class_proportions(counts, fraction, shuffle, seed):
+    """Per-class counts differ from the exact proportion by less than one, for any size and class layout."""
+    from cnnlens.data import stratified_indices
 
-    assert evenly_spaced(10, 3) == [0, 3, 6]
-    assert evenly_spaced(5, None) == [0, 1, 2, 3, 4] == evenly_spaced(5, 99)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    if shuffle:
+        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    total = len(labels)
+    size = round(fraction * total)
+    index = stratified_indices(labels, size, seed=seed)
+    assert len(index) == size and len(set(index.tolist())) == size  # no repeats
+    assert torch.equal(index, torch.sort(index).values)  # original order kept
+    taken = torch.bincount(labels[index], minlength=len(counts)).tolist() if size else [0] * len(counts)
+    for c, n_c in enumerate(counts):
+        exact = size * n_c / total if total else 0.0
+        assert abs(taken[c] - exact) < 1, (c, taken[c], exact)
+    assert torch.equal(stratified_indices(labels, size, seed=seed), index)  # deterministic
+
+
+def test_stratified_subset_of_class_sorted_mnist5k_keeps_every_class():
+    from cnnlens.data import load, stratified_subset
+
     train = load("mnist5k", "train")
-    labels = train.labels[evenly_spaced(len(train), 1000)]
-    assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 100))
-    with pytest.raises(ValueError, match="positive"):
-        evenly_spaced(10, 0)
+    assert torch.equal(train.labels, torch.sort(train.labels).values)  # the split is sorted by class
+    for size in (10, 37, 1500, 3999):
+        part = stratified_subset(train, size, seed=1)
+        counts = torch.bincount(part.labels, minlength=10)
+        assert len(part) == size and int(counts.min()) >= size // 10
+        assert int(counts.max() - counts.min()) <= 1
+    assert stratified_subset(train, None) is train
+    assert not torch.equal(stratified_subset(train, 100, seed=0).images, stratified_subset(train, 100, seed=1).images)
+    with pytest.raises(ValueError, match="size must be an int"):
+        stratified_subset(train, 5000)
+    with pytest.raises(TypeError, match="ArrayDataset"):
+        stratified_subset(torch.utils.data.TensorDataset(train.images, train.labels), 10)

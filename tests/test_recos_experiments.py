@@ -49,7 +49,7 @@ def test_one_layer_system_has_c3_outputs():
 def test_relative_change_and_hooks():
     model = lenet5().eval()
     x = torch.rand(4, 1, 32, 32)
-    assert _relative_change(model, x, x) == (0.0, 0.0)
+    assert _relative_change(model, x, x) == (0.0, 0.0, 0.0, 0.0)
     l1, l2 = _responses(model, x)
     assert l1.shape == (4, 6, 28, 28) and l2.shape == (4, 16, 10, 10)
     assert all(not m._forward_hooks for m in model.modules())

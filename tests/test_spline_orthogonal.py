@@ -111,7 +111,7 @@ def test_penalty_in_the_training_loop_orthogonalises_the_classifier() -> None:
     # eq. 13 through cnnlens.train.fit's extra-loss hook: the same model, data and seed with and without the
     # penalty; only the penalised run ends with (nearly) orthogonal last-layer rows.
     from cnnlens.data import ArrayDataset
-    from cnnlens.train import fit
+    from cnnlens.train import Penalty, fit
 
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(96, 1, 4, 4, generator=gen)
@@ -122,7 +122,7 @@ def test_penalty_in_the_training_loop_orthogonalises_the_classifier() -> None:
     for lam in (0.0, 1.0):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
-        extra = {"orthogonal": lambda m, lam=lam: lam * orthogonal_penalty(m[-1])} if lam else None
+        extra = {"orthogonal": Penalty(lambda m: orthogonal_penalty(m[-1]), weight=lam)} if lam else None
         result = fit(model, data, epochs=15, lr=0.05, seed=0, extra_losses=extra, progress=False)
         energies[lam] = orthogonal_penalty(model[-1]).item()
         if lam:

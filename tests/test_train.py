@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from cnnlens import CheckpointError
-from cnnlens.train import evaluate, fit, seed_everything
+from cnnlens.train import Penalty, evaluate, fit, seed_everything
 
 
 def _data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -71,12 +71,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path) -> N
 def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     model = _model()
     fit(model, _data(), epochs=1, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="different training data or different"):
+    with pytest.raises(CheckpointError, match="lr: checkpoint 0.01, this call 0.5"):
         fit(_model(), _data(), epochs=2, batch_size=16, lr=0.5, seed=0, checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(CheckpointError, match="different training data"):
+    with pytest.raises(CheckpointError, match="training data: a different data set"):
         fit(_model(), _data(seed=5), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
-    with pytest.raises(CheckpointError, match="different model"):
+    with pytest.raises(CheckpointError, match="the model's parameters"):
         fit(other, _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
     ckpt = tmp_path / "checkpoint.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[:200])
@@ -84,16 +84,44 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> 
         fit(_model(), _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
 
 
+def _l2_last(m: nn.Module) -> torch.Tensor:
+    return m[-1].weight.pow(2).sum()
+
+
 def test_extra_losses_are_added_and_logged() -> None:
     model = _model()
-    penalty = {"l2_last": lambda m: 0.1 * m[-1].weight.pow(2).sum()}
+    penalty = {"l2_last": Penalty(_l2_last, weight=0.1)}
     result = fit(model, _data(), epochs=2, batch_size=16, seed=0, extra_losses=penalty, progress=False)
     assert all(h["l2_last"] > 0 for h in result.history)
     # a huge penalty on the last layer's weights drives them to (almost) zero
     strong = _model()
     fit(strong, _data(), epochs=3, batch_size=16, lr=0.05, momentum=0.0, seed=0,
-        extra_losses={"l2": lambda m: 5.0 * m[-1].weight.pow(2).sum()}, progress=False)
+        extra_losses={"l2": Penalty(_l2_last, weight=5.0)}, progress=False)
     assert strong[-1].weight.abs().max() < 0.5 * model[-1].weight.abs().max()
+    with pytest.raises(TypeError, match="Penalty"):
+        fit(_model(), _data(), epochs=1, extra_losses={"l2": lambda m: 0.1 * _l2_last(m)}, progress=False)
+
+
+def test_resuming_with_another_penalty_weight_is_a_checkpoint_error(tmp_path) -> None:
+    """The weight of an extra loss is part of the checkpoint: another weight never resumes the old run."""
+    fit(_model(), _data(), epochs=2, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False,
+        extra_losses={"l2": Penalty(_l2_last, weight=0.1)})
+    with pytest.raises(CheckpointError, match=r"extra_losses: checkpoint .*0\.1.*this call .*1\.0"):
+        fit(_model(), _data(), epochs=3, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False,
+            extra_losses={"l2": Penalty(_l2_last, weight=1.0)})
+    with pytest.raises(CheckpointError, match="extra_losses"):
+        fit(_model(), _data(), epochs=3, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    resumed = fit(_model(), _data(), epochs=3, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False,
+                  extra_losses={"l2": Penalty(_l2_last, weight=0.1)})
+    assert resumed.resumed_from_epoch == 2 and len(resumed.history) == 3
+
+
+def test_a_checkpoint_further_along_than_asked_is_a_checkpoint_error(tmp_path) -> None:
+    fit(_model(), _data(), epochs=5, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="holds epoch 5, this call asks for epochs=1"):
+        fit(_model(), _data(), epochs=1, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    again = fit(_model(), _data(), epochs=5, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    assert again.resumed_from_epoch == 5 and len(again.history) == 5
 
 
 def test_evaluate_reports_accuracy_and_per_class_accuracy() -> None:
@@ -116,4 +144,5 @@ def test_bad_inputs_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="optimizer must be"):
         fit(_model(), _data(), epochs=1, optimizer="lbfgs", progress=False)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        fit(_model(), _data(), epochs=1, extra_losses={"nan": lambda m: torch.tensor(float("nan"))}, progress=False)
+        fit(_model(), _data(), epochs=1, extra_losses={"nan": Penalty(lambda m: torch.tensor(float("nan")))},
+            progress=False)

@@ -7,17 +7,20 @@ Determinism: the order of the training samples in epoch ``e`` is a permutation d
 :func:`seed_everything` before building the model). Two runs with the same seed give identical metrics on the
 same machine and thread count.
 
-Checkpoints: with ``checkpoint_dir`` set, after every epoch the model, the optimiser state, the torch RNG state and
-the history are written (atomically) to ``checkpoint_dir/checkpoint.safetensors``. Calling :func:`fit` again with
-the same ``checkpoint_dir`` resumes after the last completed epoch and gives the same final weights as an
-uninterrupted run. A checkpoint that is corrupt, or was written for another model or other hyper-parameters, is a
-:class:`cnnlens.CheckpointError`, never silently used.
+Checkpoints: with ``checkpoint_dir`` set, after every epoch the model, the optimiser state, the torch RNG state, the
+history and the training settings are written (atomically) to ``checkpoint_dir/checkpoint.safetensors``. Calling
+:func:`fit` again with the same ``checkpoint_dir`` resumes after the last completed epoch and gives the same final
+weights as an uninterrupted run. A checkpoint is never silently used when it cannot be the run asked for: a corrupt
+file, another model, other data, other hyper-parameters (the extra losses' weights included: they are
+:class:`Penalty` objects whose weight the checkpoint records), or more epochs done than asked, each raise a
+:class:`cnnlens.CheckpointError` that names the recorded and the requested value.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -28,18 +31,50 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
 from ._errors import CheckpointError
+from ._progress import phase
 
-__all__ = ["Evaluation", "FitResult", "evaluate", "fit", "seed_everything"]
+__all__ = ["Evaluation", "FitResult", "Penalty", "evaluate", "fit", "seed_everything"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-ExtraLoss = Callable[[nn.Module], torch.Tensor]
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """An extra loss term ``weight * fn(model)`` added to the cross-entropy by :func:`fit`.
+
+    The weight is kept apart from the callable so that a checkpoint can record it: resuming with another weight is
+    a :class:`cnnlens.CheckpointError`, not a silent continuation of the old run. ``key`` identifies the term's
+    function in the checkpoint; by default its qualified name. Give a key when two different functions share a name
+    (lambdas) or when ``fn`` depends on settings that the weight does not carry.
+
+    Example: ``Penalty(lambda m: orthogonal_penalty(m.output), weight=0.1, key="orthogonal(output)")`` is the
+    orthogonal-template term of eq. 13 of 000 with lambda = 0.1.
+    """
+
+    fn: Callable[[nn.Module], torch.Tensor]
+    weight: float = 1.0
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"Penalty.fn must be a callable model -> scalar tensor; received {type(self.fn).__name__}.")
+        if not isinstance(self.weight, int | float) or not math.isfinite(self.weight):
+            raise ValueError(f"Penalty.weight must be a finite number; received {self.weight!r}.")
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return self.weight * self.fn(model)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint records of this term: the weight and the function's key."""
+        name = self.key or f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+        return {"weight": float(self.weight), "fn": name}
 
 
 @dataclass
@@ -144,6 +179,31 @@ def _fingerprint(model: nn.Module, config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """``key: recorded -> requested`` for every setting that differs (the model's shapes are reported apart)."""
+    lines = []
+    for key in sorted(set(recorded) | set(requested)):
+        old, new = recorded.get(key, "<not set>"), requested.get(key, "<not set>")
+        if old != new:
+            if key == "data":
+                lines.append("training data: a different data set (SHA-256 of images and labels differs)")
+            else:
+                lines.append(f"{key}: checkpoint {json.dumps(old, sort_keys=True)}, "
+                             f"this call {json.dumps(new, sort_keys=True)}")
+    return lines
+
+
+def _check_extra_losses(extra_losses: Mapping[str, Penalty] | None) -> dict[str, Penalty]:
+    terms = dict(extra_losses or {})
+    for name, term in terms.items():
+        if not isinstance(term, Penalty):
+            raise TypeError(
+                f"extra_losses[{name!r}] must be a cnnlens.train.Penalty(fn, weight), so that its weight is part of "
+                f"the checkpoint; received {type(term).__name__}. Write Penalty(fn, weight=w) instead of "
+                "lambda m: w * fn(m).")
+    return terms
+
+
 def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     """SHA-256 of the training images and labels: a checkpoint only resumes on the data it was trained on."""
     digest = hashlib.sha256()
@@ -154,7 +214,8 @@ def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def _save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, fingerprint: str
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, fingerprint: str,
+    config: Mapping[str, Any],
 ) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
@@ -166,6 +227,7 @@ def _save_checkpoint(
         "epoch": str(epoch),
         "history": json.dumps(history),
         "fingerprint": fingerprint,
+        "config": json.dumps(config, sort_keys=True),
         "param_groups": json.dumps(opt_state["param_groups"]),
     }
     tmp = path.with_suffix(".tmp")
@@ -174,7 +236,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str, config: Mapping[str, Any],
+    epochs: int,
 ) -> tuple[int, list]:
     try:
         tensors = load_file(str(path))
@@ -187,9 +250,21 @@ def _load_checkpoint(
             f"checkpoint {path} is corrupt or incomplete ({err}); delete it to train from scratch"
         ) from err
     if metadata.get("fingerprint") != fingerprint:
+        try:
+            recorded = json.loads(metadata.get("config", "{}"))
+        except ValueError:
+            recorded = {}
+        differences = _differences(recorded, config) or [
+            "the model's parameters (names, shapes or dtypes) differ from the checkpoint's"]
         raise CheckpointError(
-            f"checkpoint {path} was written for a different model, different training data or different "
-            "hyper-parameters; use another checkpoint_dir, or delete the checkpoint to train from scratch"
+            f"checkpoint {path} was written with other settings than this call asks for: "
+            + "; ".join(differences) + ". Use another checkpoint_dir, or delete the checkpoint to train from scratch."
+        )
+    if epoch > epochs:
+        raise CheckpointError(
+            f"checkpoint {path} is further along than asked: it holds epoch {epoch}, this call asks for "
+            f"epochs={epochs}. Ask for epochs >= {epoch} to continue it, use another checkpoint_dir, or delete the "
+            "checkpoint to train from scratch."
         )
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -214,10 +289,11 @@ def fit(
     weight_decay: float = 0.0,
     seed: int = 0,
     lr_schedule: str = "constant",
-    extra_losses: Mapping[str, ExtraLoss] | None = None,
+    extra_losses: Mapping[str, Penalty] | None = None,
     eval_data: Dataset | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    description: str = "training",
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy plus optional extra loss terms.
@@ -228,11 +304,19 @@ def fit(
     train_data : map-style data set of (image, label); ``cnnlens.data.ArrayDataset`` is used without copies.
     epochs : total number of epochs (a resumed run continues up to this number).
     lr_schedule : "constant", or "cosine": epoch ``e`` uses ``lr * (1 + cos(pi * e / epochs)) / 2``.
-    extra_losses : named callables ``f(model) -> scalar`` added to the loss, e.g.
-        ``{"orthogonal": lambda m: 0.1 * orthogonal_penalty(m.output)}`` (eq. 13 of 000); logged per epoch.
+    extra_losses : named :class:`Penalty` terms ``weight * fn(model)`` added to the loss, e.g.
+        ``{"orthogonal": Penalty(lambda m: orthogonal_penalty(m.output), weight=0.1)}`` (eq. 13 of 000); each
+        term's weighted value is logged per epoch, and its weight is part of the checkpoint's settings.
     eval_data : evaluated after every epoch (``eval_acc``, ``eval_loss`` in the history).
     checkpoint_dir : where the per-epoch checkpoint is written and resumed from.
+    progress : show a progress bar (named ``description``, with an ETA).
     on_epoch_end : called with each epoch's metrics after its checkpoint is written.
+
+    Raises
+    ------
+    cnnlens.CheckpointError
+        The checkpoint in ``checkpoint_dir`` is corrupt, was written with other settings (the message lists them,
+        recorded vs requested), or holds more epochs than ``epochs``.
     """
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -241,11 +325,12 @@ def fit(
     images, labels = _tensors(train_data)
     if len(labels) == 0:
         raise ValueError("train_data is empty")
-    extra_losses = dict(extra_losses or {})
+    extra_losses = _check_extra_losses(extra_losses)
     dtype = next(model.parameters()).dtype
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
-              "weight_decay": weight_decay, "seed": seed, "extra_losses": sorted(extra_losses),
+              "weight_decay": weight_decay, "seed": seed,
+              "extra_losses": {name: term.fingerprint() for name, term in sorted(extra_losses.items())},
               "data": _data_digest(images, labels), "lr_schedule": lr_schedule}
     if lr_schedule == "cosine":  # the schedule depends on the total, so a resume must keep it
         config["epochs"] = epochs
@@ -258,15 +343,14 @@ def fit(
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         result.checkpoint = ckpt
         if ckpt.exists():
-            start_epoch, result.history = _load_checkpoint(ckpt, model, opt, fingerprint)
+            start_epoch, result.history = _load_checkpoint(ckpt, model, opt, fingerprint, config, epochs)
             result.history = result.history[:start_epoch]
             result.resumed_from_epoch = start_epoch
+            _log.info("%s: resumed from its checkpoint at epoch %d of %d (%s)", description, start_epoch, epochs,
+                      ckpt)
     n = len(labels)
     steps = (n + batch_size - 1) // batch_size
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("training", total=max(epochs - start_epoch, 0) * steps, status="")
+    with phase(description, max(epochs - start_epoch, 0) * steps, enabled=progress) as advance:
         for epoch in range(start_epoch, epochs):
             model.train()
             if lr_schedule == "cosine":
@@ -296,7 +380,7 @@ def fit(
                 opt.step()
                 sums["train_loss"] += loss.item() * len(idx)
                 sums["correct"] += float((logits.argmax(1) == y).sum())
-                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
+                advance(status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
             record = {"epoch": float(epoch + 1), "train_loss": sums.pop("train_loss") / n,
                       "train_acc": sums.pop("correct") / n, **{k: v / n for k, v in sums.items()}}
             if eval_data is not None:
@@ -304,7 +388,7 @@ def fit(
                 record.update(eval_acc=ev.accuracy, eval_loss=ev.loss)
             result.history.append(record)
             if ckpt is not None:
-                _save_checkpoint(ckpt, model, opt, epoch + 1, result.history, fingerprint)
+                _save_checkpoint(ckpt, model, opt, epoch + 1, result.history, fingerprint, config)
             if on_epoch_end is not None:
                 on_epoch_end(record)
     model.eval()

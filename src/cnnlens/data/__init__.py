@@ -34,7 +34,7 @@ torch.Size([4000, 1, 32, 32])
 
 from . import _embedded, _scenes, _standard  # noqa: F401  (each registers its data sets)
 from ._cifar import read_cifar_batch
-from ._dataset import ArrayDataset, SceneDataset, evenly_spaced
+from ._dataset import ArrayDataset, SceneDataset, class_counts, stratified_indices, stratified_subset
 from ._download import FileSpec, download_file, downloads_enabled, ensure_files, md5sum, verify_file
 from ._embedded import DIGITS_SPLIT_SEED, MNIST5K_TEST_PER_CLASS, MNIST5K_TRAIN_PER_CLASS
 from ._idx import read_idx
@@ -72,7 +72,7 @@ __all__ = [
     "SCENE_SIDE",
     "SCENES_SEED",
     "ArrayDataset",
-    "evenly_spaced",
+    "class_counts",
     "cifar_loader",
     "clear_cache",
     "composite",
@@ -95,6 +95,8 @@ __all__ = [
     "register_transform",
     "scene_images",
     "SceneDataset",
+    "stratified_indices",
+    "stratified_subset",
     "TransformContext",
     "verify_file",
 ]

@@ -10,19 +10,74 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ArrayDataset", "SceneDataset", "evenly_spaced"]
+__all__ = ["ArrayDataset", "SceneDataset", "class_counts", "stratified_indices", "stratified_subset"]
 
 
-def evenly_spaced(count: int, size: int | None) -> list[int]:
-    """``size`` evenly spaced indices out of ``count`` (all of them when ``size`` is None or not smaller).
+def class_counts(labels: Tensor, num_classes: int | None = None) -> list[int]:
+    """Number of items of each class ``0 .. num_classes - 1`` (default: up to the largest label)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+    size = int(labels.max()) + 1 if labels.numel() else 0
+    return torch.bincount(labels, minlength=max(size, num_classes or 0)).tolist()
 
-    On a split ordered by class (mnist5k) every k-th item gives a class-balanced subset.
+
+def stratified_indices(labels: Tensor, size: int, seed: int = 0) -> Tensor:
+    """Indices of a class-stratified sample of ``size`` items, in their original order.
+
+    Class ``c`` with ``n_c`` of the ``N`` items receives ``k_c`` items, ``floor(size n_c / N)`` plus one for the
+    classes with the largest remainders (Hamilton's method, ties to the smaller class index), so that
+    ``|k_c - size n_c / N| < 1`` and ``sum k_c = size``. Within a class the items are a uniform random choice
+    drawn from ``torch.Generator().manual_seed(seed)``; the same ``(labels, size, seed)`` always give the same
+    sample.
     """
-    if size is not None and size < 1:
-        raise ValueError(f"size must be a positive int or None; received {size!r}.")
-    size = count if size is None else min(size, count)
-    step = max(1, count // max(size, 1))
-    return list(range(0, count, step))[:size]
+    labels = torch.as_tensor(labels).reshape(-1)
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor; received dtype {labels.dtype}.")
+    total = int(labels.numel())
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= total:
+        raise ValueError(f"size must be an int in [0, {total}] (the number of items); received {size!r}.")
+    if total and int(labels.min()) < 0:
+        raise ValueError(f"labels must be non-negative class indices; received a minimum of {int(labels.min())}.")
+    counts = torch.bincount(labels.long()) if total else torch.zeros(0, dtype=torch.int64)
+    exact = [size * int(n) / total for n in counts.tolist()] if total else []
+    take = [int(q) for q in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda c: (-(exact[c] - take[c]), c))
+    for c in by_remainder[: size - sum(take)]:
+        take[c] += 1
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in enumerate(take):
+        members = torch.nonzero(labels == c).flatten()
+        order = torch.randperm(len(members), generator=gen)
+        chosen.append(members[order[:k]])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.sort(torch.cat(chosen)).values
+
+
+def stratified_subset(dataset: ArrayDataset, size: int | None, seed: int = 0) -> ArrayDataset:
+    """A class-stratified random subset of ``size`` items: the only way cnnlens takes subsets of a data set.
+
+    Per-class counts are proportional to the class shares of ``dataset`` and differ from the exact proportion by less
+    than one item (:func:`stratified_indices`), so a subset of a split sorted by class (mnist5k) keeps every class.
+    ``size=None`` or ``size == len(dataset)`` returns the data set itself.
+
+    Parameters
+    ----------
+    dataset : ArrayDataset
+        Any data set of :mod:`cnnlens.data` (its subclasses keep their extra per-item fields).
+    size : int or None
+        Number of items, at most ``len(dataset)``.
+    seed : int
+        Seed of the random choice within each class.
+    """
+    if not isinstance(dataset, ArrayDataset):
+        raise TypeError(
+            f"stratified_subset takes a cnnlens.data.ArrayDataset (what cnnlens.data.load returns); received "
+            f"{type(dataset).__name__}. Wrap tensors with ArrayDataset(images, labels, num_classes, name, split)."
+        )
+    if size is None or size == len(dataset):
+        return dataset
+    return dataset.subset(stratified_indices(dataset.labels, size, seed))
 
 
 @dataclass(eq=False)

@@ -1,4 +1,10 @@
-"""Run a registered experiment into a run folder: metrics.json, figures/*.png, result.json, report.html."""
+"""Run a registered experiment into a run folder and judge its claims.
+
+A run folder holds ``result.json`` (configuration, metrics, notes, status, timing, training-set class counts),
+``metrics.json`` (flat numeric metrics), ``claims.json`` (the verdicts), ``figures/*.png`` and ``report.html``.
+:func:`judge_run` recomputes ``claims.json`` from a saved ``metrics.json`` (``cnnlens report`` calls it), so editing
+a metric and re-rendering changes the verdict.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import hashlib
 import json
 import math
 import platform
+import subprocess
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -15,11 +22,13 @@ from typing import Any
 import torch
 from matplotlib import pyplot as plt
 
+from .. import __version__
 from ..report import render_index, render_run
 from ..train import seed_everything
+from ._claims import judge
 from ._registry import Experiment, ExperimentResult, RunContext, get_experiment
 
-__all__ = ["run_experiment"]
+__all__ = ["judge_run", "run_experiment"]
 
 
 def _validate_metrics(exp: Experiment, metrics: dict[str, Any]) -> dict[str, float]:
@@ -35,6 +44,26 @@ def _validate_metrics(exp: Experiment, metrics: dict[str, Any]) -> dict[str, flo
     return flat
 
 
+def _commit() -> str | None:
+    """The git commit of the cnnlens checkout, when it runs from one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
+                             capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+
+
 def run_experiment(
     name: str,
     out: str | Path = "runs",
@@ -45,28 +74,32 @@ def run_experiment(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Run experiment ``name`` into ``out/name`` and return that folder.
+    """Run experiment ``name`` into ``out/name``, judge its claims and return that folder.
 
-    The folder receives ``result.json`` (claim, configuration, metrics, notes, status, timing), ``metrics.json``
-    (flat numeric metrics), ``figures/*.png`` and ``report.html``; ``out/index.html`` lists every run in ``out``.
-    A failing experiment still writes its folder, with status "failed" and the traceback, before re-raising.
-    ``overrides`` replaces fields of the chosen configuration.
+    The folder receives ``result.json``, ``metrics.json``, ``claims.json``, ``figures/*.png`` and ``report.html``;
+    ``out/index.html`` lists the claims of every run in ``out``. A failing experiment still writes its folder, with
+    status "failed" and the traceback, before re-raising; Ctrl-C marks it "interrupted" (its checkpoints are kept, so
+    running it again resumes). ``overrides`` replaces fields of the chosen configuration.
     """
     exp = get_experiment(name)
     cfg = exp.config(quick)
     if overrides:
         cfg = replace(cfg, **overrides)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist or is not a folder; create it and put the "
+                                "data files there (see `cnnlens.data` or the README's Data section), or leave it out")
     run_dir = Path(out) / name
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     (run_dir / "log.txt").unlink(missing_ok=True)
     run_key = hashlib.sha256(json.dumps([asdict(cfg), seed, str(data_dir)], sort_keys=True).encode()).hexdigest()[:10]
     ctx = RunContext(run_dir, seed, Path(data_dir) if data_dir is not None else None, quick, progress, run_key)
     record: dict[str, Any] = {
-        "name": exp.name, "claim": exp.claim, "paper": exp.paper, "mode": "quick" if quick else "full",
+        "name": exp.name, "title": exp.title, "paper": exp.paper, "mode": "quick" if quick else "full",
         "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "config": asdict(cfg),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
-        "metrics": {}, "figures": [], "notes": "", "status": "running",
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "cnnlens": __version__,
+                        "commit": _commit(), "threads": torch.get_num_threads(),
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S %z")},
+        "metrics": {}, "figures": [], "notes": "", "settings": {}, "unmeasured": {}, "status": "running",
     }
     start = time.perf_counter()
     seed_everything(seed)
@@ -75,13 +108,20 @@ def run_experiment(
         if not isinstance(result, ExperimentResult):
             raise TypeError(f"experiment {name!r} must return an ExperimentResult, got {type(result).__name__}")
         record["metrics"] = _validate_metrics(exp, result.metrics)
-        record["notes"] = result.notes
+        unknown = sorted(set(result.settings) - {c.id for c in exp.claims})
+        if unknown:
+            raise ValueError(f"experiment {name!r} gives settings for claims it does not declare: {unknown}")
+        record.update(notes=result.notes, settings=dict(result.settings), unmeasured=dict(result.unmeasured))
         for fig_name, fig in result.figures.items():
             path = Path("figures") / f"{fig_name}.png"
             fig.savefig(run_dir / path, dpi=110, bbox_inches="tight")
             plt.close(fig)
             record["figures"].append(str(path))
         record["status"] = "ok"
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        record["error"] = "interrupted (Ctrl-C); the completed trainings are checkpointed: rerun the same command"
+        raise
     except BaseException as err:
         record["status"] = "failed"
         record["error"] = "".join(traceback.format_exception(err))
@@ -89,9 +129,49 @@ def run_experiment(
     finally:
         record["seconds"] = round(time.perf_counter() - start, 2)
         record["log"] = ctx.log_lines
-        finite = {k: (v if math.isfinite(v) else None) for k, v in record["metrics"].items()}
-        (run_dir / "metrics.json").write_text(json.dumps(finite, indent=2, sort_keys=True))
-        (run_dir / "result.json").write_text(json.dumps({**record, "metrics": finite}, indent=2, default=str))
+        record["training_sets"] = ctx.training_sets
+        record["resumed"] = ctx.resumed
+        finite = _finite(record["metrics"])
+        record["metrics"] = finite
+        _write_json(run_dir / "metrics.json", dict(sorted(finite.items())))
+        _write_json(run_dir / "result.json", record)
+        judge_run(run_dir, exp)
         render_run(run_dir)
         render_index(run_dir.parent)
     return run_dir
+
+
+def judge_run(run_dir: str | Path, exp: Experiment | None = None) -> list[dict[str, Any]]:
+    """Recompute the verdicts of a saved run from its ``metrics.json``; write ``claims.json`` and ``result.json``.
+
+    Returns the claim records. ``exp`` defaults to the registered experiment named in ``result.json``.
+    """
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / "result.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir} is not a cnnlens run folder (no result.json); run `cnnlens run` "
+                                "first") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{run_dir / 'result.json'} is corrupt ({err}); re-run the experiment to regenerate "
+                         "it") from err
+    metrics_path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{metrics_path} is corrupt ({err}); fix it or re-run the experiment") from err
+    bad = [k for k, v in metrics.items() if v is not None and not isinstance(v, int | float)]
+    if not isinstance(metrics, dict) or bad:
+        raise ValueError(f"{metrics_path} must map metric names to numbers (or null); {bad or 'not a mapping'}")
+    exp = exp or get_experiment(record["name"])
+    claims = judge(exp.claims, metrics, quick=record.get("mode") == "quick", settings=record.get("settings"),
+                   unmeasured=record.get("unmeasured"))
+    if record.get("status") in ("failed", "interrupted", "running"):
+        for claim in claims:
+            claim["verdict"] = "inconclusive"
+            claim["why"] = f"the run is {record['status']}: {claim['why']}"
+    record["metrics"] = metrics
+    record["claims"] = claims
+    _write_json(run_dir / "claims.json", claims)
+    _write_json(run_dir / "result.json", record)
+    return claims

@@ -27,8 +27,9 @@ from ..recos import (
 )
 from ..spline import templates
 from ..train import evaluate, seed_everything
+from ._claims import AtMost, Claim, Exact, Near
+from ._recipes import LeNetBudget, load_digits, train_sgd
 from ._registry import ExperimentResult, RunContext, register_experiment
-from .recos_polarity import LeNetBudget, load_digits, train_model
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,7 @@ def _cluster_figure(view: ClusterView, patches: torch.Tensor, anchors: torch.Ten
 
 @register_experiment(
     "recos-anchors",
-    claim="The filters of a trained CNN are anchor vectors representing frequent patterns; a second layer stitches "
-    "the first layer's anchors into larger patterns on its receptive field (13 x 13 for LeNet-5's C3).",
+    title="A trained LeNet-5 read as RECOS units: anchor vectors, anchor-position vectors, compound anchors.",
     paper="003 secs. 2-3, eqs. 11-21, Tables 1-2, Figs. 6-7",
     quick=AnchorsConfig(epochs=2, lr=0.05, full_mnist=False, cluster_digits=300, realized_digits=30),
     full=AnchorsConfig(),
@@ -113,12 +113,32 @@ def _cluster_figure(view: ClusterView, patches: torch.Tensor, anchors: torch.Ten
              "mean_centroid_angle_deg", "mean_kmeans_angle_deg", "compound_receptive_field",
              "compound_composition_error", "compound_negative_share", "blank_patch_share", "realized_cos_linear",
              "realized_cos_rectified", "realized_cos_avgpool", "realized_max_outside_14x14"),
+    claims=(
+        Claim("compound-receptive-field", "003 sec. 3, Fig. 6",
+              "The second-layer filter of LeNet-5 (C3) sees a 13 x 13 window of the input: 5 x 5 first-layer "
+              "outputs of 5 x 5 patches at stride 2.",
+              Near("compound_receptive_field", 13, 0, label="compound receptive field (pixels)"), paper_value=13,
+              quick=True),
+        Claim("compound-composition", "003 sec. 3, eq. 21",
+              "The correlations of the cascade C1 -> C3 equal one layer with the compound anchor matrix C = AB.",
+              Exact("compound_composition_error", 1e-5, "float32 rounding (relative)",
+                    label="relative error of C^T x against C3(C1(x))"),
+              paper_value=0.0, setting="as in the paper, with S2 read as subsampling (its linear part)", quick=True),
+        Claim("anchors-near-centroids", "003 sec. 2, after eq. 10",
+              "An anchor vector sits at the centroid of a cluster of frequently occurring input patterns (judged: "
+              "mean angle between each C1 anchor and the matched spherical k-means centroid of the non-blank 5 x 5 "
+              "patches below 30 degrees).",
+              AtMost("mean_kmeans_angle_deg", 30.0, label="mean anchor-to-centroid angle (degrees)"),
+              setting="C1 of LeNet-5 on mnist5k test patches; the paper suggests the centroid reading without a "
+                      "measurement"),
+    ),
 )
 def run(cfg: AnchorsConfig, ctx: RunContext) -> ExperimentResult:
     """Train LeNet-5 and draw its anchors, anchor-position vectors, compound anchors and cluster view."""
-    train, test, data_text = load_digits(ctx, full_mnist=cfg.full_mnist, train_size=cfg.train_size)
+    digits = load_digits(ctx, full_mnist=cfg.full_mnist, train_size=cfg.train_size)
+    train, test, data_text = digits.train, digits.test, digits.description
     seed_everything(ctx.seed)
-    model = train_model(lenet5(), train, cfg, ctx, "lenet5", cfg.epochs)
+    model = train_sgd(ctx, "lenet5", lenet5(), train, cfg)
     m: dict[str, float] = {"acc_test": evaluate(model, test).accuracy}
 
     compound = compound_anchors(model.c1, model.c3, pool=model.s2)

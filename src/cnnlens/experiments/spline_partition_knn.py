@@ -15,36 +15,34 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch.utils.data import Subset
 
-from ..data import evenly_spaced, load
+from ..data import stratified_subset
 from ..nn.models import lenet5
 from ..spline import nearest_neighbors, partition_codes, plot_neighbor_grid
-from ..train import evaluate, fit, seed_everything
+from ..train import evaluate, seed_everything
+from ._claims import Binomial, Claim, Greater, MeanError
+from ._recipes import AdamBudget, load_digits
 from ._registry import ExperimentResult, RunContext, register_experiment
 
 NUM_LAYERS = 6
 
 
 @dataclass(frozen=True)
-class PartitionKnnConfig:
+class PartitionKnnConfig(AdamBudget):
     """LeNet-5 training budget (Adam), number of test queries and neighbours."""
 
-    epochs: int = 10
-    train_size: int | None = None
-    batch_size: int = 64
-    lr: float = 2e-3
     queries: int = 1000
     k: int = 15
     figure_queries: int = 3
 
 
 def _neighbour_stats(indices: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor, db_x: torch.Tensor,
-                     db_y: torch.Tensor) -> tuple[float, float]:
-    """Same-class rate and mean pixel-space Euclidean distance of the neighbours ``indices`` (Nq, k)."""
+                     db_y: torch.Tensor) -> tuple[float, float, float]:
+    """Same-class rate, mean pixel-space Euclidean distance of the neighbours ``indices`` (Nq, k), and the standard
+    deviation over queries of each query's mean neighbour distance."""
     same = (db_y[indices] == query_y[:, None]).double().mean()
-    euclid = (db_x.flatten(1)[indices] - query_x.flatten(1)[:, None, :]).norm(dim=2).mean()
-    return float(same), float(euclid)
+    per_query = (db_x.flatten(1)[indices] - query_x.flatten(1)[:, None, :]).norm(dim=2).mean(dim=1)
+    return float(same), float(per_query.mean()), float(per_query.std())
 
 
 def _layer_profile(names: list[str], metrics: dict[str, float]) -> Figure:
@@ -69,31 +67,45 @@ def _layer_profile(names: list[str], metrics: dict[str, float]) -> Figure:
 
 @register_experiment(
     "spline-partition-knn",
-    claim="Under the partition distance of eq. 15, deeper layers' nearest neighbours are farther in Euclidean "
-    "distance but more often of the same class (the network's partition clusters signals hierarchically).",
+    title="Nearest neighbours under the partition distance of eq. 15, layer by layer (Fig. 4).",
     paper="000 sec. 7.2-7.3, eqs. 14-15, Fig. 4",
     quick=PartitionKnnConfig(epochs=2, train_size=1500, batch_size=32, queries=200),
     full=PartitionKnnConfig(),
     metrics=tuple(f"same_class_rate_l{i}" for i in range(1, NUM_LAYERS + 1))
-    + tuple(f"euclid_l{i}" for i in range(1, NUM_LAYERS + 1)),
+    + tuple(f"euclid_l{i}" for i in range(1, NUM_LAYERS + 1)) + ("queries",),
+    claims=(
+        Claim("deeper-same-class", "000 sec. 7.3, Fig. 4",
+              "Later layers' partition-distance neighbours mainly come from the same class as the query "
+              "(pre-registered: same-class rate of the 15 neighbours at layer 6 above layer 1).",
+              Greater("same_class_rate_l6", "same_class_rate_l1", Binomial("queries"), Binomial("queries"),
+                      label="same-class rate, layer 6 - layer 1"),
+              setting="LeNet-5 (its six max-affine layers) on mnist5k for the paper's smallCNN without batch-norm "
+                      "on CIFAR-10 and SVHN"),
+        Claim("deeper-farther", "000 sec. 7.3, Fig. 4",
+              "As we progress through the layers, the neighbours become further in Euclidean distance "
+              "(pre-registered: mean pixel distance of the neighbours at layer 6 above layer 1).",
+              Greater("euclid_l6", "euclid_l1", MeanError("euclid_sd_l6", "queries", "test queries"),
+                      MeanError("euclid_sd_l1", "queries", "test queries"),
+                      label="neighbour pixel distance, layer 6 - layer 1"),
+              setting="LeNet-5 on mnist5k for the paper's smallCNN on CIFAR-10 and SVHN"),
+    ),
 )
 def run(cfg: PartitionKnnConfig, ctx: RunContext) -> ExperimentResult:
     """Encode all training digits at every layer and search the k nearest of each test query, per layer."""
-    train = load("mnist5k", "train", ctx.data_dir, transforms=("pad32",))
-    test = load("mnist5k", "test", ctx.data_dir, transforms=("pad32",))
-    queries = torch.tensor(evenly_spaced(len(test), cfg.queries))
-    qx, qy = test.images[queries], test.labels[queries]
+    digits = load_digits(ctx)
+    train, test = digits.train, digits.test
+    query_set = stratified_subset(test, min(cfg.queries, len(test)), seed=ctx.seed)
+    qx, qy = query_set.images, query_set.labels
     db_x, db_y = train.images, train.labels
     seed_everything(ctx.seed)
     model = lenet5(num_classes=10).eval()
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"queries": float(len(qy))}
     neighbours: dict[str, torch.Tensor] = {}
     names: list[str] = []
     for prefix in ("init_", ""):
         if not prefix:
-            fit(model, Subset(train, evenly_spaced(len(train), cfg.train_size)), epochs=cfg.epochs,
-                batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", seed=ctx.seed, progress=ctx.progress,
-                checkpoint_dir=ctx.checkpoint_dir("lenet5"))
+            ctx.fit("lenet5", model, stratified_subset(train, cfg.train_size, seed=ctx.seed), epochs=cfg.epochs,
+                    batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam")
             metrics["test_acc"] = evaluate(model, test).accuracy
         db_codes = partition_codes(model, db_x)
         query_codes = partition_codes(model, qx)
@@ -101,16 +113,17 @@ def run(cfg: PartitionKnnConfig, ctx: RunContext) -> ExperimentResult:
         kinds = [db_codes[name].kind for name in names]
         for i, name in enumerate(names, start=1):
             indices, _ = nearest_neighbors(query_codes, db_codes, cfg.k, name)
-            same, euclid = _neighbour_stats(indices, qx, qy, db_x, db_y)
+            same, euclid, euclid_sd = _neighbour_stats(indices, qx, qy, db_x, db_y)
             metrics[f"same_class_rate_{prefix}l{i}"] = same
             metrics[f"euclid_{prefix}l{i}"] = euclid
+            metrics[f"euclid_sd_{prefix}l{i}"] = euclid_sd
             if not prefix:
                 neighbours[f"l{i} {name}"] = indices
             ctx.log(f"{prefix or 'trained '}layer {i} ({name}): same-class rate {same:.3f}, "
                     f"pixel distance {euclid:.3f}")
     pixel = torch.cdist(qx.flatten(1), db_x.flatten(1))
     pixel_nn = torch.sort(pixel, dim=1, stable=True).indices[:, : cfg.k]
-    metrics["same_class_rate_pixels"], metrics["euclid_pixels"] = _neighbour_stats(pixel_nn, qx, qy, db_x, db_y)
+    metrics["same_class_rate_pixels"], metrics["euclid_pixels"], _ = _neighbour_stats(pixel_nn, qx, qy, db_x, db_y)
     metrics["euclid_random"] = float(pixel.mean())
     metrics["chance_same_class_rate"] = float(((torch.bincount(db_y, minlength=10) / len(db_y))[qy]).mean())
 

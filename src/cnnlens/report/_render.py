@@ -1,7 +1,9 @@
 """Render run folders into static HTML (jinja2): one ``report.html`` per run and an ``index.html`` per parent.
 
-The renderer reads only what the runner saved (``result.json`` and the PNG figures), so ``cnnlens report DIR``
-re-renders any run without re-running it. The pages are plain static HTML that open from disk.
+Both pages lead with the claims: each claim's statement beside the paper's value, the measured value and the verdict;
+the run's status is a separate, smaller field. The renderer reads only what the runner saved (``result.json``,
+``claims.json`` and the PNG figures), so ``cnnlens report DIR`` (which first re-judges the claims from
+``metrics.json``) re-renders any run without re-running it. The pages are plain static HTML that open from disk.
 """
 
 from __future__ import annotations
@@ -27,6 +29,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _tally(claims: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(verdict, count) in the order of VERDICTS, verdicts with no claim left out."""
+    order = ("reproduced", "partly", "not reproduced", "inconclusive")
+    counts = {v: sum(1 for c in claims if c.get("verdict") == v) for v in order}
+    return [(v, n) for v, n in counts.items() if n]
+
+
+def _claims(run_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    path = run_dir / "claims.json"
+    if path.exists():
+        try:
+            claims = json.loads(path.read_text())
+            if isinstance(claims, list):
+                return claims
+        except json.JSONDecodeError:
+            pass
+    return list(record.get("claims") or [])
+
+
 _ENV.filters["fmt"] = _fmt
 
 
@@ -45,14 +66,15 @@ def render_run(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     record = _load(run_dir)
     paragraphs = [p.strip() for p in record.get("notes", "").split("\n\n") if p.strip()]
-    html = _ENV.get_template("run.html").render(run=record, notes=paragraphs)
+    claims = _claims(run_dir, record)
+    html = _ENV.get_template("run.html").render(run=record, notes=paragraphs, claims=claims, tally=_tally(claims))
     out = run_dir / "report.html"
     out.write_text(html, encoding="utf-8")
     return out
 
 
 def render_index(parent: str | Path) -> Path | None:
-    """Write ``parent/index.html`` listing every run folder below ``parent``; None when there is none."""
+    """Write ``parent/index.html``: one row per claim of every run folder below ``parent``; None when there is none."""
     parent = Path(parent)
     runs = []
     for result in sorted(parent.glob("*/result.json")):
@@ -61,11 +83,13 @@ def render_index(parent: str | Path) -> Path | None:
         except json.JSONDecodeError:
             record = {"name": result.parent.name, "status": "corrupt result.json", "metrics": {}}
         record["href"] = f"{result.parent.name}/report.html"
+        record["claims"] = _claims(result.parent, record)
         runs.append(record)
     if not runs:
         return None
     out = parent / "index.html"
-    out.write_text(_ENV.get_template("index.html").render(runs=runs), encoding="utf-8")
+    every = [c for run in runs for c in run["claims"]]
+    out.write_text(_ENV.get_template("index.html").render(runs=runs, tally=_tally(every)), encoding="utf-8")
     return out
 
 
