@@ -7,6 +7,7 @@ The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented
 """
 
 from ._affine import AffineMap, Templates, affine_map, templates
+from ._capture import ReplayDivergenceError
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
 from ._distance import nearest_neighbors, partition_distance
 from ._figures import (
@@ -28,6 +29,7 @@ __all__ = [
     "LayerCode",
     "MASO",
     "PartitionCodes",
+    "ReplayDivergenceError",
     "SegmentRegions",
     "Templates",
     "affine_map",

@@ -8,6 +8,12 @@ For a network built from max-affine spline operators, conditioned on the region 
 
 (eq. 8-9 of 000). The rows of A[x] are the signal-dependent class templates of sec. 5.2 and the class scores are the
 inner products <A[x]_c, x> plus biases (eq. 12 / Fig. 1 of 000).
+
+Two independent ways compute A[x], and the result says which one ran (``.path``, ``.fallback_reason``, also logged
+at DEBUG level on the logger ``cnnlens.spline``): ``"transposed"``, one reverse sweep of the transposed masked
+network (:mod:`._transpose`), and ``"autograd"``, batched autograd over the captured masked graph, taken when some
+operation has no exact transpose rule (the reason names it and its module) and always for ``approximate=True``.
+Both give the same A up to rounding.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._capture import Capture, Entry, ReplayDivergenceError, capture, check_model_input, run_captured
 from ._transpose import Tape, transpose_rows
 
 __all__ = ["AffineMap", "Templates", "affine_map", "templates"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("cnnlens.spline")
+
+TRANSPOSED = "transposed"
+AUTOGRAD = "autograd"
 
 
 class _AffineMapFields(NamedTuple):
@@ -48,16 +57,27 @@ class AffineMap(_AffineMapFields):
         then (A, B) is the local first-order approximation, exact only at x itself.
     linearised : tuple of str
         The operations that were linearised (empty when the map is exact).
+    path : str
+        How A was computed: ``"transposed"`` (the fast reverse sweep of the transposed masked network) or
+        ``"autograd"`` (batched autograd over the captured masked graph; same A, slower).
+    fallback_reason : str or None
+        None on the transposed path; otherwise why it was not taken: the operation without a transpose rule and
+        the module it was called in, or ``approximate=True``. With ``chunk_size``, the reasons of all chunks that
+        fell back.
     """
 
     approximate: bool
     linearised: tuple[str, ...]
+    path: str
+    fallback_reason: str | None
 
-    def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False,
-                linearised: Sequence[str] = ()) -> AffineMap:
+    def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False, linearised: Sequence[str] = (),
+                path: str = TRANSPOSED, fallback_reason: str | None = None) -> AffineMap:
         self = super().__new__(cls, A, B)
         self.approximate = approximate
         self.linearised = tuple(linearised)
+        self.path = path
+        self.fallback_reason = fallback_reason
         return self
 
 
@@ -79,13 +99,26 @@ def _rows_of(classes: Sequence[int] | Tensor | None, num_outputs: int) -> Tensor
     return rows
 
 
+@dataclass
+class _Chunk:
+    """(A, B, outputs) of one chunk of samples, with the path that computed A (see the module docstring)."""
+
+    a: Tensor
+    b: Tensor
+    outputs: Tensor
+    linearised: list[str]
+    entries: list[Entry]
+    path: str
+    reason: str | None
+
+
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-               approximate: bool) -> tuple[Tensor, Tensor, Tensor, list[str], list[Entry]]:
+               approximate: bool) -> _Chunk:
     """One recording forward + one batched backward of all requested rows (no Python loop over classes).
 
     Fast path: a plain forward that records the tape, then one sweep of R*N cotangents through the transposed
-    masked network (:mod:`._transpose`). Fallback (ops without a transpose rule, or approximate=True): batched
-    autograd (``is_grads_batched``) over the captured masked graph.
+    masked network (:mod:`._transpose`). Fallback (an op without an exact transpose rule, or approximate=True):
+    batched autograd (``is_grads_batched``) over the captured masked graph.
     """
     if not approximate:
         tape = Tape()
@@ -97,7 +130,11 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         a = transpose_rows(tape, xt, y, rows)
         if a is not None:
             b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
-            return a.contiguous(), b, y[:, rows], cap.linearised, cap.entries
+            return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None)
+        reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "
+                  "masked graph instead (same A, slower)")
+    else:
+        reason = "approximate=True computes A by batched autograd over the captured graph"
     xi = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), capture(model, graph=True, approximate=approximate) as cap:
         y = run_captured(cap, model, xi)
@@ -114,22 +151,33 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         a = x.new_zeros(n, r, d) if g is None else g.reshape(r, n, d).transpose(0, 1)
     y = y.detach()
     b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, d))
-    return a.contiguous(), b, y[:, rows], cap.linearised, cap.entries
+    return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason)
 
 
 def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-                 chunk_size: int | None, approximate: bool, caller: str) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-    """(A, B, outputs, linearised ops) of ``x``, ``chunk_size`` samples at a time; warns when linearised."""
+                 chunk_size: int | None, approximate: bool, caller: str) -> _Chunk:
+    """The :class:`_Chunk` of all of ``x``, ``chunk_size`` samples at a time; warns when linearised.
+
+    The path is "autograd" when any chunk fell back; the reason lists the distinct reasons of those chunks.
+    """
     check_model_input(model, x)
     _validate_chunk(chunk_size)
     step = chunk_size or x.shape[0]
     parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
-    linearised = sorted({op for part in parts for op in part[3]})
+    linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
         warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
                       "the result is the local linearisation at x (the Jacobian), exact only at x.", stacklevel=3)
-    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
-            linearised)
+    fell_back = [p for p in parts if p.path != TRANSPOSED]
+    reason = None
+    if fell_back:
+        reason = "; ".join(dict.fromkeys(p.reason for p in fell_back if p.reason))
+        if len(fell_back) < len(parts):
+            reason = f"{len(fell_back)} of {len(parts)} chunks: {reason}"
+    path = AUTOGRAD if fell_back else TRANSPOSED
+    _log.debug("%s on %d samples: path %s%s", caller, x.shape[0], path, f" ({reason})" if reason else "")
+    return _Chunk(torch.cat([p.a for p in parts]), torch.cat([p.b for p in parts]),
+                  torch.cat([p.outputs for p in parts]), linearised, [], path, reason)
 
 
 def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None,
@@ -156,7 +204,8 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     Returns
     -------
     AffineMap
-        ``A`` (N, C, D) and ``B`` (N, C) with ``A[n] @ x[n].flatten() + B[n] == model(x)[n]`` up to rounding.
+        ``A`` (N, C, D) and ``B`` (N, C) with ``A[n] @ x[n].flatten() + B[n] == model(x)[n]`` up to rounding;
+        ``.path`` and ``.fallback_reason`` say how A was computed (module docstring).
 
     Examples
     --------
@@ -164,8 +213,9 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     >>> torch.allclose(torch.einsum("ncd,nd->nc", A, x.flatten(1)) + B, model(x))  # doctest: +SKIP
     True
     """
-    a, b, _, linearised = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
-    return AffineMap(a, b, approximate=bool(linearised), linearised=linearised)
+    res = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
+    return AffineMap(res.a, res.b, approximate=bool(res.linearised), linearised=res.linearised, path=res.path,
+                     fallback_reason=res.reason)
 
 
 @dataclass(frozen=True)
@@ -186,6 +236,10 @@ class Templates:
         The class indices of the columns.
     approximate : bool
         True when the model was linearised (``approximate=True`` and a non piecewise-affine part).
+    path : str
+        ``"transposed"`` or ``"autograd"``, as :attr:`AffineMap.path`.
+    fallback_reason : str or None
+        As :attr:`AffineMap.fallback_reason`.
     """
 
     templates: Tensor
@@ -194,6 +248,8 @@ class Templates:
     outputs: Tensor
     classes: Tensor
     approximate: bool = False
+    path: str = TRANSPOSED
+    fallback_reason: str | None = None
 
 
 def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
@@ -210,14 +266,16 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
     Returns
     -------
     Templates
-        Templates shaped like the input, biases, inner products, outputs and the class indices.
+        Templates shaped like the input, biases, inner products, outputs and the class indices, with the path
+        that computed them (``.path``, ``.fallback_reason``).
     """
-    a, b, out, linearised = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
-    n, r, _ = a.shape
-    inner = torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
+    res = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
+    n, r, _ = res.a.shape
+    inner = torch.einsum("nrd,nd->nr", res.a, x.reshape(n, -1))
     rows = torch.arange(r) if classes is None else torch.as_tensor(classes).reshape(-1).long()  # validated above
-    return Templates(templates=a.reshape(n, r, *x.shape[1:]), biases=b, inner_products=inner, outputs=out,
-                     classes=rows, approximate=bool(linearised))
+    return Templates(templates=res.a.reshape(n, r, *x.shape[1:]), biases=res.b, inner_products=inner,
+                     outputs=res.outputs, classes=rows, approximate=bool(res.linearised), path=res.path,
+                     fallback_reason=res.reason)
 
 
 def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -226,6 +284,11 @@ def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     Records the regions of x, then replays the forward pass at input 0 with every nonlinearity forced to the recorded
     piece: the output is the offset of the region's affine map, computed without using f(x) or A. It is an
     independent check of :func:`affine_map` (used by :func:`cnnlens.testing.assert_affine_exact`).
+
+    Raises
+    ------
+    ReplayDivergenceError
+        When the replay takes another path than the recorded pass (control flow on the input values).
     """
     check_model_input(model, x)
     with torch.no_grad():
@@ -234,6 +297,8 @@ def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         with capture(model, graph=False, forced=rec.entries) as rep:
             out = run_captured(rep, model, torch.zeros_like(x))
     if len(rep.entries) != len(rec.entries):
-        raise RuntimeError(f"the replayed forward pass met {len(rep.entries)} nonlinearities but the recorded pass "
-                           f"met {len(rec.entries)}; the model's control flow depends on the input values.")
+        raise ReplayDivergenceError(
+            f"the replayed forward pass met {len(rep.entries)} nonlinearities but the recorded pass met "
+            f"{len(rec.entries)}: the model's control flow depends on the input values, so the regions recorded at x "
+            "cannot be replayed at input 0.")
     return out

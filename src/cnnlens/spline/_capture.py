@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_leaves
 from .._errors import NotPiecewiseAffineError
 from ._transpose import Node, Tape, record_linear
 
-__all__ = ["Capture", "Entry", "capture", "check_model_input"]
+__all__ = ["Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input", "module_on_stack"]
 
 _APPROX_HINT = (
     "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
@@ -52,6 +52,23 @@ _APPROX_HINT = (
 )
 
 T = torch.Tensor
+
+
+class ReplayDivergenceError(RuntimeError):
+    """A forward pass replayed with forced regions took another path than the recorded one.
+
+    Raised when a model's control flow (Python ``if`` on tensor values, data-dependent layer counts or shapes)
+    depends on the input values, so the regions recorded at x cannot be replayed at another input (the offset
+    propagated at input 0 by :func:`cnnlens.testing.assert_affine_exact`). The affine map at x itself is still exact.
+    """
+
+
+_FAILED_OP = "_cnnlens_failed_op"  # attribute set on a RuntimeError raised by one of the model's own operations
+
+
+def _is_memory_error(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 class _Unsupported(Exception):  # noqa: N818 - internal carrier, re-raised as NotPiecewiseAffineError
@@ -143,6 +160,26 @@ def _canonical(func: Callable) -> str:
     return _op_name(func)
 
 
+def module_on_stack(paths: dict[int, str], frame: Any, skip: dict[str, Any]) -> tuple[str, nn.Module] | None:
+    """The innermost module of ``paths`` (id(module) -> path) whose code is running, read off the call stack.
+
+    Walks back from ``frame``; frames whose globals are ``skip`` (the capture's own dispatch and handlers) are
+    passed without reading their locals. Only layer names, error messages and traces need it, so a plain forward
+    pass pays nothing (module hooks would slow every module call).
+    """
+    if not paths:  # the model is a plain function
+        return None
+    while frame is not None:
+        code = frame.f_code
+        if frame.f_globals is not skip and code.co_argcount and code.co_varnames[0] == "self":
+            obj = frame.f_locals.get("self")
+            path = paths.get(id(obj))
+            if path is not None:
+                return path, obj
+        frame = frame.f_back
+    return None
+
+
 # --- records ----------------------------------------------------------------------------------------------------
 
 
@@ -225,24 +262,22 @@ class Capture(TorchFunctionMode):
 
     # naming ------------------------------------------------------------------------------------------------------
     def _current_module(self) -> tuple[str, nn.Module] | None:
-        """The innermost of the model's modules whose code is running, read off the call stack.
+        """The innermost of the model's modules whose code is running (:func:`module_on_stack`)."""
+        return module_on_stack(self.paths, sys._getframe(1), globals())
 
-        Only layer names and error messages need it, so a plain forward pass pays nothing (module hooks would
-        slow every module call).
-        """
-        if not self.paths:  # the model is a plain function
-            return None
-        frame = sys._getframe(1)
-        own = globals()  # the capture's own frames (dispatch, handlers) are skipped without reading their locals
-        while frame is not None:
-            code = frame.f_code
-            if frame.f_globals is not own and code.co_argcount and code.co_varnames[0] == "self":
-                obj = frame.f_locals.get("self")
-                path = self.paths.get(id(obj))
-                if path is not None:
-                    return path, obj
-            frame = frame.f_back
-        return None
+    def _tag(self, err: RuntimeError, func: Callable) -> None:
+        """Mark ``err``, raised by the model's own operation ``func``, so that :func:`run_captured` can say which
+        op of which module failed on the input (memory errors stay unmarked and propagate as they are)."""
+        if not hasattr(err, _FAILED_OP) and not _is_memory_error(err) and not isinstance(err, NotImplementedError):
+            setattr(err, _FAILED_OP, f"{_op_name(func)}{self._where()}")
+
+    def _run(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run one of the model's own operations; a RuntimeError it raises is tagged (:meth:`_tag`)."""
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError as err:
+            self._tag(err, func)
+            raise
 
     def _where(self) -> str:
         current = self._current_module()
@@ -281,15 +316,15 @@ class Capture(TorchFunctionMode):
             elif self._discrete and self._is(t, self._discrete):
                 discrete.append(t)
         if not tracked and not discrete:
-            return func(*args, **kwargs)
+            return self._run(func, args, kwargs)
         if func in _DISCRETE:
-            out = func(*args, **kwargs)
+            out = self._run(func, args, kwargs)
             self.track(out, discrete=True)
             return out
         if func in _CONSTANT_LIKE:
-            return func(*args, **kwargs)
+            return self._run(func, args, kwargs)
         if discrete:
-            out = func(*args, **kwargs)
+            out = self._run(func, args, kwargs)
             if not _has_tensor(out):
                 return out  # control flow on an input-dependent mask (bool(), item()): follows the real path
             raise _Unsupported(
@@ -301,21 +336,22 @@ class Capture(TorchFunctionMode):
             return handler(self, func, args, kwargs)
         if func in _LINEAR_ALL or func in _DROPOUT or func in _PRODUCT or func in _QUOTIENT or func in _INPUT_ONLY:
             self._check_affine(func, args, kwargs, tracked)
-            out = func(*args, **kwargs)
+            out = self._run(func, args, kwargs)
             self.track(out)
-            if self.tape is not None:
-                record_linear(self.tape, func, args, kwargs, out, self.is_tracked)
+            if self.tape is not None and self.tape.ok:
+                record_linear(self.tape, func, args, kwargs, out, self.is_tracked,
+                              lambda: f"{_op_name(func)}{self._where()}")
             if func in (T.__setitem__, T.copy_) or getattr(func, "__name__", "").endswith("_"):
                 self.track(args[0])
             return out
-        out = func(*args, **kwargs)
+        out = self._run(func, args, kwargs)
         if not _has_tensor(out):
             return out  # shape queries, item(), bool(): no tensor flows on
         name = _op_name(func)
         if not self.approximate:
             raise self._error(f"operation {name}")
         if self.tape is not None:
-            self.tape.ok = False
+            self.tape.switch_off(f"the operation {name}{self._where()}, linearised (approximate=True)")
         self.linearised.append(name + self._where())
         self.track(out)
         return out
@@ -360,9 +396,13 @@ class Capture(TorchFunctionMode):
             return None
         k = len(self.entries)
         if k >= len(self.forced) or self.forced[k].kind != kind or self.forced[k].shape != shape:
-            raise RuntimeError(f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as "
-                               f"nonlinearity number {k}, which differs from the recorded pass; the model's control "
-                               "flow depends on the input values, so its regions cannot be replayed.")
+            recorded = (f"{self.forced[k].kind} layer '{self.forced[k].name}' with unit shape {self.forced[k].shape}"
+                        if k < len(self.forced) else f"no layer (it met {len(self.forced)})")
+            raise ReplayDivergenceError(
+                f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as nonlinearity "
+                f"number {k}, where the recorded pass met {recorded}: the model's control flow depends on the input "
+                "values, so the regions recorded at x cannot be replayed at another input. The affine map at x is "
+                "still exact; only checks that replay the regions (the propagated offset) cannot run on this model.")
         return self.forced[k]
 
     def record(self, entry: Entry) -> None:
@@ -389,11 +429,13 @@ def _finish(cap: Capture, h: Tensor, out: Tensor, inplace: bool) -> Tensor:
 
 def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, shape: tuple[int, ...],
             pre: Callable[[], Tensor], make_out: Callable[[Tensor], Tensor], inplace_target: Tensor | None,
-            slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False) -> Tensor:
+            slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False,
+            select: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return ``make_out(mask)``.
 
-    ``slope = (h, s)``: the output is ``h`` on the active piece and ``s * h`` (plus a constant) on the other, the
-    rule of the transposed sweep; ``h = None`` means the unit has no such single-input form (e.g. maximum(a, b)).
+    The rule of the transposed sweep: ``slope = (h, s)`` when the output is ``h`` on the active piece and ``s * h``
+    (plus a constant) on the other; ``select = (a, b)`` when it is ``a`` on the active piece and ``b`` on the other
+    (``maximum(a, b)``, ``minimum``).
     ``zero_floor``: the op is ``max(u, 0)`` itself (ReLU, clamp(min=0)), so on a plain forward pass the mask is read
     off the model's own output (``out != 0`` exactly when ``u > 0``), which costs a third of the comparison.
     """
@@ -401,11 +443,11 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
     plain = not cap.graph and forced is None and not cap.probe
     if plain:  # the model's own op, same value
         if zero_floor:
-            out = func(*args, **kwargs)
+            out = cap._run(func, args, kwargs)
             mask = out.bool()
         else:
             mask = pre() > 0  # before the op: an in-place op (abs_) overwrites u
-            out = func(*args, **kwargs)
+            out = cap._run(func, args, kwargs)
         cap.record(Entry(name, "binary", shape, 2, mask, mask))
     else:
         u = pre()
@@ -416,18 +458,37 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
         if inplace_target is not None:
             inplace_target.copy_(out)
             out = inplace_target
-    if cap.tape is not None:
-        h, s = slope
-        if h is None:
-            cap.tape.ok = False
-        else:
-            if isinstance(s, float) and s == 0.0:
-                coef = mask.to(h.dtype)
-            else:
-                coef = torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))
-            cap.tape.nodes.append(Node("scale", (h,), out, {"coef": coef}))
+    if cap.tape is not None and cap.tape.ok:
+        _tape_binary(cap, func, mask, out, slope, select, inplace_target)
     cap.track(out)
     return out
+
+
+def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope: tuple[Tensor | None, Any],
+                 select: tuple[Tensor, Tensor] | None, inplace_target: Tensor | None) -> None:
+    """The transpose rule of a two-piece unit: a slope per unit (``scale``) or the selected operand (``select``)."""
+    tape = cap.tape
+    describe = lambda: f"{_op_name(func)}{cap._where()}"  # noqa: E731 - only called on a switch-off
+    if select is not None:
+        ins = [(t, take) for t, take in zip(select, (True, False), strict=True) if cap.is_tracked(t)]
+        if any(t.dim() != out.dim() for t, _ in ins):
+            tape.switch_off(f"the operation {describe()} with operands of different numbers of dimensions "
+                            "(broadcast over the sample dimension)")
+            return
+        tape.add(Node("select", tuple(t for t, _ in ins), out, {"mask": mask, "take": tuple(t for _, t in ins)}),
+                 describe)
+        return
+    h, s = slope
+    if h.shape != out.shape:
+        tape.switch_off(f"the operation {describe()} with a bound that broadcasts its input to a larger shape")
+        return
+    if isinstance(s, float) and s == 0.0:
+        coef = mask.to(h.dtype)
+    else:
+        coef = torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))
+    tape.add(Node("scale", (h,), out, {"coef": coef}), describe)
+    if inplace_target is not None:
+        tape.mutated(inplace_target, describe)
 
 
 def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -499,7 +560,11 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     hi_t = torch.as_tensor(hi, dtype=h.dtype) if hi is not None else None
     if hi is None or lo is None:
         bound = lo_t if hi is None else hi_t
-        shape = tuple(torch.broadcast_shapes(h.shape, bound.shape)[1:])
+        try:
+            shape = tuple(torch.broadcast_shapes(h.shape, bound.shape)[1:])
+        except RuntimeError as err:
+            cap._tag(err, func)
+            raise
         zero_floor = hi is None and bound.numel() == 1 and bool(bound == 0)
         return _binary(cap, func, args, kwargs, name, shape, (lambda: h - lo_t) if hi is None else (lambda: hi_t - h),
                        lambda m: torch.where(m, h, bound), target, (h, 0.0), zero_floor=zero_floor)
@@ -515,11 +580,14 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     probe = {"h": h.clone() if inplace else h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
     if not cap.graph and forced is None and not cap.probe:
-        out = _finish(cap, h, func(*args, **kwargs), False)
+        out = _finish(cap, h, cap._run(func, args, kwargs), False)
     else:
         out = _finish(cap, h, torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype)), inplace)
-    if cap.tape is not None:
-        cap.tape.nodes.append(Node("scale", (h,), out, {"coef": (state == 1).to(h.dtype)}))
+    if cap.tape is not None and cap.tape.ok:
+        describe = lambda: f"{_op_name(func)}{cap._where()}"  # noqa: E731 - only called on a switch-off
+        cap.tape.add(Node("scale", (h,), out, {"coef": (state == 1).to(h.dtype)}), describe)
+        if inplace:
+            cap.tape.mutated(h, describe)
     return out
 
 
@@ -532,11 +600,14 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
         b = torch.as_tensor(b, dtype=a.dtype)
     is_max = func in _MAXIMUM or func in (torch.max, T.max)
     name = cap._layer_name(func)
-    u = (a - b) if is_max else (b - a)
+    try:
+        u = (a - b) if is_max else (b - a)
+    except RuntimeError as err:  # operands that do not broadcast: the model's own op fails
+        cap._tag(err, func)
+        raise
     ab = torch.broadcast_tensors(a, b)
-    single = a if not (isinstance(b, Tensor) and cap.is_tracked(b)) and a.shape == u.shape else None
     return _binary(cap, func, args, kwargs, name, tuple(u.shape[1:]), lambda: u,
-                   lambda m: torch.where(m, ab[0], ab[1]), None, (single, 0.0))
+                   lambda m: torch.where(m, ab[0], ab[1]), None, select=(a, b))
 
 
 def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -555,7 +626,7 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
                          f"input (N, C, {', '.join('L' * d)}) with the sample dimension first.")
     pool = (F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)[d - 1]
     name = cap._layer_name(func)
-    values, idx = pool(h, k, s, p, dil, ceil_mode, True)
+    values, idx = cap._run(pool, (h, k, s, p, dil, ceil_mode, True), {})
     shape = tuple(values.shape[1:])
     forced = cap._next_forced(name, "argmax", shape)
     if forced is not None:
@@ -565,8 +636,8 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
     if cap.graph or forced is not None:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
-    if cap.tape is not None:
-        cap.tape.nodes.append(Node("gather", (h,), values, {"idx": idx}))
+    if cap.tape is not None and cap.tape.ok:
+        cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
     cap.track(values)
     return (values, idx) if return_indices else values
 
@@ -694,11 +765,13 @@ def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> 
         out = model(x)
     except _Unsupported as err:
         raise NotPiecewiseAffineError(str(err)) from None
-    except (NotPiecewiseAffineError, ValueError, TypeError):
-        raise
     except RuntimeError as err:
-        raise ValueError(f"the model could not be evaluated on an input of shape {tuple(x.shape)}: {err}. Pass a "
-                         "batch (N, *in_shape) shaped like the model's training inputs.") from err
+        failed = getattr(err, _FAILED_OP, None)
+        if failed is None:  # not the model's own op failing on x (replay divergence, memory, a bug): as it is
+            raise
+        raise ValueError(f"the model could not be evaluated on an input of shape {tuple(x.shape)}: {failed} "
+                         f"failed ({str(err).strip().rstrip('.')}). Pass a batch (N, *in_shape) shaped like the "
+                         "model's training inputs.") from err
     if not isinstance(out, Tensor):
         raise TypeError(f"the model must return one tensor of shape (N, C); it returned {type(out).__name__}. Wrap "
                         "it so that forward returns the class scores (before softmax).")

@@ -3,25 +3,36 @@
 The capture records, in forward order, every operation applied to an input-dependent tensor (a tape). With the
 regions fixed the network is linear in x (eq. 7 of 000), so the rows of A[x] are the images of one-hot cotangents
 under the transposed operations, taken in reverse order: masks and slopes multiply (ReLU-like units, clamps),
-max-pool scatters to the recorded argmax (Prop. 3), convolutions become transposed convolutions, linear layers
-multiply by W. The R requested rows of all N samples travel together as one batch of R*N cotangents, so each
-operation runs once (no loop over classes, no weight gradients). Convolutions use the fastest exact form measured
-on CPU: a matrix product when the output is 1x1, a convolution with the flipped kernel for stride 1, otherwise
-PyTorch's own input-gradient kernel.
+``maximum(a, b)`` routes each cotangent to the selected operand, max-pool scatters to the recorded argmax (Prop. 3),
+convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
+travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
+gradients). Convolutions use the fastest exact form measured on CPU: a matrix product when the output is 1x1, a
+convolution with the flipped kernel for stride 1, otherwise PyTorch's own input-gradient kernel. Every other affine
+operation the capture accepts (permutes, indexing, padding, means, broadcasting products, splits, in-place writes,
+...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op itself, vectorised over the R
+rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so it is taken at zeros).
 
-Any operation without a rule here makes :func:`transpose_rows` return None and the caller falls back to batched
-autograd over the same captured (masked) graph, which gives the same A.
+The sweep is exact or it does not run: an operation it cannot transpose (an ``out=`` argument, a read of a tensor
+after an in-place write into memory it shares with a view, an input-dependent 0-dim tensor) switches the tape off
+with a reason (:meth:`Tape.switch_off`); :func:`transpose_rows` then returns None and the caller falls back to
+batched autograd over the same captured (masked) graph, which gives the same A. Any other error (out of memory, a
+bug) propagates.
+
+Cotangent layout: the cotangent of a recorded tensor ``t`` is a tensor of shape ``(R * t.shape[0], *t.shape[1:])``
+(row r of sample n at position ``r * N + n``).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 T = torch.Tensor
 
@@ -40,10 +51,55 @@ class Node:
 
 @dataclass
 class Tape:
-    """Operations on input-dependent tensors in forward order; ``ok`` turns False on an op without a rule."""
+    """Operations on input-dependent tensors in forward order.
+
+    ``ok`` turns False on the first operation the sweep cannot transpose exactly, and ``reason`` then says which
+    one (op and module).
+
+    In-place writes: the cotangent of a tensor written in place is keyed by the same object before and after the
+    write, which the reverse sweep handles (the write's rule takes the "after" cotangent and leaves the "before"
+    one). A write also changes every tensor sharing its memory (views and their bases, linked in ``_groups`` when
+    a recorded op returns a view); those become stale, and an op that later reads a stale tensor switches the tape
+    off (autograd's version counters follow such aliasing, the tape does not).
+    """
 
     nodes: list[Node] = field(default_factory=list)
     ok: bool = True
+    reason: str | None = None
+    _groups: dict[int, set[int]] = field(default_factory=dict)  # id -> ids of the tensors sharing its memory
+    _stale: dict[int, str] = field(default_factory=dict)  # id -> the in-place write that changed it
+
+    def switch_off(self, reason: str) -> None:
+        """Give up the transposed sweep (the first reason is kept)."""
+        if self.ok:
+            self.ok = False
+            self.reason = reason
+
+    def add(self, node: Node, describe: Callable[[], str]) -> None:
+        """Append ``node`` (``describe()`` names its op and module), unless it reads a stale tensor."""
+        if not self.ok:
+            return
+        for t in node.ins:
+            writer = self._stale.get(id(t))
+            if writer is not None:
+                self.switch_off(f"the operation {describe()}, which reads a tensor after the in-place operation "
+                                f"{writer} wrote into memory it shares with a view")
+                return
+        self.nodes.append(node)
+        outs = node.data.get("outs", (node.out,))
+        if any(o._is_view() for o in outs):
+            group: set[int] = set()
+            for t in (*outs, *node.ins):
+                group |= self._groups.get(id(t), {id(t)})
+            for i in group:
+                self._groups[i] = group
+
+    def mutated(self, t: Tensor, describe: Callable[[], str]) -> None:
+        """Note an in-place write into ``t``: the other tensors sharing its memory are stale from now on."""
+        group = self._groups.get(id(t))
+        if group:
+            what = describe()
+            self._stale.update((i, what) for i in group if i != id(t))
 
 
 _VIEWS = {T.view, T.reshape, torch.reshape, T.flatten, torch.flatten, T.contiguous, T.view_as, T.reshape_as,
@@ -53,67 +109,136 @@ _SUB = {torch.sub, torch.subtract, T.sub, T.sub_, T.__sub__, T.__isub__}
 _MUL = {torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__}
 _DIV = {torch.div, torch.divide, torch.true_divide, T.div, T.div_, T.__truediv__, T.__itruediv__}
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
-_POOLS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-          F.adaptive_avg_pool3d}
+_POOLS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
+          F.adaptive_avg_pool3d: 3}
 _DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
+_IN_PLACE_DUNDER = {T.__iadd__, T.__isub__, T.__imul__, T.__itruediv__, T.__setitem__}
 
 
 class _NoRule(Exception):  # noqa: N818 - internal signal: fall back to autograd
     pass
 
 
-def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Any) -> None:
-    """Record an affine op (called by the capture after running it); unknown ops switch the tape off."""
+def _mutates_first(func: Any) -> bool:
+    """Whether ``func`` writes into its first argument (``x.add_``, ``x += y``, ``x[i] = v``, ``x.copy_``)."""
+    if func in _IN_PLACE_DUNDER:
+        return True
+    name = getattr(func, "__name__", "")
+    return name.endswith("_") and not name.endswith("__")
+
+
+def _specific(func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool]) -> Node | None:
+    """The node of a dedicated (fast) rule, or None when the generic rule must take the op."""
+    if not isinstance(out, Tensor) or not args or not isinstance(args[0], Tensor) or out.dim() == 0:
+        return None
+    x = args[0]
+    tracked = tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a))
+    alone = len(tracked) == 1 and tracked[0] is x and not any(isinstance(v, Tensor) and is_tracked(v)
+                                                              for v in kwargs.values())
+    if func in _CONV:
+        padding = args[4] if len(args) > 4 else 0
+        if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
+            return None
+        return Node("conv", tracked, out, {"func": func, "args": args})
+    if func is F.linear:
+        return Node("linear", tracked, out, {"func": func, "args": args}) if (alone and not kwargs and x.dim() >= 2) \
+            else None
+    if func is F.batch_norm:
+        if not alone or kwargs or len(args) < 3 or x.dim() < 2:
+            return None
+        weight = args[3] if len(args) > 3 else None
+        eps = args[7] if len(args) > 7 else 1e-5
+        scale = torch.rsqrt(args[2] + eps)
+        scale = scale if weight is None else scale * weight.detach()
+        return Node("channel_scale", (x,), out, {"scale": scale})
+    if func in _VIEWS or func in _DROPOUT:
+        same_batch = x.dim() >= 1 and out.shape[0] == x.shape[0] and out.dtype == x.dtype
+        keep = func not in _DROPOUT or out.shape == x.shape
+        return Node("view", (x,), out) if (alone and same_batch and keep) else None
+    if func in _ADD or func in _SUB:
+        if len(args) > 2 or set(kwargs) - {"alpha"} or any(a.shape != out.shape for a in tracked):
+            return None
+        alpha = kwargs.get("alpha", 1)
+        signs = [1.0 if i == 0 else (-alpha if func in _SUB else alpha)
+                 for i, a in enumerate(args[:2]) if isinstance(a, Tensor) and is_tracked(a)]
+        return Node("sum", tracked, out, {"signs": signs})
+    if func in _MUL or func in _DIV:
+        if len(args) != 2 or kwargs or len(tracked) != 1 or tracked[0].shape != out.shape:
+            return None
+        a, c = (args[0], args[1]) if tracked[0] is args[0] else (args[1], args[0])
+        if isinstance(c, Tensor) and c.dim() > out.dim():
+            return None
+        coef = c.detach() if isinstance(c, Tensor) else torch.tensor(c, dtype=out.dtype)
+        return Node("scale", (a,), out, {"coef": 1 / coef if func in _DIV else coef})
+    if func in _POOLS:
+        if not alone or x.dim() != _POOLS[func] + 2:
+            return None
+        return Node("generic", (x,), out, {"func": func, "args": args[1:], "kwargs": kwargs})
+    if func in (torch.cat, torch.concat, torch.concatenate):
+        parts = args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        if not isinstance(dim, int) or set(kwargs) - {"dim"}:
+            return None
+        dim = dim % out.dim()
+        if dim == 0 or not all(isinstance(p, Tensor) and is_tracked(p) and p.dim() == out.dim() for p in parts):
+            return None
+        return Node("cat", tuple(parts), out, {"dim": dim})
+    return None
+
+
+def _generic(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool],
+             describe: Callable[[], str]) -> Node | None:
+    """The exact "vjp" node of any affine op (the capture checked it is affine in its tracked arguments)."""
+    if "out" in kwargs:
+        tape.switch_off(f"the operation {describe()} with an out= argument")
+        return None
+    mutated = _mutates_first(func) and bool(args) and isinstance(args[0], Tensor)
+    outs = [args[0]] if mutated else ([out] if isinstance(out, Tensor) else tree_leaves(out))
+    leaves, spec = tree_flatten((args, kwargs))
+    pos = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor) and is_tracked(leaf)]
+    if not outs or not all(isinstance(o, Tensor) and o.is_floating_point() for o in outs):
+        tape.switch_off(f"the operation {describe()}, whose result is not a floating-point tensor")
+        return None
+    if not pos or all(o.dim() == 0 for o in outs):
+        return None  # a scalar (h.sum() for control flow): no cotangent unless an op below reads it
+    if any(o.dim() == 0 for o in outs) or any(leaves[i].dim() == 0 for i in pos):
+        tape.switch_off(f"the operation {describe()} on an input-dependent 0-dim tensor (no sample dimension)")
+        return None
+    consts = {i: leaf.detach() for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor) and i not in pos}
+
+    def fn(*tracked: Tensor) -> tuple[Tensor, ...]:
+        values = list(leaves)
+        for i, const in consts.items():
+            values[i] = const
+        for i, t in zip(pos, tracked, strict=True):
+            values[i] = t
+        if mutated:
+            values[0] = values[0].clone()  # the op writes into a copy: a function of the state before the write
+        a, k = tree_unflatten(values, spec)
+        res = func(*a, **k)
+        if mutated:
+            return (a[0],)
+        return (res,) if isinstance(res, Tensor) else tuple(tree_leaves(res))
+
+    return Node("vjp", tuple(leaves[i] for i in pos), outs[0], {"fn": fn, "outs": tuple(outs)})
+
+
+def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool],
+                  describe: Callable[[], str]) -> None:
+    """Record an affine op (called by the capture after running it).
+
+    ``describe()`` names the op and the module it was called in, for the reason of a switch-off.
+    """
     if not tape.ok:
         return
-    tracked = tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a))
-    if func in _CONV or func is F.linear:
-        if kwargs or len(tracked) != 1 or tracked[0] is not args[0]:
-            tape.ok = False
+    node = _specific(func, args, kwargs, out, is_tracked)
+    if node is None:
+        node = _generic(tape, func, args, kwargs, out, is_tracked, describe)
+        if node is None:
             return
-        tape.nodes.append(Node("conv" if func in _CONV else "linear", tracked, out, {"func": func, "args": args}))
-    elif func is F.batch_norm:
-        mean, var = args[1], args[2]
-        weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
-        eps = kwargs.get("eps", args[7] if len(args) > 7 else 1e-5)
-        scale = torch.rsqrt(var + eps)
-        scale = scale if weight is None else scale * weight.detach()
-        del mean
-        tape.nodes.append(Node("channel_scale", (args[0],), out, {"scale": scale}))
-    elif func in _VIEWS:
-        tape.nodes.append(Node("view", (args[0],), out))
-    elif func in _DROPOUT:
-        tape.nodes.append(Node("view", (args[0],), out))
-    elif func in _ADD or func in _SUB:
-        alpha = kwargs.get("alpha", 1)
-        if any(a.shape != out.shape for a in tracked) or (len(args) > 2):
-            tape.ok = False
-            return
-        signs = []
-        for i, a in enumerate(args[:2]):
-            if isinstance(a, Tensor) and is_tracked(a):
-                signs.append(1.0 if i == 0 else (-alpha if func in _SUB else alpha))
-        tape.nodes.append(Node("sum", tuple(a for a in args[:2] if isinstance(a, Tensor) and is_tracked(a)), out,
-                               {"signs": signs}))
-    elif func in _MUL or func in _DIV:
-        a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
-        x, c = (a, b) if (isinstance(a, Tensor) and is_tracked(a)) else (b, a)
-        if not isinstance(x, Tensor) or x.shape != out.shape or kwargs.get("rounding_mode") is not None:
-            tape.ok = False
-            return
-        coef = c.detach() if isinstance(c, Tensor) else torch.tensor(c, dtype=out.dtype)
-        tape.nodes.append(Node("scale", (x,), out, {"coef": 1 / coef if func in _DIV else coef}))
-    elif func in _POOLS:
-        tape.nodes.append(Node("generic", (args[0],), out, {"func": func, "args": args[1:], "kwargs": kwargs}))
-    elif func in (torch.cat, torch.concat, torch.concatenate):
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        parts = args[0]
-        if dim == 0 or any(not (isinstance(p, Tensor) and is_tracked(p)) for p in parts):
-            tape.ok = False
-            return
-        tape.nodes.append(Node("cat", tuple(parts), out, {"dim": dim % out.dim()}))
-    else:
-        tape.ok = False
+    tape.add(node, describe)
+    if _mutates_first(func):
+        tape.mutated(args[0], describe)
 
 
 def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple) -> Tensor:
@@ -121,13 +246,10 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple) -> Tensor:
     d = _CONV[func]
     weight = args[1].detach()
     stride = _tup(args[3] if len(args) > 3 else 1, d)
-    padding = args[4] if len(args) > 4 else 0
+    padding = _tup(args[4] if len(args) > 4 else 0, d)  # string paddings take the generic rule
     dilation = _tup(args[5] if len(args) > 5 else 1, d)
     groups = args[6] if len(args) > 6 else 1
     in_shape = (g.shape[0], *x_shape[1:])
-    if isinstance(padding, str):
-        raise _NoRule
-    padding = _tup(padding, d)
     if groups == 1 and all(s == 1 for s in g.shape[2:]) and all(p == 0 for p in padding) and \
             all(k == n for k, n in zip(weight.shape[2:], x_shape[2:], strict=True)):
         return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(in_shape)
@@ -141,7 +263,6 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple) -> Tensor:
     mask = [True, False, False]
     return torch.ops.aten.convolution_backward(g, g.new_empty(in_shape), weight, None, list(stride),
                                                list(padding), list(dilation), False, [0] * d, groups, mask)[0]
-
 
 def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape: torch.Size,
                    chunk: int = 256) -> Tensor:
@@ -172,8 +293,6 @@ def _rows(g: Tensor, r: int) -> Tensor:
 
 def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one rule per kind
     kind = node.kind
-    if kind == "mask":
-        return [(_rows(g, r) * node.data["coef"]).reshape(g.shape)]
     if kind == "scale":
         return [(_rows(g, r) * node.data["coef"]).reshape(g.shape)]
     if kind == "channel_scale":
@@ -198,6 +317,15 @@ def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one r
             g = (_rows(g, r) * node.data["coef"]).reshape(g.shape)
         out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
+    if kind == "select":  # maximum(a, b) / minimum(a, b): the cotangent goes to the selected operand
+        mask = node.data["mask"]
+        rows = _rows(g, r)
+        zero = torch.zeros((), dtype=g.dtype)
+        grads = []
+        for t, take in zip(node.ins, node.data["take"], strict=True):
+            part = torch.where(mask if take else ~mask, rows, zero).sum_to_size(r, *t.shape)
+            grads.append(part.reshape(r * t.shape[0], *t.shape[1:]))
+        return grads
     if kind == "cat":
         sizes = [p.shape[node.data["dim"]] for p in node.ins]
         return list(torch.split(g, sizes, dim=node.data["dim"]))
@@ -207,7 +335,19 @@ def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one r
         dummy = g.new_zeros(g.shape[0], *x.shape[1:])
         _, vjp = torch.func.vjp(lambda z: func(z, *args, **kwargs), dummy)
         return [vjp(g)[0]]
-    raise _NoRule
+    raise _NoRule(f"a recorded operation of kind {kind!r}")
+
+
+def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> list[Tensor]:
+    """The generic rule: the op's own VJP at zeros (the same at every point of an affine op), over the R rows."""
+    outs = node.data["outs"]
+    primals = [t.new_zeros(t.shape) for t in node.ins]
+    with torch.enable_grad():
+        _, pull = torch.func.vjp(node.data["fn"], *primals)
+    cots = tuple(o.new_zeros(r, *o.shape) if g is None else g.view(r, *o.shape) for g, o in zip(gs, outs,
+                                                                                                strict=True))
+    grads = torch.func.vmap(pull)(cots)
+    return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)]
 
 
 def _fuse_scale_into_gather(nodes: list[Node]) -> list[Node]:
@@ -232,7 +372,10 @@ def _fuse_scale_into_gather(nodes: list[Node]) -> list[Node]:
 
 
 def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor) -> Tensor | None:
-    """Rows ``rows`` of A[x] for every sample: (N, R, D), or None when some op has no transpose rule."""
+    """Rows ``rows`` of A[x] for every sample: (N, R, D), or None when the tape holds an op without a rule.
+
+    Then ``tape.reason`` says which op. Errors of the rules themselves (out of memory, bugs) propagate.
+    """
     if not tape.ok:
         return None
     n = x.shape[0]
@@ -244,13 +387,21 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor) -> Tensor
     try:
         with torch.no_grad():
             for node in reversed(_fuse_scale_into_gather(tape.nodes)):
-                g = cot.pop(id(node.out), None)
-                if g is None:
-                    continue
-                for inp, gi in zip(node.ins, _apply(node, g, r), strict=True):
+                if node.kind == "vjp":
+                    gs = [cot.pop(id(o), None) for o in node.data["outs"]]
+                    if all(g is None for g in gs):
+                        continue
+                    grads = _apply_vjp(node, gs, r)
+                else:
+                    g = cot.pop(id(node.out), None)
+                    if g is None:
+                        continue
+                    grads = _apply(node, g, r)
+                for inp, gi in zip(node.ins, grads, strict=True):
                     prev = cot.get(id(inp))
                     cot[id(inp)] = gi if prev is None else prev + gi
-    except (_NoRule, RuntimeError):
+    except _NoRule as err:
+        tape.switch_off(f"{err} (no transpose rule)")
         return None
     gx = cot.get(id(x))
     if gx is None:
