@@ -200,3 +200,32 @@ def test_report_of_a_folder_without_runs_is_a_clear_error(tmp_path: Path) -> Non
     (tmp_path / "broken" / "result.json").write_text("{not json")
     result = runner.invoke(app, ["report", str(tmp_path / "broken")])
     assert result.exit_code == 2 and "corrupt" in result.stderr
+
+
+def test_ctrl_c_in_the_cli_says_how_to_resume(toy_experiment: str, tmp_path: Path, monkeypatch) -> None:
+    from cnnlens.experiments import _registry as registry
+
+    exp = registry._REGISTRY[toy_experiment]
+    monkeypatch.setitem(registry._REGISTRY, toy_experiment,
+                        type(exp)(exp.name, exp.fn, exp.title, exp.paper, _Cfg(interrupt=True), exp.full, exp.metrics,
+                                  exp.claims))
+    result = runner.invoke(app, ["run", toy_experiment, "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "interrupted: " in result.stderr and "rerun the same command to resume" in result.stderr
+    assert json.loads((tmp_path / "toy" / "result.json").read_text())["status"] == "interrupted"
+
+
+def test_run_all_counts_and_ends_with_a_summary(toy_experiment: str, tmp_path: Path, monkeypatch) -> None:
+    from cnnlens.experiments import _registry as registry
+
+    exp = registry._REGISTRY[toy_experiment]
+    second = type(exp)("toy-two", exp.fn, exp.title, exp.paper, exp.quick, exp.full, exp.metrics, exp.claims)
+    monkeypatch.setattr(registry, "_REGISTRY", {"toy": exp, "toy-two": second})
+    monkeypatch.setattr(registry, "_DISCOVERED", True)
+    result = runner.invoke(app, ["run", "all", "--quick", "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[1/2] toy" in result.output and "[2/2] toy-two" in result.output
+    summary = result.output[result.output.index("verdicts"):]
+    assert summary.count("value-large") == 2 and "error-zero" in summary
+    index = (tmp_path / "index.html").read_text()
+    assert index.count("value-large") == 2
