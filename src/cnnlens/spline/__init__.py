@@ -3,9 +3,12 @@
 Every network built from piecewise-affine parts (Linear/Conv, ReLU-like activations, clamp, max/avg pooling,
 batch-norm in eval mode, residual additions, concatenation, ...) is a composition of max-affine spline operators,
 so conditioned on the region of its input it is an affine map ``f(x) = A[x] x + B[x]`` (eqs. 5-9 of 000).
-The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented in ``_capture``.
+The tie rule (ReLU(0) inactive, first index of a max-pool maximum) is documented in ``_capture``, the one place
+in cnnlens that looks inside a model: :func:`activations` (the pre-activations whose signs are the codes of eq. 14)
+is how the rest of cnnlens reads hidden units.
 """
 
+from ._activations import Activations, activations
 from ._affine import AffineMap, Templates, affine_map, templates
 from ._capture import ReplayDivergenceError
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
@@ -24,6 +27,7 @@ from ._orthogonal import orthogonal_penalty
 from ._segment import SegmentRegions, regions_on_segment
 
 __all__ = [
+    "Activations",
     "AffineMap",
     "ConvexityResult",
     "LayerCode",
@@ -32,6 +36,7 @@ __all__ = [
     "ReplayDivergenceError",
     "SegmentRegions",
     "Templates",
+    "activations",
     "affine_map",
     "boundary_units",
     "histogram_overlap",

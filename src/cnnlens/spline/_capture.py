@@ -452,7 +452,8 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
     else:
         u = pre()
         mask = forced.selector if forced is not None else u > 0
-        probe = {"u": u.clone() if u is inplace_target else u} if cap.probe else {}  # in-place ops overwrite u
+        # the model's own tensors are copied: an in-place op (this one or a later one) may overwrite them
+        probe = {"u": u.clone() if cap.is_tracked(u) else u} if cap.probe else {}
         cap.record(Entry(name, "binary", shape, 2, mask, mask, probe))
         out = make_out(mask)
         if inplace_target is not None:
@@ -577,7 +578,7 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     else:
         state = torch.ones(h.shape, dtype=torch.uint8)
         state = state.masked_fill(h <= lo_t, 0).masked_fill(h >= hi_t, 2)
-    probe = {"h": h.clone() if inplace else h, "lo": lo_t, "hi": hi_t} if cap.probe else {}
+    probe = {"h": h.clone(), "lo": lo_t, "hi": hi_t} if cap.probe else {}  # copied: in-place ops overwrite h
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
     if not cap.graph and forced is None and not cap.probe:
         out = _finish(cap, h, cap._run(func, args, kwargs), False)
@@ -632,7 +633,7 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     if forced is not None:
         idx = forced.selector
     rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
-    probe = {"h": h, "params": (k, s, p, dil, ceil_mode)} if cap.probe else {}
+    probe = {"h": h.clone(), "params": (k, s, p, dil, ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
     if cap.graph or forced is not None:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
