@@ -146,3 +146,54 @@ def test_bad_inputs_give_clear_errors() -> None:
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         fit(_model(), _data(), epochs=1, extra_losses={"nan": Penalty(lambda m: torch.tensor(float("nan")))},
             progress=False)
+
+
+def test_exponential_schedule_equals_torch_exponential_lr() -> None:
+    """lr_schedule="exponential": epoch e trains at lr * lr_decay ** e, checked against torch's ExponentialLR on a
+    full-batch SGD run (one step per epoch, so the data order cannot matter), in float64."""
+    data = _data(48)
+    x, y = data.tensors[0].double(), data.tensors[1]
+    seed_everything(7)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
+    reference = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double()
+    reference.load_state_dict(model.state_dict())
+    result = fit(model, TensorDataset(x, y), epochs=4, batch_size=48, lr=0.5, momentum=0.0, seed=0,
+                 lr_schedule="exponential", lr_decay=0.5, progress=False)
+    assert [h["lr"] for h in result.history] == [0.5, 0.25, 0.125, 0.0625]
+    opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(reference(x), y).backward()
+        opt.step()
+        schedule.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    constant = fit(_model(), _data(), epochs=2, batch_size=16, lr=0.05, seed=0, progress=False)
+    assert [h["lr"] for h in constant.history] == [0.05, 0.05]
+
+
+def test_exponential_decay_is_part_of_the_checkpoint(tmp_path: Path) -> None:
+    fit(_model(), _data(), epochs=2, batch_size=16, seed=0, lr_schedule="exponential", lr_decay=0.5,
+        checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="lr_decay: checkpoint 0.5, this call 0.9"):
+        fit(_model(), _data(), epochs=3, batch_size=16, seed=0, lr_schedule="exponential", lr_decay=0.9,
+            checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="lr_schedule: checkpoint \"exponential\", this call \"constant\""):
+        fit(_model(), _data(), epochs=3, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    resumed = fit(_model(), _data(), epochs=3, batch_size=16, seed=0, lr_schedule="exponential", lr_decay=0.5,
+                  checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 2 and [h["lr"] for h in resumed.history] == [0.01, 0.005, 0.0025]
+
+
+@pytest.mark.parametrize("decay", [None, 0.0, -0.5, 1.5, True, "0.9"])
+def test_exponential_schedule_needs_a_decay_in_0_1(decay: object) -> None:
+    with pytest.raises(ValueError, match=r"lr_schedule='exponential' needs lr_decay.*in \(0, 1\]"):
+        fit(_model(), _data(), epochs=1, lr_schedule="exponential", lr_decay=decay, progress=False)  # type: ignore
+
+
+def test_lr_decay_without_the_exponential_schedule_is_an_error() -> None:
+    with pytest.raises(ValueError, match="lr_decay=0.9 is only used by lr_schedule='exponential'"):
+        fit(_model(), _data(), epochs=1, lr_decay=0.9, progress=False)
+    with pytest.raises(ValueError, match="'constant', 'cosine' or 'exponential'"):
+        fit(_model(), _data(), epochs=1, lr_schedule="step", progress=False)

@@ -289,6 +289,7 @@ def fit(
     weight_decay: float = 0.0,
     seed: int = 0,
     lr_schedule: str = "constant",
+    lr_decay: float | None = None,
     extra_losses: Mapping[str, Penalty] | None = None,
     eval_data: Dataset | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -303,7 +304,10 @@ def fit(
     model : classifier mapping a batch of images to logits (N, C).
     train_data : map-style data set of (image, label); ``cnnlens.data.ArrayDataset`` is used without copies.
     epochs : total number of epochs (a resumed run continues up to this number).
-    lr_schedule : "constant", or "cosine": epoch ``e`` uses ``lr * (1 + cos(pi * e / epochs)) / 2``.
+    lr_schedule : "constant"; "cosine": epoch ``e`` (from 0) uses ``lr * (1 + cos(pi * e / epochs)) / 2``;
+        "exponential": epoch ``e`` uses ``lr * lr_decay ** e`` (the exponential decay of 000 sec. 6).
+    lr_decay : the factor per epoch of the "exponential" schedule, in (0, 1]; required by it, and only by it.
+        It is part of the checkpoint's settings. Each epoch's learning rate is logged as ``lr`` in the history.
     extra_losses : named :class:`Penalty` terms ``weight * fn(model)`` added to the loss, e.g.
         ``{"orthogonal": Penalty(lambda m: orthogonal_penalty(m.output), weight=0.1)}`` (eq. 13 of 000); each
         term's weighted value is logged per epoch, and its weight is part of the checkpoint's settings.
@@ -318,8 +322,15 @@ def fit(
         The checkpoint in ``checkpoint_dir`` is corrupt, was written with other settings (the message lists them,
         recorded vs requested), or holds more epochs than ``epochs``.
     """
-    if lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if lr_schedule not in ("constant", "cosine", "exponential"):
+        raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'exponential', got {lr_schedule!r}")
+    if lr_schedule == "exponential" and (isinstance(lr_decay, bool) or not isinstance(lr_decay, int | float)
+                                         or not 0 < lr_decay <= 1):
+        raise ValueError(f"lr_schedule='exponential' needs lr_decay, the learning-rate factor per epoch, in (0, 1]; "
+                         f"received lr_decay={lr_decay!r}")
+    if lr_schedule != "exponential" and lr_decay is not None:
+        raise ValueError(f"lr_decay={lr_decay!r} is only used by lr_schedule='exponential'; this call asks for "
+                         f"lr_schedule={lr_schedule!r}. Pass lr_schedule='exponential' or drop lr_decay.")
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
     images, labels = _tensors(train_data)
@@ -334,6 +345,8 @@ def fit(
               "data": _data_digest(images, labels), "lr_schedule": lr_schedule}
     if lr_schedule == "cosine":  # the schedule depends on the total, so a resume must keep it
         config["epochs"] = epochs
+    if lr_schedule == "exponential":
+        config["lr_decay"] = float(lr_decay)  # type: ignore[arg-type]
     fingerprint = _fingerprint(model, config)
     result = FitResult()
     ckpt: Path | None = None
@@ -353,9 +366,13 @@ def fit(
     with phase(description, max(epochs - start_epoch, 0) * steps, enabled=progress) as advance:
         for epoch in range(start_epoch, epochs):
             model.train()
+            epoch_lr = lr
             if lr_schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+                epoch_lr = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+            elif lr_schedule == "exponential":
+                epoch_lr = lr * float(lr_decay) ** epoch  # type: ignore[arg-type]
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
             sums = {"train_loss": 0.0, "correct": 0.0, **{k: 0.0 for k in extra_losses}}
             for step in range(steps):
@@ -381,7 +398,7 @@ def fit(
                 sums["train_loss"] += loss.item() * len(idx)
                 sums["correct"] += float((logits.argmax(1) == y).sum())
                 advance(status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
-            record = {"epoch": float(epoch + 1), "train_loss": sums.pop("train_loss") / n,
+            record = {"epoch": float(epoch + 1), "lr": epoch_lr, "train_loss": sums.pop("train_loss") / n,
                       "train_acc": sums.pop("correct") / n, **{k: v / n for k, v in sums.items()}}
             if eval_data is not None:
                 ev = evaluate(model, eval_data)
