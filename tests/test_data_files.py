@@ -18,6 +18,10 @@ from hypothesis import strategies as st
 from cnnlens import DataIntegrityError, DataUnavailableError
 from cnnlens.data import (
     CIFAR10_FOLDER,
+    CIFAR100_ARCHIVE,
+    CIFAR100_FILES,
+    CIFAR100_FOLDER,
+    CIFAR100_META,
     MNIST_FILES,
     FileSpec,
     cifar_loader,
@@ -29,6 +33,7 @@ from cnnlens.data import (
     load,
     md5sum,
     read_cifar_batch,
+    read_cifar_meta,
     read_idx,
 )
 
@@ -264,3 +269,116 @@ def test_default_data_dir_honours_environment(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.delenv("CNNLENS_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_data_dir() == tmp_path / "xdg" / "cnnlens"
+
+
+# --- CIFAR-100 (python version: train, test, meta; fine labels) ------------------------------------------------
+
+
+def cifar100_files(folder: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """Write ``train``/``test`` batches and ``meta`` in the layout of ``cifar-100-python`` (Python-2 pickles with
+    bytes keys, fine and coarse labels); returns split -> (data, fine labels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, n in sizes.items():
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, size=n)]
+        batch = {b"filenames": [], b"batch_label": split.encode(), b"fine_labels": fine,
+                 b"coarse_labels": [v // 5 for v in fine], b"data": data}
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+        written[split] = (data, fine)
+    meta = {b"fine_label_names": [f"class{c}".encode() for c in range(100)],
+            b"coarse_label_names": [f"super{c}".encode() for c in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return written
+
+
+def _cifar100_unverified(archive: FileSpec | None = None) -> object:
+    """The CIFAR-100 loader of cnnlens with md5=None specs (the files written here have no published checksum)."""
+    unverified = {split: (FileSpec(specs[0].filename, None),) for split, specs in CIFAR100_FILES.items()}
+    return cifar_loader("tiny100", unverified, archive, CIFAR100_FOLDER, label_key=b"fine_labels",
+                        num_classes=100, meta=FileSpec("meta", None))
+
+
+def test_cifar100_loader_reads_fine_labels_channel_first(tmp_path: Path) -> None:
+    written = cifar100_files(tmp_path / "tiny100" / CIFAR100_FOLDER, {"train": 7, "test": 5})
+    for split in ("train", "test"):
+        dataset = _cifar100_unverified()(split, tmp_path)
+        data, fine = written[split]
+        assert dataset.images.shape == (len(fine), 3, 32, 32) and dataset.images.dtype == torch.float32
+        assert dataset.labels.tolist() == fine and dataset.num_classes == 100 and dataset.split == split
+        # pixel (row 7, column 30) of the blue plane is entry 2048 + 7 * 32 + 30 of the row
+        assert float(dataset.images[3, 2, 7, 30]) == pytest.approx(data[3, 2048 + 7 * 32 + 30] / 255.0)
+    names = read_cifar_meta(tmp_path / "tiny100" / CIFAR100_FOLDER / "meta")
+    assert names[:2] == ["class0", "class1"] and len(names) == 100
+    coarse = read_cifar_batch(tmp_path / "tiny100" / CIFAR100_FOLDER / "test", label_key=b"coarse_labels",
+                              num_classes=20)[1]
+    assert coarse.tolist() == [v // 5 for v in written["test"][1]]
+
+
+def test_registered_cifar100_verifies_the_published_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load("cifar100")`` checks train (or test) and meta against the MD5s torchvision publishes, then reads the
+    fine labels; a file with another checksum is a DataIntegrityError."""
+    assert dataset_info("cifar100").num_classes == 100 and dataset_info("cifar100").needs_files
+    assert CIFAR100_ARCHIVE.md5 == "eb9058c3a382ffc7106e4002c42a8d85"
+    written = cifar100_files(tmp_path / "cifar100" / CIFAR100_FOLDER, {"train": 6, "test": 4})
+    with pytest.raises(DataIntegrityError, match=r"cifar-100-python/train does not match its published checksum "
+                                                 r"\(MD5 [0-9a-f]{32}, expected 16019d7e3df5f24257cddd939b257f8d\)"):
+        load("cifar100", "train", data_dir=tmp_path)
+    verified: list[tuple[str, str | None]] = []
+    monkeypatch.setattr("cnnlens.data._download.verify_file",
+                        lambda path, spec: verified.append((path.name, spec.md5)))
+    clear_cache()
+    test = load("cifar100", "test", data_dir=tmp_path)
+    assert verified == [("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"), ("meta", CIFAR100_META.md5)]
+    assert CIFAR100_META.md5 == "7973b15100ade9c7d40fb424638fde48"
+    assert test.labels.tolist() == written["test"][1] and test.name == "cifar100"
+
+
+def test_missing_cifar100_names_files_folder_and_archive(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError) as caught:
+        load("cifar100", "train", data_dir=tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path / "cifar100" / CIFAR100_FOLDER) in message
+    assert f"- train, MD5 {CIFAR100_FILES['train'][0].md5}" in message and f"- meta, MD5 {CIFAR100_META.md5}" in message
+    assert "- test," not in message  # only the requested split's files
+    assert "cifar-100-python.tar.gz" in message and "--data-dir" in message
+    assert "whose cifar100/cifar-100-python/ subfolder has them" in message
+
+
+def test_cifar100_archive_is_extracted(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    written = cifar100_files(staging / CIFAR100_FOLDER, {"train": 3, "test": 2})
+    root = tmp_path / "data" / "tiny100"
+    root.mkdir(parents=True)
+    archive_path = root / "tiny100.tar.gz"
+    with tarfile.open(archive_path, "w:gz") as archive:
+        archive.add(staging / CIFAR100_FOLDER, arcname=CIFAR100_FOLDER)
+    dataset = _cifar100_unverified(FileSpec(archive_path.name, md5sum(archive_path)))("train", tmp_path / "data")
+    assert dataset.labels.tolist() == written["train"][1]
+    assert sorted(p.name for p in (root / CIFAR100_FOLDER).iterdir()) == ["meta", "train"]
+
+
+def test_cifar100_corrupt_files(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny100" / CIFAR100_FOLDER
+    cifar100_files(folder, {"train": 3})
+    # a CIFAR-10 batch (b"labels") in CIFAR-100's place
+    _, _, payload = cifar_batch(3, 0)
+    (folder / "train").write_bytes(payload)
+    with pytest.raises(DataIntegrityError, match=r"train is not a valid CIFAR-100 batch: it should hold a dict with "
+                                                 r"keys b'data' and b'fine_labels'"):
+        _cifar100_unverified()("train", tmp_path)
+    out_of_range = {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [5, 100]}
+    (folder / "train").write_bytes(pickle.dumps(out_of_range, protocol=2))
+    with pytest.raises(DataIntegrityError, match=r"b'fine_labels' should be 2 integers in 0..99; found range 5..100"):
+        _cifar100_unverified()("train", tmp_path)
+    cifar100_files(folder, {"train": 3})
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"a"] * 99}, protocol=2))
+    with pytest.raises(DataIntegrityError, match=r"meta is not a valid CIFAR-100 meta file: b'fine_label_names' "
+                                                 r"should list 100 class names; found 99 entries"):
+        _cifar100_unverified()("train", tmp_path)
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": _RunsCode()}, protocol=2))
+    with pytest.raises(DataIntegrityError, match=r"global \w+\.system is not allowed in a CIFAR batch"):
+        read_cifar_meta(folder / "meta")
+    with pytest.raises(ValueError, match="a CIFAR meta file lists the names of b'fine_labels', b'coarse_labels'"):
+        cifar_loader("x", CIFAR100_FILES, label_key=b"labels", meta=CIFAR100_META)

@@ -12,6 +12,7 @@ name               content and split                                           s
 ``mnist``          60,000 / 10,000 digits                                      ``DIR/mnist/*.gz``
 ``fashion-mnist``  60,000 / 10,000 clothing images                             ``DIR/fashion-mnist/*.gz``
 ``cifar10``        50,000 / 10,000 RGB 32x32                                   ``DIR/cifar10/cifar-10-batches-py/``
+``cifar100``       50,000 / 10,000 RGB 32x32, 100 fine labels                  ``DIR/cifar100/cifar-100-python/``
 =================  ==========================================================  ===============
 
 ``DIR`` is ``data_dir`` (the CLI's ``--data-dir``), by default :func:`default_data_dir` (``$CNNLENS_DATA`` or
@@ -33,7 +34,7 @@ torch.Size([4000, 1, 32, 32])
 """
 
 from . import _embedded, _scenes, _standard  # noqa: F401  (each registers its data sets)
-from ._cifar import read_cifar_batch
+from ._cifar import read_cifar_batch, read_cifar_meta
 from ._dataset import ArrayDataset, SceneDataset, class_counts, stratified_indices, stratified_subset
 from ._download import FileSpec, download_file, downloads_enabled, ensure_files, md5sum, verify_file
 from ._embedded import DIGITS_SPLIT_SEED, MNIST5K_TEST_PER_CLASS, MNIST5K_TRAIN_PER_CLASS
@@ -52,6 +53,10 @@ from ._standard import (
     CIFAR10_ARCHIVE,
     CIFAR10_FILES,
     CIFAR10_FOLDER,
+    CIFAR100_ARCHIVE,
+    CIFAR100_FILES,
+    CIFAR100_FOLDER,
+    CIFAR100_META,
     FASHION_MNIST_FILES,
     MNIST_FILES,
     cifar_loader,
@@ -63,6 +68,10 @@ __all__ = [
     "CIFAR10_ARCHIVE",
     "CIFAR10_FILES",
     "CIFAR10_FOLDER",
+    "CIFAR100_ARCHIVE",
+    "CIFAR100_FILES",
+    "CIFAR100_FOLDER",
+    "CIFAR100_META",
     "DIGITS_SPLIT_SEED",
     "FASHION_MNIST_FILES",
     "MNIST5K_TEST_PER_CLASS",
@@ -90,6 +99,7 @@ __all__ = [
     "load",
     "md5sum",
     "read_cifar_batch",
+    "read_cifar_meta",
     "read_idx",
     "register_dataset",
     "register_transform",

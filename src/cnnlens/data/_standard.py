@@ -1,8 +1,10 @@
-"""The standard file-based data sets: MNIST and Fashion-MNIST (IDX), CIFAR-10 (python batches).
+"""The standard file-based data sets: MNIST and Fashion-MNIST (IDX), CIFAR-10 and CIFAR-100 (python batches).
 
 Files live in ``data_dir/<name>/`` under their standard names; the MD5 checksums are the published ones
 (the same constants torchvision checks). CIFAR-10 batches live in ``data_dir/cifar10/cifar-10-batches-py/``;
-the archive ``data_dir/cifar10/cifar-10-python.tar.gz`` is accepted instead and extracted there.
+the archive ``data_dir/cifar10/cifar-10-python.tar.gz`` is accepted instead and extracted there. CIFAR-100
+(the python version: files ``train``, ``test`` and ``meta``, the 100 fine labels) lives in
+``data_dir/cifar100/cifar-100-python/``, or its archive ``data_dir/cifar100/cifar-100-python.tar.gz``.
 
 :func:`idx_loader` and :func:`cifar_loader` build the loaders, so the same verified code path serves files a
 user makes in these formats (register them with :func:`cnnlens.data.register_dataset`).
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from .._errors import DataIntegrityError
-from ._cifar import read_cifar_batch
+from ._cifar import read_cifar_batch, read_cifar_meta
 from ._dataset import ArrayDataset
 from ._download import FileSpec, download_file, downloads_enabled, ensure_files, verify_file
 from ._idx import read_idx
@@ -29,6 +31,10 @@ __all__ = [
     "CIFAR10_ARCHIVE",
     "CIFAR10_FILES",
     "CIFAR10_FOLDER",
+    "CIFAR100_ARCHIVE",
+    "CIFAR100_FILES",
+    "CIFAR100_FOLDER",
+    "CIFAR100_META",
     "FASHION_MNIST_FILES",
     "MNIST_FILES",
     "cifar_loader",
@@ -85,6 +91,22 @@ CIFAR10_FILES: Mapping[str, tuple[FileSpec, ...]] = {
     "test": (FileSpec("test_batch", "40351d587109b95175f43aff81a1287e"),),
 }
 
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_ARCHIVE = FileSpec(
+    "cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+    ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+)
+#: split -> batch files of CIFAR-100 (inside ``cifar-100-python``; one file per split)
+CIFAR100_FILES: Mapping[str, tuple[FileSpec, ...]] = {
+    "train": (FileSpec("train", "16019d7e3df5f24257cddd939b257f8d"),),
+    "test": (FileSpec("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+}
+#: CIFAR-100's class names (``b"fine_label_names"``, ``b"coarse_label_names"``), read to check the folder
+CIFAR100_META = FileSpec("meta", "7973b15100ade9c7d40fb424638fde48")
+#: the key of the class names in ``meta`` for each label key
+_META_KEYS = {b"fine_labels": b"fine_label_names", b"coarse_labels": b"coarse_label_names"}
+
 
 def idx_loader(name: str, files: Mapping[str, tuple[FileSpec, FileSpec]], num_classes: int = 10) -> Loader:
     """A loader reading ``files[split] = (images, labels)`` IDX files from ``data_dir/<name>/``.
@@ -118,17 +140,27 @@ def cifar_loader(
     files: Mapping[str, Sequence[FileSpec]],
     archive: FileSpec | None = None,
     folder: str = CIFAR10_FOLDER,
+    *,
+    label_key: bytes = b"labels",
+    num_classes: int = 10,
+    meta: FileSpec | None = None,
 ) -> Loader:
     """A loader reading the CIFAR batches ``files[split]`` from ``data_dir/<name>/<folder>/``.
 
     When batches are missing and ``archive`` is given, the archive in ``data_dir/<name>/`` (downloaded if
     possible) is verified and the missing batches are extracted from its ``<folder>/`` member folder.
+    ``label_key`` names the labels in each batch (``b"labels"`` for CIFAR-10, ``b"fine_labels"`` or
+    ``b"coarse_labels"`` for CIFAR-100) and ``num_classes`` bounds them. ``meta`` (CIFAR-100's ``meta`` file) is
+    then needed too, and must list ``num_classes`` class names for that label key.
     """
+    if meta is not None and label_key not in _META_KEYS:
+        raise ValueError(f"a CIFAR meta file lists the names of {', '.join(map(repr, _META_KEYS))}; received "
+                         f"label_key={label_key!r} with meta={meta.filename!r}.")
 
     def load_cifar(split: str, data_dir: Path) -> ArrayDataset:
         _check_split(name, split, files)
         root, batch_dir = data_dir / name, data_dir / name / folder
-        specs = files[split]
+        specs = (*files[split], *((meta,) if meta is not None else ()))
         missing = [spec.filename for spec in specs if not (batch_dir / spec.filename).is_file()]
         alternative = ""
         if missing and archive is not None:
@@ -145,10 +177,13 @@ def cifar_loader(
                 + (f" (its download failed: {failure})" if failure else "")
             )
         paths = ensure_files(name, batch_dir, specs, data_dir=data_dir, alternative=alternative)
-        batches = [read_cifar_batch(path) for path in paths]
+        if meta is not None:
+            read_cifar_meta(paths[-1], key=_META_KEYS[label_key], num_classes=num_classes)
+        batches = [read_cifar_batch(path, label_key=label_key, num_classes=num_classes)
+                   for path in paths[: len(files[split])]]
         images = torch.from_numpy(np.concatenate([b[0] for b in batches])).to(torch.float32).div_(255.0)
         labels = torch.from_numpy(np.concatenate([b[1] for b in batches]))
-        return ArrayDataset(images, labels, 10, name, split)
+        return ArrayDataset(images, labels, num_classes, name, split)
 
     return load_cifar
 
@@ -192,3 +227,9 @@ register_dataset(
     "cifar10", num_classes=10, needs_files=True,
     description="CIFAR-10 50,000/10,000 32x32 RGB images, python batches in data_dir/cifar10/cifar-10-batches-py/",
 )(cifar_loader("cifar10", CIFAR10_FILES, CIFAR10_ARCHIVE))
+register_dataset(
+    "cifar100", num_classes=100, needs_files=True,
+    description="CIFAR-100 50,000/10,000 32x32 RGB images, 100 fine labels, python version (train, test, meta) in "
+                "data_dir/cifar100/cifar-100-python/",
+)(cifar_loader("cifar100", CIFAR100_FILES, CIFAR100_ARCHIVE, CIFAR100_FOLDER, label_key=b"fine_labels",
+               num_classes=100, meta=CIFAR100_META))
