@@ -161,6 +161,31 @@ def test_summary_any_model_restores_mode_and_hooks():
     assert len(summary(small_cnn(), (1, 28, 28)).units) >= 2
 
 
+class _FunctionalCNN(nn.Module):
+    """Convolutions and a pooling written as functional calls: no Conv2d / MaxPool2d module for a hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 1, 3, 3))
+        self.w2 = nn.Parameter(torch.randn(5, 4, 3, 3))
+        self.fc = nn.Linear(5 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.relu(F.conv2d(x, self.w1)), 2)
+        return self.fc(F.relu(F.conv2d(h, self.w2, stride=1)).flatten(1))
+
+
+def test_summary_reads_functional_layers_through_the_spline_trace():
+    s = summary(_FunctionalCNN(), (1, 16, 16))
+    assert [(u.name, u.kind, u.n_label, u.num_anchors) for u in s.units] == [
+        ("", "conv", "(1 x 3 x 3) + 1", 4), ("", "conv", "(4 x 3 x 3) + 1", 5), ("fc", "linear", "125 x 1 x 1", 3)]
+    assert s.units[0].input_shape == (1, 16, 16) and s.units[1].output_shape == (5, 5, 5)
+    # the functional max-pool enters the receptive field: 3 + (2 - 1) * 1 + (3 - 1) * 2 = 8 (7 as subsampling)
+    assert s.units[1].receptive_field == (8, 8) and s.units[1].receptive_field_subsampled == (7, 7)
+    lenet = summary(lenet5(), (1, 32, 32))
+    assert summary(lenet5().to("meta"), (1, 32, 32)).units == lenet.units  # shapes only, no memory
+
+
 def test_summary_errors_and_hook_cleanup_on_failure():
     with pytest.raises(ValueError, match=r"pass input_shape=\(C, H, W\)"):
         summary(lenet5())

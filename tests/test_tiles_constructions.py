@@ -20,6 +20,7 @@ from cnnlens.tiles import (
     deep_construction,
     describe_unit,
     distance_map,
+    hidden_units,
     neuron_selectivity,
     phi_class,
     sample,
@@ -301,15 +302,66 @@ def test_selectivity_of_a_unit_firing_for_everything():
     x, y = torch.rand(40, 1, 2, 2), torch.arange(40) % 4
     result = neuron_selectivity(net, (x, y), "2")
     assert result.mean == pytest.approx(0.25) and result.mass.tolist() == [[10.0] * 4]
-    with pytest.raises(ValueError, match=r"layer '1' has negative outputs.*pass the name of the activation"):
-        with torch.no_grad():
-            net[1].bias.fill_(-1.0)
-        neuron_selectivity(net, (x, y), "1")
-    assert not net[1]._forward_hooks  # the hook is removed even after an error
-    with pytest.raises(ValueError, match=r"unknown layer 'relu'; the model's layers are \['0', '1', '2'\]"):
-        neuron_selectivity(net, (x, y), "relu")
+    with pytest.raises(ValueError, match=r"unknown layer '1'; the model's layers \(as named by partition_codes: its "
+                                         r"ReLU-like, clamp and max-pool layers\) are \['2'\]"):
+        neuron_selectivity(net, (x, y), "1")  # the Linear layer: not a nonlinearity
+    pooled = nn.Sequential(nn.Conv2d(1, 1, 1), nn.MaxPool2d(2), nn.Flatten())
+    with torch.no_grad():
+        pooled[0].weight.zero_()
+        pooled[0].bias.fill_(-1.0)
+    with pytest.raises(ValueError, match=r"layer '1' has negative outputs.*pass the name of a ReLU layer"):
+        neuron_selectivity(pooled, (x, y), "1")
+    assert all(not m._forward_hooks for m in net.modules())  # no hooks: the spline engine reads the layers
     with pytest.raises(TypeError, match="pair \\(images, labels\\)"):
         neuron_selectivity(net, x, "2")
+
+
+class FunctionalNet(nn.Module):
+    """F.relu (functional), LeakyReLU, max-pool: the layers a forward hook on nn.ReLU modules would miss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.leaky = nn.LeakyReLU(0.2)
+        self.fc = nn.Linear(3 * 2 * 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.relu(self.conv(x)), 2)
+        return self.fc(self.leaky(h).flatten(1))
+
+
+def test_hidden_units_count_functional_and_leaky_relus_not_max_pool():
+    torch.manual_seed(0)
+    net = FunctionalNet()
+    x = torch.rand(5, 1, 6, 6)
+    # F.relu on (3, 4, 4) and LeakyReLU on (3, 2, 2); the max-pool (3, 2, 2) is not a hidden unit
+    assert hidden_units(net, x) == 3 * 4 * 4 + 3 * 2 * 2
+    image_class, size = random_class(2)
+    for build in BUILDERS.values():  # the constructions: exactly the outputs of their nn.ReLU modules
+        model = build(image_class, size, torch.float64)
+        counts: list[int] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out, counts=counts: counts.append(out[0].numel()))
+                 for m in model.modules() if isinstance(m, nn.ReLU)]
+        model(torch.rand(1, 1, *size, dtype=torch.float64))
+        for hook in hooks:
+            hook.remove()
+        assert hidden_units(model, torch.rand(3, 1, *size)) == sum(counts) > 0
+
+
+def test_selectivity_reads_functional_relu_and_leaky_layers():
+    torch.manual_seed(0)
+    net = FunctionalNet().double()
+    x, y = torch.rand(30, 1, 6, 6, dtype=torch.float64), torch.arange(30) % 3
+    with torch.no_grad():
+        h = net.conv(x)
+        p = torch.nn.functional.max_pool2d(torch.relu(h), 2)
+    relu_mass = torch.relu(h).sum((2, 3)).T @ nn.functional.one_hot(y, 3).double()
+    leaky_mass = torch.relu(p).sum((2, 3)).T @ nn.functional.one_hot(y, 3).double()  # positive part of the leaky
+    by_relu = neuron_selectivity(net, (x, y), "relu_0", batch_size=7)
+    torch.testing.assert_close(by_relu.mass, relu_mass, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(neuron_selectivity(net, (x, y), "leaky").mass, leaky_mass, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(neuron_selectivity(net, (x, y), "max_pool2d_0").mass, leaky_mass, rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_constructions_reject_bad_arguments():

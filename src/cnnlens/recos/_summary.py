@@ -11,8 +11,10 @@ C1, C5, F6 and Output; Table 1 lists C3 without "+1" although C3 reads 5x5 patch
 AlexNet's Conv_2 reads 5x5 patches of its 27x27 input, so this rule gives C3 "+1" (pass ``augment_mean=False``
 for C3 to match the printed table).
 
-Receptive fields (``receptive_field``) follow the chain recurrence r <- r + (k - 1) d j, j <- j s over the
-convolutions and poolings in forward order, counting pooling windows (14 for LeNet-5's C3);
+The layers are read off one forward pass by the spline engine's trace (:mod:`cnnlens.spline._trace`): every
+convolution, linear and max/average pooling op, whether a module or a functional call, with the path of the module
+that ran it. Receptive fields (``receptive_field``) follow the chain recurrence r <- r + (k - 1) d j, j <- j s over
+the convolutions and poolings in forward order, counting pooling windows (14 for LeNet-5's C3);
 ``receptive_field_subsampled`` treats each pooling as pure subsampling (window 1), the paper's reading (13 for C3,
 "5 x 5 and 13 x 13", sec. 3). Both assume a chain network; ``compound_anchors`` derives the same numbers from the
 weights.
@@ -27,11 +29,9 @@ from math import prod
 import torch
 from torch import nn
 
+from ..spline._trace import TracedOp, trace_ops
+
 __all__ = ["AlexNetShaped", "RecosSummary", "RecosUnit", "alexnet_shaped", "summary"]
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-
 
 @dataclass(frozen=True)
 class RecosUnit:
@@ -40,7 +40,7 @@ class RecosUnit:
     Attributes
     ----------
     name : str
-        Module name in the model.
+        Path of the module that ran the layer's op (its ``named_modules`` name).
     kind : str
         ``"conv"`` or ``"linear"``.
     patch_shape : tuple of int
@@ -109,10 +109,6 @@ class RecosSummary:
         return self.table()
 
 
-def _tuple(v: int | tuple[int, ...], n: int) -> tuple[int, ...]:
-    return (v,) * n if isinstance(v, int) else tuple(int(t) for t in v)
-
-
 def summary(
     model: nn.Module,
     input_shape: tuple[int, ...] | None = None,
@@ -121,9 +117,10 @@ def summary(
 ) -> RecosSummary:
     """The RECOS specification (Tables 1-2 of 003) of any model built from conv/linear layers.
 
-    Runs one forward pass on a zero input of shape ``(1, *input_shape)`` in eval mode (hooks record the shapes
-    and are removed afterwards, also on errors; the model's train/eval mode is restored). A model on the
-    ``"meta"`` device is summarised without allocating memory.
+    Runs one forward pass on a zero input of shape ``(1, *input_shape)`` in eval mode, traced by the spline
+    engine (every conv / linear / pooling op, module or functional, with its module path and shapes; no hooks;
+    the model's train/eval mode is restored, also on errors). A model on the ``"meta"`` device is summarised
+    without allocating memory.
 
     Parameters
     ----------
@@ -150,16 +147,6 @@ def summary(
     input_shape = tuple(int(s) for s in input_shape)
     if not (isinstance(augment_mean, bool | Mapping) or augment_mean == "auto"):
         raise ValueError(f"augment_mean must be 'auto', a bool or a mapping name -> bool, received {augment_mean!r}")
-    records: list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]] = []
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            records.append((name, module, tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (*_CONV, *_POOL, nn.Linear))
-    ]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -167,33 +154,22 @@ def summary(
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+            ops = trace_ops(model, torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     units: list[RecosUnit] = []
     dims = len(input_shape) - 1
     rf, rfs, jump = [1] * dims, [1] * dims, [1] * dims
-    for name, module, in_shape, out_shape in records:
-        if isinstance(module, (*_CONV, *_POOL)):
-            n = len(in_shape) - 1
-            kernel = _tuple(module.kernel_size, n)
-            stride = _tuple(module.stride if module.stride is not None else module.kernel_size, n)
-            dilation = _tuple(getattr(module, "dilation", 1), n)
-            if len(rf) == n:
-                for i in range(n):
-                    rf[i] += (kernel[i] - 1) * dilation[i] * jump[i]
-                    if isinstance(module, _CONV):
-                        rfs[i] += (kernel[i] - 1) * dilation[i] * jump[i]
-                    jump[i] *= stride[i]
-        if isinstance(module, _POOL):
+    for op in ops:
+        _advance_fields(op, rf, rfs, jump)
+        if op.op in ("max_pool", "avg_pool"):
             continue
-        if isinstance(module, nn.Linear):
-            patch: tuple[int, ...] = (module.in_features,)
+        name, out_shape = op.module, op.output_shape
+        if op.op == "linear":
+            patch: tuple[int, ...] = (op.weight_shape[1],)
             kind, local, field, field_s = "linear", False, None, None
         else:
-            patch = (module.in_channels // module.groups, *module.kernel_size)
+            patch = tuple(op.weight_shape[1:])  # (C_in / groups, *kernel)
             kind = "conv"
             local = prod(out_shape[1:]) > 1
             field, field_s = tuple(rf), tuple(rfs)
@@ -203,8 +179,8 @@ def summary(
             augmented = bool(augment_mean[name])
         else:
             augmented = local
-        units.append(RecosUnit(name, kind, patch, prod(patch), augmented, out_shape[0] if kind == "conv"
-                               else module.out_features, in_shape, out_shape, field, field_s))
+        units.append(RecosUnit(name, kind, patch, prod(patch), augmented, op.weight_shape[0], op.input_shape,
+                               out_shape, field, field_s))
     if isinstance(augment_mean, Mapping):
         unknown = set(augment_mean) - {u.name for u in units}
         if unknown:
@@ -213,6 +189,18 @@ def summary(
                 f"its units are {[u.name for u in units]}"
             )
     return RecosSummary(model_name=type(model).__name__, input_shape=input_shape, units=tuple(units))
+
+
+def _advance_fields(op: TracedOp, rf: list[int], rfs: list[int], jump: list[int]) -> None:
+    """One step of the receptive-field recurrence r <- r + (k - 1) d j, j <- j s (in place; pooling windows count
+    in ``rf`` only, ``rfs`` treats pooling as subsampling)."""
+    if op.op == "linear" or len(rf) != len(op.kernel_size):
+        return
+    for i, (k, s, d) in enumerate(zip(op.kernel_size, op.stride, op.dilation, strict=True)):
+        rf[i] += (k - 1) * d * jump[i]
+        if op.op == "conv":
+            rfs[i] += (k - 1) * d * jump[i]
+        jump[i] *= s
 
 
 class AlexNetShaped(nn.Module):

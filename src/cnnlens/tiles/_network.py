@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..spline import partition_codes
 from ._model import ImageClass, _describe
 
 __all__ = ["TileNetwork", "describe_unit"]
@@ -148,18 +149,29 @@ def describe_unit(model: nn.Module, layer: str, unit: int) -> str:
 
 
 def hidden_units(model: nn.Module, x: Tensor) -> int:
-    """Number of hidden units of ``model`` for one input: the outputs of all its ``nn.ReLU`` modules on ``x[:1]``.
+    """Number of hidden units of ``model`` for one input ``x[:1]``: the units of all its nonlinearity layers.
 
     The size measure of the constructions of Thms. 1-2 (002) against a trained network (``tiles-digits`` and
-    ``benchmarks/bench_tiles.py``). Hooks are removed even if the forward pass fails.
+    ``benchmarks/bench_tiles.py``). The layers are those of :func:`cnnlens.spline.partition_codes` (the spline
+    engine sees module and functional calls alike): every ReLU-like unit (ReLU, ``F.relu``, ``clamp(min=0)``, leaky
+    ReLU, PReLU, abs, maximum) and every clamp / hardtanh unit counts once per call. Max-pool outputs do not count:
+    a max-pool unit selects one of its inputs, which are already counted as the units of the layer before it, and
+    the constructions have none.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A piecewise-affine model (its train/eval mode is restored afterwards).
+    x : Tensor (N, *in_shape)
+        Inputs; only the first is run (converted to the model's dtype).
     """
-    counts: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out[0].numel()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"hidden_units needs a batch of inputs (N, *in_shape) with N >= 1; received {_describe(x)}.")
+    param = next(model.parameters(), None)
+    was_training = model.training
+    model.eval()
     try:
-        with torch.no_grad():
-            model(x[:1])
+        codes = partition_codes(model, x[:1].to(param.dtype) if param is not None else x[:1])
     finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(counts)
+        model.train(was_training)
+    return sum(code.num_units for code in codes.values() if code.kind != "argmax")

@@ -12,6 +12,12 @@ the share of the unit's activation mass that comes from its top group: 1 for a *
 fires for one group, ``1 / G`` for a unit that fires equally for all. Units that never fire on the data are
 reported as dead and left out of the summary, which is the mass-weighted mean
 ``sum_u max_g M_ug / sum_ug M_ug``.
+
+The activations are read by :func:`cnnlens.spline.activations` (the one place in cnnlens that looks inside a model),
+so a layer is named as in :func:`cnnlens.spline.partition_codes` (a ReLU module's path, or ``"relu_0"`` for a
+functional ``F.relu``) and ``act_u`` is: for a ReLU-like layer ``relu(u)`` with ``u`` the pre-activation whose sign is
+the unit's code (the ReLU's output; for leaky ReLU / PReLU / abs / maximum the amount by which the unit is in its
+active piece); for a clamp / hardtanh layer its output ``clamp(h, lo, hi)``; for a max-pool layer the pooled value.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..spline import Activations, activations
 from ._model import _describe
 
 __all__ = ["Selectivity", "neuron_selectivity"]
@@ -77,7 +84,8 @@ def neuron_selectivity(
     model : nn.Module
     data : ArrayDataset or (images, labels)
     layer : str
-        Name of a submodule with non-negative outputs (``dict(model.named_modules())``), e.g. a ReLU.
+        A layer name of :func:`cnnlens.spline.partition_codes` (``list(partition_codes(model, x))``), e.g. the path
+        of a ReLU module; clamp and max-pool layers must have non-negative outputs.
     groups : int64 Tensor of shape (N,), optional
         Group of each input (default: the labels), e.g. ``data.tile_ids`` of a :class:`TileDataset`.
     batch_size : int
@@ -93,32 +101,30 @@ def neuron_selectivity(
         raise ValueError(f"groups must have shape ({images.shape[0]},); received shape {tuple(group.shape)}.")
     if images.shape[0] == 0:
         raise ValueError("neuron_selectivity needs at least one input.")
-    modules = dict(model.named_modules())
-    if layer not in modules or layer == "":
-        raise ValueError(f"unknown layer {layer!r}; the model's layers are {[k for k in modules if k]}.")
-    captured: list[Tensor] = []
-    handle = modules[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
     num_groups = int(group.max()) + 1
     mass = torch.zeros(0, dtype=torch.float64)
     was_training = model.training
     model.eval()
-    dtype = next(model.parameters()).dtype
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else images.dtype
     try:
         for start in range(0, images.shape[0], batch_size):
-            captured.clear()
-            model(images[start : start + batch_size].to(dtype))
-            act = captured[0].to(torch.float64)
-            if float(act.min()) < 0:
-                raise ValueError(
-                    f"layer {layer!r} has negative outputs (min {float(act.min()):.3g}); selectivity needs "
-                    "non-negative activations: pass the name of the activation (ReLU) after it."
-                )
+            xb = images[start : start + batch_size].to(dtype)
+            if start == 0:  # all layers once, to name them if ``layer`` is not one of them
+                acts = activations(model, xb)
+                if layer not in acts:
+                    raise ValueError(f"unknown layer {layer!r}; the model's layers (as named by partition_codes: "
+                                     f"its ReLU-like, clamp and max-pool layers) are {list(acts)}.")
+            else:
+                acts = activations(model, xb, layers=[layer])
+            act = _unit_activation(acts, layer)
             per_unit = act.sum(tuple(range(2, act.ndim))) if act.ndim > 2 else act.reshape(act.shape[0], -1)
             onehot = nn.functional.one_hot(group[start : start + batch_size], num_groups).to(torch.float64)
             part = per_unit.T @ onehot
             mass = part if mass.numel() == 0 else mass + part
     finally:
-        handle.remove()
         model.train(was_training)
     total = mass.sum(1)
     live = total > 0
@@ -127,3 +133,21 @@ def neuron_selectivity(
     mean = float(top.values[live].sum() / total[live].sum()) if bool(live.any()) else float("nan")
     return Selectivity(per, torch.where(live, top.indices, torch.full_like(top.indices, -1)), mass, mean,
                        int(live.sum()))
+
+
+def _unit_activation(acts: Activations, layer: str) -> Tensor:
+    """float64 ``act_u`` of ``layer`` (module docstring), shape (N, *unit_shape); non-negative."""
+    kind, value = acts.kinds[layer], acts[layer].to(torch.float64)
+    if kind == "binary":
+        return value.clamp_min(0)
+    if kind == "ternary":
+        lo, hi = acts.bounds[layer]
+        act = torch.clamp(value, lo.to(torch.float64), hi.to(torch.float64))
+    else:
+        act = value.amax(-1)
+    if float(act.min()) < 0:
+        raise ValueError(
+            f"layer {layer!r} has negative outputs (min {float(act.min()):.3g}); selectivity needs non-negative "
+            "activations: pass the name of a ReLU layer (see partition_codes) instead."
+        )
+    return act
