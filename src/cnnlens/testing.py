@@ -5,13 +5,15 @@ Tolerances come from the dtype: relative 1e-10 in float64 and 1e-4 in float32.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
 
-__all__ = ["assert_affine_exact", "default_tolerance"]
+__all__ = ["assert_affine_exact", "default_tolerance", "offset_output"]
 
 _log = logging.getLogger(__name__)
 
@@ -85,3 +87,86 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
             f"{stats['identity_max_rel_error']:.3g}, of A x + B_propagated vs f(x) {stats['bias_max_rel_error']:.3g} "
             f"(worst sample {worst}, scale {float(scale[worst]):.3g}).")
     return stats
+
+
+def offset_output(model: nn.Module, x: Tensor, *, rtol: float | None = None) -> Tensor:
+    """``J_b b``: the output's derivative along all offsets of the model, at ``x`` (one forward-mode JVP).
+
+    For a network whose output is positively homogeneous of degree 1 jointly in the input and the offsets
+    (conv/linear biases and batch-norm shifts; weights, scales and variances fixed), Euler's identity gives, on the
+    region of x,
+
+    .. math::
+
+        f(x) = J_x x + J_b b, \\qquad\\text{so}\\qquad J_b b = f(x) - A[x] x = B[x]
+
+    (eq. 9 of 000) on the region selected by PyTorch's own derivative rules (ReLU'(0) = 0, first max-pool index),
+    computed from the plain PyTorch model without the spline engine: an independent check of
+    :func:`cnnlens.spline.affine_map`'s ``B``. Batch-norm layers (eval mode) are first rewritten on a copy with their
+    whole shift ``beta - gamma * mean / sqrt(var + eps)`` in the bias and a zero running mean (the same function).
+
+    The homogeneity is checked, not assumed: a second JVP along x gives ``J_x x``, and ``J_x x + J_b b`` must equal
+    ``f(x)``. It fails, with a ValueError, when some constant enters outside the biases (a clamp / hardtanh bound
+    that is active at x, a constant added in ``forward``, batch-norm without affine parameters).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A piecewise-affine model in eval mode; it is not modified.
+    x : Tensor (N, *in_shape)
+        Finite floating-point inputs with the model's dtype.
+    rtol : float, optional
+        Tolerance of the homogeneity check relative to the per-sample scale ``max(|f|, |J_x x|, |J_b b|)``;
+        default from the dtype (:func:`default_tolerance`).
+
+    Returns
+    -------
+    Tensor
+        ``J_b b``, shaped like ``model(x)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module`` (its offsets are its parameters and buffers named ``*bias``).
+    ValueError
+        If the model is not homogeneous in (x, offsets) at x, so that ``J_b b`` is not ``B[x]``.
+    """
+    from .spline._capture import check_model_input
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"offset_output needs an nn.Module (its offsets are the parameters and buffers named *bias); "
+                        f"received {type(model).__name__}.")
+    check_model_input(model, x)
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and module.track_running_stats:
+                scale = module.weight / torch.sqrt(module.running_var + module.eps)
+                module.bias -= scale * module.running_mean
+                module.running_mean.zero_()
+    named = dict(model.named_parameters()) | dict(model.named_buffers())
+    offsets = {k: v.detach() for k, v in named.items() if k.endswith("bias")}
+    fixed = {k: v.detach() for k, v in named.items() if k not in offsets}
+    zeros = {k: torch.zeros_like(v) for k, v in offsets.items()}
+
+    def output(inp: Tensor, offset_values: dict[str, Tensor]) -> Tensor:
+        return functional_call(model, {**fixed, **offset_values}, (inp,))
+
+    x = x.detach()
+    f, jx = jvp(output, (x, offsets), (x, zeros))
+    jb = jvp(output, (x, offsets), (torch.zeros_like(x), offsets))[1]
+    n = x.shape[0]
+    f2, jx2, jb2 = (t.detach().reshape(n, -1) for t in (f, jx, jb))
+    scale = torch.stack([f2.abs().amax(1), jx2.abs().amax(1), jb2.abs().amax(1)]).amax(0)[:, None]
+    rel = (jx2 + jb2 - f2).abs() / scale.clamp_min(torch.finfo(x.dtype).tiny)
+    tol = default_tolerance(x.dtype) if rtol is None else rtol
+    worst = float(rel.max())
+    if worst > tol:
+        sample = int(rel.amax(1).argmax())
+        raise ValueError(
+            f"offset_output: the model is not positively homogeneous in its input and offsets at x (sample {sample}: "
+            f"|J_x x + J_b b - f(x)| / scale = {worst:.3g} > rtol={tol:g}), so J_b b is not the offset B[x]. A "
+            "constant enters outside the biases (an active clamp / hardtanh bound, a constant added in forward, "
+            "batch-norm without affine parameters); compare with cnnlens.spline.affine_map's B only on models "
+            "without them.")
+    return jb.detach()
