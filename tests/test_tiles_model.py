@@ -139,6 +139,47 @@ def test_distance_map_equals_the_definition(seed, k, l, extra):
     np.testing.assert_allclose(phi_tile(x, tile).numpy(), phi, atol=1e-12)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**20), k=st.integers(1, 6), l=st.integers(1, 6), extra=st.integers(0, 5),
+       levels=st.sampled_from([1, 2, 8, None]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_distance_map_paths_give_identical_numbers(seed, k, l, extra, levels, dtype):
+    """|x - c| once per grey level (quantised tiles) or once per support pixel (8-bit tiles): bit-identical maps,
+    both equal to Def. 5.3 computed by brute force, for float32 and float64 inputs."""
+    from cnnlens.tiles._detectors import _add_slices
+
+    rng = np.random.default_rng(seed)
+    values = rng.random((k, l))
+    if levels is not None:
+        values = np.round(values * levels) / levels
+    mask = rng.random((k, l)) < 0.7
+    mask[rng.integers(k), rng.integers(l)] = True
+    tile = FeatureTile(values, 1.0, mask=mask)
+    x = torch.from_numpy(rng.random((3, k + extra, l + int(rng.integers(0, 5))))).to(dtype)
+    chunk = x.double().permute(1, 2, 0).contiguous()
+    grey, which = torch.unique(tile.support_values, return_inverse=True)
+    pixels = torch.nonzero(tile.mask).tolist()
+    shape = (x.shape[1] - k + 1, x.shape[2] - l + 1, x.shape[0])
+    by_value, by_pixel = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    _add_slices(by_value, chunk, grey, which.tolist(), pixels, per_value=True)
+    _add_slices(by_pixel, chunk, grey, which.tolist(), pixels, per_value=False)
+    assert torch.equal(by_value, by_pixel)
+    assert torch.equal(distance_map(x, tile), by_value.permute(2, 0, 1))
+    expected = np.stack([brute_distance_map(xi, tile.t.numpy(), tile.mask.numpy()) for xi in x.double().numpy()])
+    np.testing.assert_allclose(by_value.permute(2, 0, 1).numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_distance_map_of_8_bit_digit_tiles_equals_the_definition():
+    """A 28 x 28 tile with ~200 grey levels takes the per-pixel path; the map matches the definition."""
+    rng = np.random.default_rng(3)
+    values = np.round(rng.random((28, 28)) * 255) / 255
+    values[rng.random((28, 28)) < 0.7] = 0.0
+    tile = FeatureTile(values, 4.0)
+    assert torch.unique(tile.support_values).numel() > 100
+    x = rng.random((2, 31, 30))
+    expected = np.stack([brute_distance_map(xi, values, values != 0) for xi in x])
+    np.testing.assert_allclose(distance_map(x, tile).numpy(), expected, rtol=0, atol=1e-10)
+
+
 def test_detectors_accept_every_input_layout_and_float32():
     rng = np.random.default_rng(1)
     tile = random_tile(rng, 2, 3, 0.7)

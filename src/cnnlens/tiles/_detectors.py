@@ -112,20 +112,41 @@ def distance_map(
     values, support = _template(t, mask)
     (k, l), (m, n) = tuple(values.shape), tuple(xs.shape[1:])
     _check_size(k, l, m, n)
-    # |x - c| once per distinct value c, then one shifted slice added per support pixel (a, b); the batch is the
-    # innermost dimension so that each slice is a few contiguous runs
+    # one shifted slice of |x - c| added per support pixel (a, b), in row-major support order; the batch is the
+    # innermost dimension so that each slice is a few contiguous runs. With few distinct values c (quantised
+    # tiles) |x - c| is computed once per value on the whole input; with many (8-bit tiles: ~200 values on a 28 x 28
+    # tile) once per support pixel on its slice, which is cheaper. Both compute the same float64 numbers in the same
+    # order, so the result does not depend on the path.
     grey, which = torch.unique(values[support], return_inverse=True)
     pixels = torch.nonzero(support).tolist()
-    out = xs.new_zeros((m - k + 1, n - l + 1, xs.shape[0]))
-    step = max(1, _CHUNK_ELEMENTS // max(1, grey.numel() * m * n))
+    rows, cols = m - k + 1, n - l + 1
+    per_value = grey.numel() * m * n <= len(pixels) * rows * cols
+    out = xs.new_zeros((rows, cols, xs.shape[0]))
+    step = max(1, _CHUNK_ELEMENTS // max(1, (grey.numel() if per_value else 1) * m * n))
     for start in range(0, xs.shape[0], step):
-        chunk = xs[start : start + step].permute(1, 2, 0)
-        gaps = (chunk.unsqueeze(0) - grey.view(-1, 1, 1, 1)).abs()  # (L, m, n, B)
-        acc = out[..., start : start + step]
-        for (a, b), v in zip(pixels, which.tolist(), strict=True):
-            acc += gaps[v, a : a + m - k + 1, b : b + n - l + 1]
+        _add_slices(out[..., start : start + step], xs[start : start + step].permute(1, 2, 0).contiguous(), grey,
+                    which.tolist(), pixels, per_value=per_value)
     out = out.permute(2, 0, 1)
     return out.reshape(*lead, m - k + 1, n - l + 1)
+
+
+def _add_slices(acc: Tensor, chunk: Tensor, grey: Tensor, which: list[int], pixels: list[list[int]], *,
+                per_value: bool) -> None:
+    """``acc[i, j, :] += sum_p |chunk[i + a_p, j + b_p, :] - grey[which_p]|`` over the support pixels ``p``.
+
+    ``acc`` is ``(rows, cols, B)``, ``chunk`` the inputs ``(m, n, B)``; ``per_value`` computes ``|x - c|`` once per
+    distinct value on the whole chunk, otherwise once per pixel on its slice (same numbers, same order).
+    """
+    rows, cols = acc.shape[0], acc.shape[1]
+    if per_value:
+        gaps = (chunk.unsqueeze(0) - grey.view(-1, 1, 1, 1)).abs()  # (L, m, n, B)
+        for (a, b), v in zip(pixels, which, strict=True):
+            acc += gaps[v, a : a + rows, b : b + cols]
+    else:
+        gap = torch.empty_like(acc)
+        for (a, b), v in zip(pixels, which, strict=True):
+            torch.sub(chunk[a : a + rows, b : b + cols], grey[v], out=gap)
+            acc += gap.abs_()
 
 
 def tile_distance(x: Tensor | np.ndarray, tile: FeatureTile) -> Tensor:
