@@ -190,9 +190,12 @@ def small_cnn(*, num_classes: int = 10, in_channels: int = 1) -> PlainCNN:
 
 
 @register_model("large-cnn")
-def large_cnn(*, num_classes: int = 10, in_channels: int = 1) -> PlainCNN:
-    """largeCNN-like: stages [[64, 64], [128, 128], [256]], GAP, linear. 0.56 M parameters."""
-    return PlainCNN([[64, 64], [128, 128], [256]], num_classes, in_channels)
+def large_cnn(*, num_classes: int = 10, in_channels: int = 1, width: int = 64) -> PlainCNN:
+    """largeCNN-like: stages [[w, w], [2w, 2w], [4w]] with ``w = width`` (64 by default: 0.56 M parameters), GAP,
+    linear. A narrower ``width`` keeps the depth and layout at a fraction of the cost (about ``(width / 64) ** 2``)."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"large-cnn's width (channels of the first stage) must be a positive int; received {width!r}.")
+    return PlainCNN([[width, width], [2 * width, 2 * width], [4 * width]], num_classes, in_channels)
 
 
 @register_model("small-resnet")
