@@ -339,7 +339,7 @@ class Capture(TorchFunctionMode):
             out = self._run(func, args, kwargs)
             self.track(out)
             if self.tape is not None and self.tape.ok:
-                record_linear(self.tape, func, args, kwargs, out, self.is_tracked,
+                record_linear(self.tape, func, args, kwargs, out, tracked, self.is_tracked,
                               lambda: f"{_op_name(func)}{self._where()}")
             if func in (T.__setitem__, T.copy_) or getattr(func, "__name__", "").endswith("_"):
                 self.track(args[0])

@@ -24,6 +24,7 @@ Cotangent layout: the cotangent of a recorded tensor ``t`` is a tensor of shape 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,20 +80,22 @@ class Tape:
         """Append ``node`` (``describe()`` names its op and module), unless it reads a stale tensor."""
         if not self.ok:
             return
-        for t in node.ins:
-            writer = self._stale.get(id(t))
-            if writer is not None:
-                self.switch_off(f"the operation {describe()}, which reads a tensor after the in-place operation "
-                                f"{writer} wrote into memory it shares with a view")
-                return
+        if self._stale:
+            for t in node.ins:
+                writer = self._stale.get(id(t))
+                if writer is not None:
+                    self.switch_off(f"the operation {describe()}, which reads a tensor after the in-place operation "
+                                    f"{writer} wrote into memory it shares with a view")
+                    return
         self.nodes.append(node)
-        outs = node.data.get("outs", (node.out,))
-        if any(o._is_view() for o in outs):
-            group: set[int] = set()
-            for t in (*outs, *node.ins):
-                group |= self._groups.get(id(t), {id(t)})
-            for i in group:
-                self._groups[i] = group
+        if node.kind in ("view", "vjp"):  # the only rules whose ops can return views
+            outs = node.data.get("outs", (node.out,))
+            if any(o._is_view() for o in outs):
+                group: set[int] = set()
+                for t in (*outs, *node.ins):
+                    group |= self._groups.get(id(t), {id(t)})
+                for i in group:
+                    self._groups[i] = group
 
     def mutated(self, t: Tensor, describe: Callable[[], str]) -> None:
         """Note an in-place write into ``t``: the other tensors sharing its memory are stale from now on."""
@@ -119,6 +122,7 @@ class _NoRule(Exception):  # noqa: N818 - internal signal: fall back to autograd
     pass
 
 
+@functools.lru_cache(maxsize=1024)
 def _mutates_first(func: Any) -> bool:
     """Whether ``func`` writes into its first argument (``x.add_``, ``x += y``, ``x[i] = v``, ``x.copy_``)."""
     if func in _IN_PLACE_DUNDER:
@@ -127,27 +131,29 @@ def _mutates_first(func: Any) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
-def _specific(func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool]) -> Node | None:
-    """The node of a dedicated (fast) rule, or None when the generic rule must take the op."""
+def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
+              is_tracked: Callable[[Any], bool]) -> Node | None:
+    """The node of a dedicated (fast) rule, or None when the generic rule must take the op.
+
+    ``tracked``: the input-dependent tensors among the arguments (also inside lists and keywords).
+    """
     if not isinstance(out, Tensor) or not args or not isinstance(args[0], Tensor) or out.dim() == 0:
         return None
     x = args[0]
-    tracked = tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a))
-    alone = len(tracked) == 1 and tracked[0] is x and not any(isinstance(v, Tensor) and is_tracked(v)
-                                                              for v in kwargs.values())
+    alone = len(tracked) == 1 and tracked[0] is x
     if func in _CONV:
         padding = args[4] if len(args) > 4 else 0
         if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
             return None
-        return Node("conv", tracked, out, {"func": func, "args": args})
+        return Node("conv", (x,), out, {"func": func, "args": args})
     if func is F.linear:
-        return Node("linear", tracked, out, {"func": func, "args": args}) if (alone and not kwargs and x.dim() >= 2) \
+        return Node("linear", (x,), out, {"func": func, "args": args}) if (alone and not kwargs and x.dim() >= 2) \
             else None
-    if func is F.batch_norm:
-        if not alone or kwargs or len(args) < 3 or x.dim() < 2:
+    if func is F.batch_norm:  # F.batch_norm hands weight, bias, eps, ... to the mode as keywords
+        if not alone or len(args) < 3 or x.dim() < 2:
             return None
-        weight = args[3] if len(args) > 3 else None
-        eps = args[7] if len(args) > 7 else 1e-5
+        weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
+        eps = kwargs.get("eps", args[7] if len(args) > 7 else 1e-5)
         scale = torch.rsqrt(args[2] + eps)
         scale = scale if weight is None else scale * weight.detach()
         return Node("channel_scale", (x,), out, {"scale": scale})
@@ -156,12 +162,13 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callab
         keep = func not in _DROPOUT or out.shape == x.shape
         return Node("view", (x,), out) if (alone and same_batch and keep) else None
     if func in _ADD or func in _SUB:
-        if len(args) > 2 or set(kwargs) - {"alpha"} or any(a.shape != out.shape for a in tracked):
+        if len(args) > 2 or set(kwargs) - {"alpha"} or any(a.shape != out.shape for a in tracked) or \
+                any(isinstance(a, Tensor) and is_tracked(a) for a in kwargs.values()):
             return None
         alpha = kwargs.get("alpha", 1)
         signs = [1.0 if i == 0 else (-alpha if func in _SUB else alpha)
                  for i, a in enumerate(args[:2]) if isinstance(a, Tensor) and is_tracked(a)]
-        return Node("sum", tracked, out, {"signs": signs})
+        return Node("sum", tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a)), out, {"signs": signs})
     if func in _MUL or func in _DIV:
         if len(args) != 2 or kwargs or len(tracked) != 1 or tracked[0].shape != out.shape:
             return None
@@ -223,15 +230,16 @@ def _generic(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_trac
     return Node("vjp", tuple(leaves[i] for i in pos), outs[0], {"fn": fn, "outs": tuple(outs)})
 
 
-def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool],
-                  describe: Callable[[], str]) -> None:
+def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
+                  is_tracked: Callable[[Any], bool], describe: Callable[[], str]) -> None:
     """Record an affine op (called by the capture after running it).
 
-    ``describe()`` names the op and the module it was called in, for the reason of a switch-off.
+    ``tracked`` lists the input-dependent tensors among the arguments; ``describe()`` names the op and the module
+    it was called in, for the reason of a switch-off.
     """
     if not tape.ok:
         return
-    node = _specific(func, args, kwargs, out, is_tracked)
+    node = _specific(func, args, kwargs, out, tracked, is_tracked)
     if node is None:
         node = _generic(tape, func, args, kwargs, out, is_tracked, describe)
         if node is None:
