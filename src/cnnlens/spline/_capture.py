@@ -22,6 +22,11 @@ positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a
 linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
 selects ``a`` only when ``a > b`` (``minimum(a, b)`` only when ``a < b``); max-pooling selects the first index of the
 maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns.
+
+Errors (:func:`run_captured`). A RuntimeError raised by one of the model's own operations on x (a shape mismatch)
+becomes a ValueError that names the op and its module, with the original error chained; every other error reaches
+the caller as it is: :class:`ReplayDivergenceError` when a replay with forced regions takes another path, memory
+errors, errors the model raises itself, and bugs.
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, tr
         if node is None:
             return
     tape.add(node, describe)
-    if _mutates_first(func):
+    if _mutates_first(func) and args and isinstance(args[0], Tensor):
         tape.mutated(args[0], describe)
 
 
