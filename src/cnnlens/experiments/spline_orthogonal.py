@@ -211,11 +211,12 @@ def _setting(cfg: OrthogonalConfig, data: _Data, seconds_per_epoch: float) -> st
         f"largeCNN with batch-norm: cnnlens's large-cnn (3x3 conv-BN-ReLU, max-pools, global average pool, linear; "
         f"000 does not print largeCNN's layers) {width}",
         runs,
-        f"{data.budget.epochs} epochs of batch {cfg.batch_size} (000 does not state them; measured "
-        f"{seconds_per_epoch:.1f} s per epoch here)",
+        f"{data.budget.epochs} epochs of batch {cfg.batch_size} (000 does not state them; this run measured "
+        f"{seconds_per_epoch:.1f} s per epoch, per-epoch test evaluations included)",
         f"Adam at learning rate {cfg.lr:g} decayed by {cfg.lr_decay:g} per epoch (000: Adam with an exponential "
         "learning-rate decay, rates not stated)",
-        "inputs per image centred to zero mean and scaled to a maximum absolute value of one, as in the paper",
+        "inputs centred to zero mean and scaled to a maximum value of one as in the paper, read per input: each "
+        "image minus its mean, divided by its largest absolute value",
     ])
 
 
