@@ -106,6 +106,11 @@ def center_and_scale(images: Tensor) -> Tensor:
     return (centred / scale).to(images.dtype)
 
 
+def _runs_se(std: str) -> MeanError:
+    """Seed-to-seed standard error of a mean over the runs of one lambda (``std / sqrt(runs)``)."""
+    return MeanError(std, "runs", over="runs, one seed each")
+
+
 def _output_penalty(model: nn.Module) -> Tensor:
     """The penalty of eq. 13 on the model's last linear layer (``model.output``)."""
     return orthogonal_penalty(model.output)
@@ -239,7 +244,7 @@ def _setting(cfg: OrthogonalConfig, data: _Data, seconds_per_epoch: float) -> st
               "improves the test accuracy of largeCNN with no change to the architecture (pre-registered: lambda = 1 "
               "vs lambda = 0, mean test accuracy over runs; judged: the difference is positive beyond two standard "
               "errors).",
-              Greater("acc_mean_l1", "acc_mean_l0", MeanError("acc_std_l1", "runs"), MeanError("acc_std_l0", "runs"),
+              Greater("acc_mean_l1", "acc_mean_l0", _runs_se("acc_std_l1"), _runs_se("acc_std_l0"),
                       label="mean test accuracy, lambda 1 - lambda 0"),
               paper_value="higher at lambda = 1 than at 0 (Fig. 3(a), CIFAR-100, 15 runs; no number in the text)",
               setting="mnist5k for CIFAR-100 unless --data-dir holds CIFAR-100; cnnlens's large-cnn at reduced width, "
@@ -248,7 +253,7 @@ def _setting(cfg: OrthogonalConfig, data: _Data, seconds_per_epoch: float) -> st
               "Template orthogonality reduces overfitting (pre-registered: the train-test accuracy gap at the end of "
               "training, train accuracy measured in eval mode on the whole training set, mean over runs, is smaller "
               "at lambda = 1 than at lambda = 0; judged: beyond two standard errors).",
-              Greater("gap_l0", "gap_l1", MeanError("gap_std_l0", "runs"), MeanError("gap_std_l1", "runs"),
+              Greater("gap_l0", "gap_l1", _runs_se("gap_std_l0"), _runs_se("gap_std_l1"),
                       label="train-test accuracy gap, lambda 0 - lambda 1"),
               paper_value="smaller at lambda = 1 (000 sec. 6 text; no number)",
               setting="mnist5k for CIFAR-100 unless --data-dir holds CIFAR-100; cnnlens's large-cnn at reduced width, "
