@@ -201,7 +201,7 @@ def _figure(test: TileDataset, model: nn.Sequential, widths: list[int], medians:
     ax.set_xscale("log", base=2)
     ax.set(xlabel="filters", ylabel="test accuracy")
     ax.set_title("accuracy vs width", fontsize=8)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     ax = fig.add_subplot(grid[:, 7])
     for label, name in enumerate(test.class_names):
         pick = test.labels == label
