@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from cnnlens.experiments.recos_polarity import _swap, centre
 from cnnlens.nn.models import lenet5
 from cnnlens.recos import ReversedInputConv2d, double_anchors, negate_first_layer, polarity_transform
 from conftest import tol
@@ -129,3 +132,47 @@ def test_polarity_errors():
         double_anchors(model, next_layer="c5")
     with pytest.raises(TypeError, match="expects an nn.Module model"):
         polarity_transform("lenet5")
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 4), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       seed=st.integers(0, 2**16), wide=st.booleans())
+def test_centring_turns_reversal_into_negation(n, c, h, w, seed, wide):
+    """Per-image mean removal: centre(1 - v) = -centre(v), and every centred image has mean 0 (float32, float64)."""
+    dtype = torch.float64 if wide else torch.float32
+    v = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    x = centre(v)
+    assert torch.allclose(centre(1.0 - v), -x, rtol=0, atol=tol(dtype))
+    assert torch.allclose(x.mean(dim=(1, 2, 3)), torch.zeros(n, dtype=dtype), rtol=0, atol=tol(dtype))
+    assert torch.allclose(x + v.mean(dim=(1, 2, 3), keepdim=True), v, rtol=0, atol=tol(dtype))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_negation_is_exact_on_centred_inputs(dtype, seed):
+    """The centred arm: with reversal x -> -x the paper's negation C1 -> -W (bias kept) is the exact transform
+    (polarity_transform with offset 0), so the negated net on reversed digits has the original's logits on the
+    originals, and on the originals the original's logits on the reversed digits: the accuracies swap exactly."""
+    model = _random_lenet(dtype, seed)
+    v = torch.rand(12, 1, 32, 32, dtype=dtype)
+    x, x_reversed = centre(v), centre(1.0 - v)
+    naive = negate_first_layer(model)
+    exact = polarity_transform(model, offset=0.0)
+    assert torch.equal(naive.c1.weight, exact.c1.weight) and torch.equal(naive.c1.bias, exact.c1.bias)
+    with torch.no_grad():
+        assert _close(naive(x_reversed), model(x), dtype)
+        assert _close(naive(x), model(x_reversed), dtype)
+        assert torch.equal(naive(-x).argmax(1), model(x).argmax(1))
+
+
+def test_swap_measures_of_the_experiment(dtype):
+    """_swap: zero gaps for the exact transform, and a non-zero logit gap for the weights-only negation on [0, 1]."""
+    model = _random_lenet(dtype, 8)
+    v = torch.rand(30, 1, 32, 32, dtype=dtype)
+    labels = model(v).argmax(1).detach()  # the original network is right on every original digit
+    exact = _swap(model, polarity_transform(model, offset=1.0), v, 1.0 - v, labels, dtype)
+    assert exact["swap_gap"] == 0.0 and exact["agreement"] == 1.0
+    assert exact["max_logit_gap"] <= tol(dtype) * 100
+    naive = _swap(model, negate_first_layer(model), v, 1.0 - v, labels, dtype)
+    assert naive["max_logit_gap"] > 1e-3
+    centred = _swap(model, negate_first_layer(model), centre(v), centre(1.0 - v), labels, dtype)
+    assert centred["swap_gap"] == 0.0 and centred["max_logit_gap"] <= tol(dtype) * 100

@@ -21,6 +21,9 @@ __all__ = ["AdamBudget", "Digits", "LeNetBudget", "Trained", "load_digits", "tra
            "transforms_for"]
 
 
+_MNIST_TRAIN = 60_000  # digits in MNIST's training split
+
+
 @dataclass(frozen=True)
 class Digits:
     """Training and test digits and a sentence saying which (the claims' setting quotes it)."""
@@ -29,6 +32,19 @@ class Digits:
     test: ArrayDataset
     description: str
     full_mnist: bool
+    why_not_full: str = ""
+
+    def setting(self, departures: str = "") -> str:
+        """A claim's setting on these digits, for ``ExperimentResult.settings``: full MNIST is the paper's data;
+        otherwise the substitution and its reason (``why_not_full``). ``departures`` appends the experiment's other
+        departures from the paper."""
+        if self.full_mnist and len(self.train) == _MNIST_TRAIN:
+            data = f"as in the paper: full MNIST ({self.description})"
+        elif self.full_mnist:
+            data = f"{self.description}: fewer training digits than MNIST's 60,000"
+        else:
+            data = f"{self.description} for MNIST's 60,000 / 10,000 digits ({self.why_not_full})"
+        return f"{data}; {departures}" if departures else data
 
 
 def transforms_for(model: str) -> tuple[str, ...]:
@@ -45,12 +61,14 @@ def load_digits(ctx: RunContext, *, full_mnist: bool = False, train_size: int | 
     """
     train = test = None
     used = name
+    why = f"the configuration asks for {name}"
     if full_mnist and name == "mnist5k":
         try:
             train = load("mnist", "train", ctx.data_dir, transforms=transforms)
             test = load("mnist", "test", ctx.data_dir, transforms=transforms)
             used = "mnist"
         except DataUnavailableError as err:
+            why = "no full MNIST files in the data folder"
             ctx.log(f"full MNIST is not available, so this run uses mnist5k (4,000 / 1,000 real digits) instead: "
                     f"{err}", warn=True)
     if train is None or test is None:
@@ -62,7 +80,7 @@ def load_digits(ctx: RunContext, *, full_mnist: bool = False, train_size: int | 
     part = f" (a class-stratified subset of {full_size:,})" if len(train) < full_size else ""
     text = f"{used}: {len(train):,} training digits{part} / {len(test):,} test digits"
     ctx.log(text)
-    return Digits(train, test, text, used == "mnist")
+    return Digits(train, test, text, used == "mnist", "" if used == "mnist" else why)
 
 
 @dataclass(frozen=True)

