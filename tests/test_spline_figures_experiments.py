@@ -1,5 +1,5 @@
-"""Helpers behind the spline experiments' figures: the independent B[x] of spline-templates and the digit pairs of
-spline-regions."""
+"""Helpers behind the spline experiments' figures: the independent B[x] of spline-templates
+(:func:`cnnlens.testing.offset_output`) and the digit pairs of spline-regions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from cnnlens.experiments.spline_regions import _pairs
-from cnnlens.experiments.spline_templates import offset_output
 from cnnlens.spline import templates
+from cnnlens.testing import offset_output
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
