@@ -158,7 +158,7 @@ def _alignment_figure(al: UnitVectorAlignment) -> Figure:
     "recos-anchors",
     title="A trained LeNet-5 read as RECOS units: anchor vectors, anchor-position vectors, compound anchors.",
     paper="003 secs. 2-3, eqs. 11-21, Tables 1-2, Figs. 6-7, 9",
-    quick=AnchorsConfig(epochs=2, lr=0.05, train_size=2000, full_mnist=False, cluster_digits=200,
+    quick=AnchorsConfig(epochs=2, lr=0.05, train_size=2000, full_mnist=False, cluster_digits=100,
                         realized_digits=20),
     full=AnchorsConfig(),
     metrics=("acc_test", "n_test", "mean_angular_spread_deg", "max_anchor_share", "min_anchor_share",

@@ -28,9 +28,10 @@ keeps the position-dependent map (``ReversedInputConv2d``).
 
 The paper's negation (weights only) is f_naive(u) = -W * u + b, so f_naive(c - x) = f(x) - W * c: for constant c
 and full windows every channel is off by -c sum(W_k). For c = 0 (centred inputs) the two coincide: the paper's
-negation is exact, and the negated network on -x gives the original's logits on x, so the accuracies swap exactly. In the notation of eq. 7 sum(W_k) is the local-mean
-coordinate a_{k,0} of the mean-augmented anchor: negation swaps the roles of x and c - x exactly for the zero-sum
-part of each anchor, and the mean part has to be compensated in the bias.
+negation is exact, and the negated network on -x gives the original's logits on x, so the accuracies swap
+exactly. In the notation of eq. 7 sum(W_k) is the local-mean coordinate a_{k,0} of the mean-augmented anchor:
+negation swaps the roles of x and c - x exactly for the zero-sum part of each anchor, and the mean part has to be
+compensated in the bias.
 
 Doubled anchors. The paper proposes doubling C1's anchors so that both polarities are represented:
 ``double_anchors`` ties the weights to [W; -W] (12 channels from 6 free filters, with 12 free biases) and widens
