@@ -19,6 +19,7 @@ from ..data import ArrayDataset, stratified_subset
 from ..nn.models import lenet5
 from ..recos import (
     ClusterView,
+    UnitVectorAlignment,
     alexnet_shaped,
     anchor_position_vectors,
     anchor_vectors,
@@ -28,8 +29,8 @@ from ..recos import (
     plot_image_grid,
     plot_stitching,
     summary,
+    unit_vector_alignment,
 )
-from ..recos._clusters import UnitVectorAlignment, unit_vector_alignment
 from ..spline import templates
 from ..train import evaluate, seed_everything
 from ._claims import AllOf, AtLeast, AtMost, Claim, Exact, MeanError, Near
