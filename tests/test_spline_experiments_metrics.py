@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cnnlens.experiments.spline_bimodality import bootstrap_overlap_sd, prop5_statistics
-from cnnlens.experiments.spline_partition_knn import alone_share, untied_neighbours
+from cnnlens.experiments.spline_partition_knn import _ties, alone_share, untied_neighbours
 from cnnlens.experiments.spline_regions import _pairs
 from cnnlens.experiments.spline_templates import figure_digit_index
 from cnnlens.spline import LayerCode, nearest_neighbors, templates
@@ -196,3 +196,17 @@ def test_region_pairs_need_enough_digits_of_every_class() -> None:
         _pairs(labels, 21)
     with pytest.raises(ValueError, match="positive"):
         _pairs(labels, 0)
+
+
+def test_ties_mark_pooling_windows_with_a_repeated_maximum_and_constant_ones() -> None:
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)).eval()
+    x = torch.tensor([[[[0.0, 0.0, 1.0, 1.0],     # window (0, 0): constant 0, a tie on a blank window
+                        [0.0, 0.0, 0.0, 0.0],     # window (0, 1): maximum 1 twice, a tie on a non-constant window
+                        [2.0, 0.0, 3.0, 3.0],     # window (1, 0): one maximum, no tie
+                        [0.0, 1.0, 3.0, 3.0]]]])  # window (1, 1): constant 3
+    tied, flat = _ties(model, x, chunk_size=1)
+    relu, pool = list(tied)
+    assert tied[pool].tolist() == [[True, True, False, True]]
+    assert flat[pool].tolist() == [[True, False, False, True]]
+    assert torch.equal(tied[relu], (x == 0).flatten(1))  # ReLU units with input exactly 0 sit on a boundary too
+    assert relu not in flat

@@ -221,12 +221,34 @@ def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
         return f"no CIFAR-10 files in the data folder: {first}"
 
 
+def _settings(cfg: BimodalityConfig, train_size: int = 4000) -> dict[str, str]:
+    """Each claim's setting for configuration ``cfg`` (``train_size`` MNIST digits trained on)."""
+    if cfg.model == "large-cnn":
+        net = ("large-cnn (cnnlens's largeCNN-like network, 3x3 conv / batch-norm / ReLU stages 64-64, 128-128, 256; "
+               "000 gives no architecture)")
+    else:
+        net = f"{cfg.model} for the paper's largeCNN with batch-norm"
+    budget = f"trained {cfg.epochs} epochs with Adam (lr {cfg.lr:g}) on {train_size:,} mnist5k digits for full MNIST"
+    analysed = f"{cfg.analysed} training digits analysed"
+    unconstrained = "plain cross-entropy, without Prop. 5's norm constraint; pixels in [0, 1], not ||x|| = 1"
+    return {
+        "bimodal-mnist": f"{net}, {budget}; {analysed}",
+        "prop5-ratio": f"{net}, {budget}; {analysed}; {unconstrained}",
+        "prop5-sum-zero": f"{net}, {budget}; {analysed}; {unconstrained}",
+        "mnist-more-bimodal": f"{net}, the same budget on mnist5k and on a class-stratified CIFAR-10 training "
+                              "subset of the same size",
+    }
+
+
+FULL = BimodalityConfig()
+
+
 @register_experiment(
     "spline-bimodality",
     title="Bimodal, collinear templates <A[x]_c, x> of a trained CNN (Prop. 5, Fig. 2).",
     paper="000 sec. 5.3, Prop. 5, eq. 12, Fig. 2",
     quick=BimodalityConfig(model="lenet5", epochs=2, train_size=1500, batch_size=32, analysed=200, bootstrap=50),
-    full=BimodalityConfig(),
+    full=FULL,
     metrics=("cos_correct_mean", "cos_other_mean", "bimodality_overlap", "bimodality_overlap_boot_sd",
              "prop5_ratio", "prop5_ratio_sd", "prop5_sum_ratio_mean", "prop5_sum_ratio_sd", "n_analysed"),
     claims=(
@@ -236,8 +258,7 @@ def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
               "0.2 on training digits).",
               AtMost("bimodality_overlap", 0.2, MeanError("bimodality_overlap_boot_sd", 1, _BOOT),
                      label="overlap of the correct / other histograms"),
-              setting="largeCNN-like large-cnn of cnnlens (batch-norm before every ReLU) on mnist5k for the paper's "
-                      "largeCNN on MNIST"),
+              setting=_settings(FULL)["bimodal-mnist"]),
         Claim("prop5-ratio", "000 sec. 5.3, Prop. 5, eq. 12",
               "At the optimum the correct-class template is +sqrt((C-1) alpha / C) x and every other one "
               "-sqrt(alpha / (C (C-1))) x, so the correct-class coefficient along x is -(C - 1) = -9 times the "
@@ -248,9 +269,7 @@ def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
                    MeanError("prop5_ratio_sd", "n_analysed", "training digits (delta method of a ratio of means)"),
                    label="kappa_y / mean kappa_c (c != y)"),
               paper_value=-(NUM_CLASSES - 1.0),
-              setting="large-cnn (batch-norm) on mnist5k training digits in [0, 1], not unit-normalised (the ratio "
-                      "does not depend on ||x||); trained with plain cross-entropy, without Prop. 5's norm "
-                      "constraint"),
+              setting=_settings(FULL)["prop5-ratio"]),
         Claim("prop5-sum-zero", "000 sec. 5.3, Prop. 5, eq. 12",
               "At the optimum the templates of one input sum to zero over the classes: sqrt((C-1) alpha / C) - "
               "(C - 1) sqrt(alpha / (C (C-1))) = 0 (measured: ||sum_c A[x]_c|| / sum_c ||A[x]_c||, mean over "
@@ -260,8 +279,7 @@ def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
                      MeanError("prop5_sum_ratio_sd", "n_analysed", "training digits"),
                      label="mean ||sum_c A[x]_c|| / sum_c ||A[x]_c||"),
               paper_value=0.0,
-              setting="large-cnn (batch-norm) on mnist5k training digits, plain cross-entropy without Prop. 5's "
-                      "norm constraint"),
+              setting=_settings(FULL)["prop5-sum-zero"]),
         Claim("mnist-more-bimodal", "000 sec. 5.3, Fig. 2 (caption)",
               "The easier the classification problem (MNIST), the more bimodal the distribution: the correct / "
               "other histograms overlap less on MNIST than on CIFAR-10 (pre-registered: overlap on training "
@@ -270,8 +288,7 @@ def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
                       MeanError("bimodality_overlap_boot_sd_cifar10", 1, _BOOT),
                       MeanError("bimodality_overlap_boot_sd", 1, _BOOT),
                       label="overlap CIFAR-10 - overlap MNIST"),
-              setting="large-cnn (batch-norm) on mnist5k and on a class-stratified CIFAR-10 training subset of the "
-                      "same size, same budget"),
+              setting=_settings(FULL)["mnist-more-bimodal"]),
     ),
 )
 def run(cfg: BimodalityConfig, ctx: RunContext) -> ExperimentResult:
@@ -317,12 +334,7 @@ def run(cfg: BimodalityConfig, ctx: RunContext) -> ExperimentResult:
                                  "classes (red)")
         for name, s in series.items()
     }
-    settings = {}
-    if cfg.model != "large-cnn":
-        net = f"{cfg.model} for the paper's largeCNN with batch-norm"
-        settings = {"bimodal-mnist": f"{net} on mnist5k", "prop5-ratio": f"{net}; mnist5k training digits",
-                    "prop5-sum-zero": f"{net}; mnist5k training digits",
-                    "mnist-more-bimodal": f"{net}; mnist5k and a CIFAR-10 subset of the same size"}
+    settings = _settings(cfg, len(train))
     return ExperimentResult(metrics, figures, _notes(cfg, metrics, cifar_found=not unmeasured), settings=settings,
                             unmeasured=unmeasured)
 

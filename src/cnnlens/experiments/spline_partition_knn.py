@@ -328,18 +328,20 @@ def _notes(cfg: PartitionKnnConfig, m: dict[str, float], names: list[str], kinds
            "Unlike Fig. 4's reading, the deepest layer's neighbours are not farther in pixels than the first layer's. ")
     )
     if pools:
+        parts = []
+        for i in pools:
+            tied_share, flat = m[f"tie_share_l{i}"], m.get(f"tied_flat_share_l{i}", float("nan"))
+            parts.append(f"at max-pool layer l{i} ({names[i - 1]}) {tied_share:.1%} of the codes over the training "
+                         "digits are ties" + (f", {flat:.1%} of them on constant windows (blank background)"
+                                              if flat == flat else "")
+                         + f", and leaving tied units out of eq. 15 moves its same-class rate from {rates[i - 1]:.3f} "
+                         f"to {untied[i - 1]:.3f}")
         text += ("Ties (a pooling window whose maximum is attained more than once: the tie rule gives it the first "
-                 "index for every digit): ")
-    for i in pools:
-        tied_share, flat = m[f"tie_share_l{i}"], m.get(f"tied_flat_share_l{i}", float("nan"))
-        text += (f"at max-pool layer l{i} ({names[i - 1]}) {tied_share:.1%} of the codes over the training digits are "
-                 "ties" + (f", {flat:.1%} of them on constant windows (blank background)" if flat == flat else "")
-                 + f"; leaving tied units out of eq. 15 moves its same-class rate from {rates[i - 1]:.3f} to "
-                 f"{untied[i - 1]:.3f}. ")
+                 "index for every digit): " + "; ".join(parts) + ". ")
     other_ties = [i for i in layers if i not in pools and m[f"tie_share_l{i}"] > 0]
     if other_ties:
         text += "ReLU units exactly at 0 (ties) also occur at " + ", ".join(
-            f"l{i} ({m[f'tie_share_l{i}']:.2%})" for i in other_ties) + ". "
+            f"l{i} (share {m[f'tie_share_l{i}']:.2g})" for i in other_ties) + ". "
     text += ("At initialisation the same-class rates are "
              + ", ".join(f"{m[f'same_class_rate_init_l{i}']:.3f}" for i in layers)
              + (f"; training raises the deepest layer's from {m['same_class_rate_init_l6']:.3f} to {rates[-1]:.3f}."
