@@ -12,7 +12,7 @@ same partition in the plane.
 The walk costs one forward-mode pass per region (about 40 ms on a 2-core CPU), and a whole segment between two
 digits crosses 1,000-2,000 regions of a trained LeNet-5, so the configurations walk the middle ``segment_fraction``
 of each segment (the part between the two digits, away from both): the full one the middle 10% of 10 segments per
-kind (about 5 minutes; whole segments of 5 pairs took about 25), the quick one the middle 2% of 2. Metrics are region
+kind (about 5 minutes; whole segments of 5 pairs took about 25), the quick one the middle 1% of 2. Metrics are region
 counts on the walked part (``segment_fraction`` is reported with them).
 """
 
@@ -128,7 +128,7 @@ FULL = RegionsConfig(pairs=10, segment_fraction=0.1)
     "spline-regions",
     title="(beyond 000) Exact counts of the affine regions crossed by straight paths between digits.",
     paper="000 sec. 7 (partition, eq. 14); beyond the paper",
-    quick=RegionsConfig(epochs=2, train_size=1500, batch_size=32, pairs=2, segment_fraction=0.02,
+    quick=RegionsConfig(epochs=2, train_size=1500, batch_size=32, pairs=2, segment_fraction=0.01,
                         slice_resolution=48),
     full=FULL,
     metrics=("regions_same_init", "regions_diff_init", "regions_same_trained", "regions_diff_trained",
