@@ -12,7 +12,8 @@ was substituted and why) and a :class:`Rule`. A rule reads metrics and returns o
 
 Noise bands are ``value +- Z * se`` with ``Z = 2`` (about 95% for a normal error); the standard error comes from the
 claim's noise model: the binomial standard error of an accuracy on ``n`` test items (:class:`Binomial`), the
-standard error of a mean over seeds or items (:class:`MeanError`), or none for a deterministic quantity such as an
+standard error of a mean over seeds or items (:class:`MeanError`), one the experiment estimated itself
+(:class:`Estimated`, e.g. by bootstrap), or none for a deterministic quantity such as an
 exact identity, whose tolerance is float rounding and is part of the rule's bound (:class:`Exact`).
 
 Verdicts are never typed: :func:`judge` recomputes them from the metrics every time a run is judged or re-rendered.
@@ -33,6 +34,7 @@ __all__ = [
     "Close",
     "Binomial",
     "Claim",
+    "Estimated",
     "Exact",
     "Greater",
     "Judgement",
@@ -129,6 +131,24 @@ class MeanError(Noise):
 
     def needs(self) -> tuple[str, ...]:
         return (self.std,) + (() if isinstance(self.n, int) else (self.n,))
+
+
+@dataclass(frozen=True)
+class Estimated(Noise):
+    """A standard error estimated by the experiment itself and saved as the metric ``se`` (e.g. the spread of a
+    statistic over bootstrap resamples); ``how`` says how it was estimated."""
+
+    se_metric: str
+    how: str
+
+    def se(self, value: float, metrics: Metrics) -> float | None:
+        return _number(metrics, self.se_metric)
+
+    def describe(self) -> str:
+        return f"standard error {self.se_metric!r} ({self.how})"
+
+    def needs(self) -> tuple[str, ...]:
+        return (self.se_metric,)
 
 
 # --- rules --------------------------------------------------------------------------------------------------------

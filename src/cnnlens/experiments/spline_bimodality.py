@@ -37,7 +37,7 @@ from ..data import ArrayDataset, load, stratified_subset
 from ..nn.models import get_model
 from ..spline import histogram_overlap, plot_bimodality, templates
 from ..train import evaluate, seed_everything
-from ._claims import AtMost, Claim, Greater, MeanError, Near
+from ._claims import AtMost, Claim, Estimated, Greater, MeanError, Near
 from ._recipes import AdamBudget, train_adam
 from ._registry import ExperimentResult, RunContext, register_experiment
 
@@ -46,7 +46,7 @@ NUM_CLASSES = 10
 RATIO_TOLERANCE = 0.25 * (NUM_CLASSES - 1)
 #: judged bound of the sum-to-zero claim: a third of 1 / sqrt(C), the value of C independent equal-norm templates
 SUM_BOUND = round(1 / (3 * math.sqrt(NUM_CLASSES)), 3)
-_BOOT = "bootstrap resamples of the analysed digits: the sd over resamples is the standard error, n = 1"
+_BOOT = "sd of the statistic over bootstrap resamples of the analysed digits"
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ FULL = BimodalityConfig()
               "On MNIST the template outputs <A[x]_c, x> are bimodal: the correct class's (green) and the other "
               "classes' (red) histograms form two separate modes (judged: histogram overlap coefficient below "
               "0.2 on training digits).",
-              AtMost("bimodality_overlap", 0.2, MeanError("bimodality_overlap_boot_sd", 1, _BOOT),
+              AtMost("bimodality_overlap", 0.2, Estimated("bimodality_overlap_boot_sd", _BOOT),
                      label="overlap of the correct / other histograms"),
               setting=_settings(FULL)["bimodal-mnist"]),
         Claim("prop5-ratio", "000 sec. 5.3, Prop. 5, eq. 12",
@@ -285,8 +285,8 @@ FULL = BimodalityConfig()
               "other histograms overlap less on MNIST than on CIFAR-10 (pre-registered: overlap on training "
               "images, the same network and budget on as many images of each).",
               Greater("bimodality_overlap_cifar10", "bimodality_overlap",
-                      MeanError("bimodality_overlap_boot_sd_cifar10", 1, _BOOT),
-                      MeanError("bimodality_overlap_boot_sd", 1, _BOOT),
+                      Estimated("bimodality_overlap_boot_sd_cifar10", _BOOT),
+                      Estimated("bimodality_overlap_boot_sd", _BOOT),
                       label="overlap CIFAR-10 - overlap MNIST"),
               setting=_settings(FULL)["mnist-more-bimodal"]),
     ),
