@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cnnlens run baseline-mnist5k --quick --out runs
+	$(BIN)/cnnlens run baseline-mnist5k --out runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

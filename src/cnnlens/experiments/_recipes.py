@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .._errors import DataUnavailableError
-from ..data import ArrayDataset, load, stratified_subset
+from ..data import ArrayDataset, default_data_dir, load, stratified_subset
 from ..nn.models import get_model
 from ..train import evaluate, seed_everything
 from ._registry import RunContext
@@ -69,8 +69,10 @@ def load_digits(ctx: RunContext, *, full_mnist: bool = False, train_size: int | 
             used = "mnist"
         except DataUnavailableError as err:
             why = "no full MNIST files in the data folder"
-            ctx.log(f"full MNIST is not available, so this run uses mnist5k (4,000 / 1,000 real digits) instead: "
-                    f"{err}", warn=True)
+            folder = ctx.data_dir if ctx.data_dir is not None else default_data_dir()
+            ctx.log(f"full MNIST is not in {folder / 'mnist'}, so this run uses mnist5k (4,000 / 1,000 real digits) "
+                    "instead; the run's log says which files to put there", warn=True)
+            ctx.log(f"full MNIST: {err}")
     if train is None or test is None:
         train = load(name, "train", ctx.data_dir, transforms=transforms)
         test = load(name, "test", ctx.data_dir, transforms=transforms)
