@@ -102,7 +102,7 @@ class Binomial(Noise):
 
     def describe(self) -> str:
         n = f"n = {self.n}" if isinstance(self.n, int) else f"n = metric {self.n!r}"
-        return f"binomial standard error of a rate on {n} test items"
+        return f"binomial standard error of a rate on {n} items"
 
     def needs(self) -> tuple[str, ...]:
         return () if isinstance(self.n, int) else (self.n,)
@@ -325,8 +325,54 @@ class Near(Rule):
         return f"|{self.label or self.metric} - {_fmt(self.target)}| <= {_fmt(self.tolerance)}{noise}"
 
 
+class _Difference(Rule):
+    """Shared by the rules on a difference ``a - b`` of two measured values with independent noise models (the
+    band of the difference adds their variances). Subclasses set :attr:`_set` (the claim's set of differences) and
+    the words of the comparison."""
+
+    a: str
+    b: str
+    noise_a: Noise | None
+    noise_b: Noise | None
+    label: str
+
+    def _set(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _comparison(self, named: bool = False) -> str:
+        raise NotImplementedError
+
+    def _name(self) -> str:
+        return self.label or f"{self.a} - {self.b}"
+
+    def needs(self) -> tuple[str, ...]:
+        extra = tuple(k for n in (self.noise_a, self.noise_b) if n for k in n.needs())
+        return (self.a, self.b, *extra)
+
+    def judge(self, metrics: Metrics) -> Judgement:
+        a, b = _number(metrics, self.a), _number(metrics, self.b)
+        se_a = None if a is None else (self.noise_a.se(a, metrics) if self.noise_a else 0.0)
+        se_b = None if b is None else (self.noise_b.se(b, metrics) if self.noise_b else 0.0)
+        if a is None or b is None or se_a is None or se_b is None:
+            return _unmeasured(self, metrics)
+        diff = a - b
+        se = math.sqrt(se_a**2 + se_b**2)
+        lo, hi = diff - Z * se, diff + Z * se
+        verdict = _interval(lo, hi, *self._set())
+        return Judgement(verdict, diff, {k: _number(metrics, k) for k in self.needs()},
+                         f"{self._name()} = {_fmt(a)} - {_fmt(b)} = {_fmt(diff)} (band {_fmt(lo)} .. {_fmt(hi)}) "
+                         f"against {self._comparison()}")
+
+    def describe(self) -> str:
+        noise = list(dict.fromkeys(n.describe() for n in (self.noise_a, self.noise_b) if n))
+        if not noise:
+            return f"{self._comparison(named=True)}; deterministic quantities"
+        each = "each arm: " if len(noise) == 1 and self.noise_a and self.noise_b else ""
+        return f"{self._comparison(named=True)}; noise band +-{Z:g} x ({each}{' and '.join(noise)})"
+
+
 @dataclass(frozen=True)
-class Greater(Rule):
+class Greater(_Difference):
     """The claim holds when ``a - b > margin``: arm ``a`` beats arm ``b`` by more than ``margin``.
 
     Each arm has its own noise model (independent errors: the band of the difference adds their variances). The
@@ -341,34 +387,15 @@ class Greater(Rule):
     margin: float = 0.0
     label: str = ""
 
-    def needs(self) -> tuple[str, ...]:
-        extra = tuple(k for n in (self.noise_a, self.noise_b) if n for k in n.needs())
-        return (self.a, self.b, *extra)
+    def _set(self) -> tuple[float, float]:
+        return math.nextafter(self.margin, math.inf), math.inf
 
-    def judge(self, metrics: Metrics) -> Judgement:
-        a, b = _number(metrics, self.a), _number(metrics, self.b)
-        if a is None or b is None:
-            return _unmeasured(self, metrics)
-        se_a = self.noise_a.se(a, metrics) if self.noise_a else 0.0
-        se_b = self.noise_b.se(b, metrics) if self.noise_b else 0.0
-        if se_a is None or se_b is None:
-            return _unmeasured(self, metrics)
-        diff = a - b
-        se = math.sqrt(se_a**2 + se_b**2)
-        lo, hi = diff - Z * se, diff + Z * se
-        verdict = _interval(lo, hi, math.nextafter(self.margin, math.inf), math.inf)
-        return Judgement(verdict, diff, {k: _number(metrics, k) for k in self.needs()},
-                         f"{self.label or f'{self.a} - {self.b}'} = {_fmt(a)} - {_fmt(b)} = {_fmt(diff)} "
-                         f"(band {_fmt(lo)} .. {_fmt(hi)}) against > {_fmt(self.margin)}")
-
-    def describe(self) -> str:
-        noise = [n.describe() for n in (self.noise_a, self.noise_b) if n]
-        noise_text = f"; noise band +-{Z:g} x ({' and '.join(noise)})" if noise else "; deterministic quantities"
-        return f"{self.label or f'{self.a} - {self.b}'} > {_fmt(self.margin)}{noise_text}"
+    def _comparison(self, named: bool = False) -> str:
+        return f"{self._name() + ' ' if named else ''}> {_fmt(self.margin)}"
 
 
 @dataclass(frozen=True)
-class Close(Rule):
+class Close(_Difference):
     """The claim holds when two measured values agree: ``|a - b| <= tolerance`` (e.g. two accuracies that swap).
 
     Each value has its own noise model; the band of the difference adds their variances.
@@ -381,30 +408,11 @@ class Close(Rule):
     noise_b: Noise | None = None
     label: str = ""
 
-    def needs(self) -> tuple[str, ...]:
-        extra = tuple(k for n in (self.noise_a, self.noise_b) if n for k in n.needs())
-        return (self.a, self.b, *extra)
+    def _set(self) -> tuple[float, float]:
+        return -self.tolerance, self.tolerance
 
-    def judge(self, metrics: Metrics) -> Judgement:
-        a, b = _number(metrics, self.a), _number(metrics, self.b)
-        if a is None or b is None:
-            return _unmeasured(self, metrics)
-        se_a = self.noise_a.se(a, metrics) if self.noise_a else 0.0
-        se_b = self.noise_b.se(b, metrics) if self.noise_b else 0.0
-        if se_a is None or se_b is None:
-            return _unmeasured(self, metrics)
-        diff = a - b
-        se = math.sqrt(se_a**2 + se_b**2)
-        lo, hi = diff - Z * se, diff + Z * se
-        verdict = _interval(lo, hi, -self.tolerance, self.tolerance)
-        return Judgement(verdict, diff, {k: _number(metrics, k) for k in self.needs()},
-                         f"{self.label or f'{self.a} - {self.b}'} = {_fmt(a)} - {_fmt(b)} = {_fmt(diff)} "
-                         f"(band {_fmt(lo)} .. {_fmt(hi)}) against |difference| <= {_fmt(self.tolerance)}")
-
-    def describe(self) -> str:
-        noise = [n.describe() for n in (self.noise_a, self.noise_b) if n]
-        noise_text = f"; noise band +-{Z:g} x ({' and '.join(noise)})" if noise else "; deterministic quantities"
-        return f"|{self.label or f'{self.a} - {self.b}'}| <= {_fmt(self.tolerance)}{noise_text}"
+    def _comparison(self, named: bool = False) -> str:
+        return f"|{self._name()}| <= {_fmt(self.tolerance)}" if named else f"|difference| <= {_fmt(self.tolerance)}"
 
 
 @dataclass(frozen=True)
