@@ -65,7 +65,8 @@ def render_run(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from ``run_dir/result.json``; returns its path."""
     run_dir = Path(run_dir)
     record = _load(run_dir)
-    paragraphs = [p.strip() for p in record.get("notes", "").split("\n\n") if p.strip()]
+    # paragraphs are separated by blank lines; a paragraph of several lines is preformatted text (a table)
+    paragraphs = [(p.strip("\n"), "\n" in p.strip()) for p in record.get("notes", "").split("\n\n") if p.strip()]
     claims = _claims(run_dir, record)
     html = _ENV.get_template("run.html").render(run=record, notes=paragraphs, claims=claims, tally=_tally(claims))
     out = run_dir / "report.html"
