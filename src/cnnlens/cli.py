@@ -200,6 +200,11 @@ def report_command(
         console.print(f"wrote {page}")
 
 
+def _markdown_cell(text: Any) -> str:
+    """A table cell: pipes escaped, angle brackets as entities (GitHub would read <A[x]_c, x> as a tag)."""
+    return (str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " "))
+
+
 def claims_markdown(path: Path) -> str:
     """The claims of every run below ``path`` as a Markdown table, headed by the run that produced them."""
     lines = []
@@ -225,7 +230,7 @@ def claims_markdown(path: Path) -> str:
         for c in claims:
             cells = [f"`{record['name']}`", f"**{c['id']}**: {c['statement']}", c["paper"], _fmt(c["paper_value"]),
                      _fmt(c["measured"]), f"**{c['verdict']}**", c["setting"]]
-            lines.append("| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+            lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
     counts = {}
     for run_dir in runs:
         if (run_dir / "claims.json").exists():
