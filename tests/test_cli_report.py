@@ -229,3 +229,46 @@ def test_run_all_counts_and_ends_with_a_summary(toy_experiment: str, tmp_path: P
     assert summary.count("value-large") == 2 and "error-zero" in summary
     index = (tmp_path / "index.html").read_text()
     assert index.count("value-large") == 2
+
+
+@dataclass(frozen=True)
+class _FitCfg:
+    epochs: int = 2
+
+
+def test_fallback_is_printed_and_a_resumed_run_says_what_it_reused(tmp_path: Path, monkeypatch) -> None:
+    """A fall-back from full MNIST is printed on the terminal; a second run reuses the checkpoints and says so."""
+    import torch
+    from torch import nn
+
+    from cnnlens.data import stratified_subset
+    from cnnlens.experiments._recipes import load_digits
+
+    monkeypatch.setenv("CNNLENS_OFFLINE", "1")
+
+    @register_experiment("toy-fit", title="toy training", paper="none", quick=_FitCfg(), full=_FitCfg(),
+                         metrics=("acc",), claims=(Claim("c", "p", "s", AtLeast("acc", 0.0), quick=True),))
+    def run(cfg: _FitCfg, ctx) -> ExperimentResult:
+        digits = load_digits(ctx, full_mnist=True, transforms=())
+        data = stratified_subset(digits.train, 200, seed=ctx.seed)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        ctx.fit("linear", model, data, epochs=cfg.epochs, batch_size=50, lr=0.1)
+        return ExperimentResult({"acc": 1.0})
+
+    try:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        args = ["run", "toy-fit", "--quick", "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)]
+        first = runner.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        assert "full MNIST is not in" in first.stderr and "uses mnist5k" in first.stderr
+        assert "reused" not in first.stderr
+        second = runner.invoke(app, args)
+        assert second.exit_code == 0, second.output
+        assert "linear: reused the checkpoint of epoch 2 of 2" in second.stderr
+        record = json.loads((tmp_path / "runs" / "toy-fit" / "result.json").read_text())
+        assert record["resumed"] == {"linear": 2}
+        assert record["training_sets"]["linear"]["class_counts"] == [20] * 10
+    finally:
+        _registry._REGISTRY.pop("toy-fit")
