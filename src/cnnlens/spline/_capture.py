@@ -4,24 +4,38 @@ A forward pass runs under a :class:`torch.overrides.TorchFunctionMode` plus modu
 operation whether it is a module (``nn.ReLU``) or a functional call (``F.relu``, ``x.clamp(min=0)``,
 ``torch.maximum(x, 0 * x)``, residual ``+``, ``torch.cat``, ...) and follows the Python control flow the model really
 takes. Every tensor that depends on the input is tracked; each operation applied to a tracked tensor is looked up in
-the SUPPORTED tables below:
+the op-rule registry of :mod:`._ops` (filled from the SUPPORTED tables below and by
+:func:`cnnlens.spline.register_op`), which classifies it by what it is:
 
 * affine operations (Prop. 1 of 000: convolution, linear, batch-norm in eval mode, average pooling, additions,
-  concatenation, reshapes, multiplication by constants, ...) run unchanged;
-* max-affine operations (Props. 2-3 of 000: ReLU, leaky ReLU, PReLU, abs, hardtanh/clamp, maximum/minimum, max-pool)
-  record their region code (eq. 14 of 000) and return the *same value* computed as a masked linear function of their
-  input (``torch.where`` with the recorded mask, ``gather`` with the recorded argmax), so that the autograd graph of
-  the captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
+  concatenation, reshapes, selections with constant masks or indices such as ``where``, ``masked_fill``, ``gather``,
+  ``index_select``, sums such as ``cumsum``, ``unfold`` / ``fold``, multiplication by constants, ...) run unchanged;
+* max-affine operations (Props. 2-3 of 000: ReLU, leaky ReLU, RReLU in eval mode, PReLU, abs, hardtanh/clamp,
+  maximum/minimum, max-pool, adaptive max-pool, amax/amin and max/min over dimensions, cummax/cummin) and the other
+  piecewise-affine ones (elementwise pieces: Hardsigmoid, Hardshrink, Softshrink, Threshold, registered rules;
+  order statistics: sort, top-k, k-th value, median values) record their region code (eq. 14 of 000) and return
+  the *same value* computed as a masked linear function of their input (``torch.where`` with the recorded mask,
+  a per-unit slope and offset, ``gather`` with the recorded argmax or order), so that the autograd graph of the
+  captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
 * anything else that touches a tracked tensor raises :class:`cnnlens.NotPiecewiseAffineError` naming the operation and
-  the module it was called in (or is linearised locally when ``approximate=True``).
+  the module it was called in, with the reason it is not piecewise affine (smooth, curved, a product, a division by
+  a statistic of the input) or saying that cnnlens has no rule for it (or is linearised locally when
+  ``approximate=True``).
 
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
-of 000. Hence: ReLU, leaky ReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is strictly
-positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a clamp to ``[lo, hi]`` is in its
-linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
+of 000. Hence: ReLU, leaky ReLU, RReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is
+strictly positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a clamp to ``[lo, hi]`` is in
+its linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
 selects ``a`` only when ``a > b`` (``minimum(a, b)`` only when ``a < b``); max-pooling selects the first index of the
-maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns.
+maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns;
+the same first-index rule holds for adaptive max-pooling (row-major within the box of the largest window), for
+amax/amin and max/min over dimensions (row-major over the reduced dimensions, as :func:`torch.max` returns it) and for
+cummax/cummin (PyTorch's own cummax returns the last index on ties; the values, and the indices the op returns to the
+model, are PyTorch's). Order statistics use the stable order (equal values keep their index order). An elementwise
+piecewise unit exactly at a breakpoint takes the piece its :class:`~cnnlens.spline.Pieces` ``ties`` name: the
+constant piece for Hardsigmoid (derivative 0 at -3 and 3, as torch's), the zero piece for Hardshrink and Softshrink
+(their value there is 0), the constant piece ``value`` for Threshold.
 
 Errors (:func:`run_captured`). A RuntimeError raised by one of the model's own operations on x (a shape mismatch)
 becomes a ValueError that names the op and its module, with the original error chained; every other error reaches
@@ -854,20 +868,24 @@ def _small_states(code: Tensor, num_states: int) -> Tensor:
 
 def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: Callable[[Tensor], Tensor], *,
             out_shape: tuple[int, ...], num_states: int, kind: str = "argmax", sign: float = 1.0,
-            out: Tensor | None = None, op: str | None = None, ranks: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Record a layer of selection units and return (values, code): every output is one element of its window.
+            out: Tensor | None = None, indices: Tensor | None = None, op: str | None = None,
+            ranks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Record a layer of selection units and return (values, indices): every output is one element of its window.
 
     ``windows`` gives the windows (:mod:`._windows`) and ``code_of(sign * h)`` the window-relative index of the
-    selected element of every output: the argmax (kind "argmax", first index on ties) or the element of rank
-    ``ranks`` in the stable descending order (kind "rank"). ``sign = -1`` turns a minimum (an ascending order) into
-    a maximum of ``-h``. The values are ``h`` gathered at the selected positions (the masked linear network of
-    Prop. 3 of 000), or ``out``, the model's own result, on a plain forward pass (the same numbers).
+    selected element of every output, the region code: the argmax (kind "argmax", first index on ties) or the
+    element of rank ``ranks`` in the stable descending order (kind "rank"). ``sign = -1`` turns a minimum (an
+    ascending order) into a maximum of ``-h``. The values are ``h`` gathered at the selected positions (the masked
+    linear network of Prop. 3 of 000), or ``out``, the model's own result, on a plain forward pass (the same
+    numbers). ``indices`` are the op's own returned indices: they are returned unchanged (and replayed with the
+    region), so that a model reading them computes what it computes without the capture, also where PyTorch's tie
+    rule differs from the code's.
     """
     name = cap._layer_name(func, op)
     signed = h if sign > 0 else -h
     forced = cap._next_forced(name, kind, out_shape)
     if forced is not None:
-        code = forced.selector
+        code, indices = forced.selector
     else:
         with torch.no_grad():
             code = code_of(signed)
@@ -876,7 +894,7 @@ def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: 
         probe = {"h": signed.clone(), "windows": windows}
         if ranks is not None:
             probe["ranks"] = ranks
-    cap.record(Entry(name, kind, out_shape, num_states, _small_states(code, num_states), code, probe))
+    cap.record(Entry(name, kind, out_shape, num_states, _small_states(code, num_states), (code, indices), probe))
     tape = cap.tape is not None and cap.tape.ok
     linear = cap.graph or forced is not None or out is None
     if linear or tape:
@@ -885,7 +903,7 @@ def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: 
     if tape:
         cap.tape.add(Node("take", (h,), values, {"src": src}), lambda: f"{_op_name(func)}{cap._where()}")
     cap.track(values)
-    return values, code
+    return values, indices
 
 
 def _dims(cap: Capture, func: Callable, h: Tensor, dim: Any) -> tuple[int, ...]:
@@ -918,12 +936,12 @@ def _max_reduction(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> A
     pair = not (func in _REDUCE_MAX or func in _REDUCE_MIN)
     values = ref[0] if pair else ref
     op = ("max" if is_max else "min") if pair else None
-    out, code = _select(cap, func, h, windows, lambda v: windows(v).argmax(-1), out_shape=tuple(values.shape[1:]),
-                        num_states=math.prod(h.shape[i] for i in dims), sign=1.0 if is_max else -1.0, out=values,
-                        op=op)
+    out, indices = _select(cap, func, h, windows, lambda v: windows(v).argmax(-1),
+                           out_shape=tuple(values.shape[1:]), num_states=math.prod(h.shape[i] for i in dims),
+                           sign=1.0 if is_max else -1.0, out=values, indices=ref[1] if pair else None, op=op)
     if not pair:
         return out
-    return (torch.return_types.max if is_max else torch.return_types.min)((out, code))
+    return (torch.return_types.max if is_max else torch.return_types.min)((out, indices))
 
 
 def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -963,26 +981,26 @@ def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) 
 
 def _running_max(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``cummax`` / ``cummin``: output i is the max (min) of inputs 0..i along ``dim``, a max-pooling over prefix
-    windows. The code (and the returned index) is the first index of the maximum (PyTorch's own kernel returns the
-    last one on ties; the values are the same)."""
+    windows. The code is the first index of the maximum; the returned indices are PyTorch's (its kernel returns the
+    last index on ties; the values are the same)."""
     h = _arg(args, kwargs, 0, "input")
     is_max = getattr(func, "__name__", "") == "cummax"
     ref = cap._run(func, args, kwargs)
     (d,) = _dims(cap, func, h, _arg(args, kwargs, 1, "dim"))
     windows = functools.partial(prefix_windows, dim=d)
-    out, code = _select(cap, func, h, windows, lambda v: windows(v, fill=-math.inf).argmax(-1),
-                        out_shape=tuple(h.shape[1:]), num_states=h.shape[d], sign=1.0 if is_max else -1.0,
-                        out=ref[0])
-    return (torch.return_types.cummax if is_max else torch.return_types.cummin)((out, code))
+    out, indices = _select(cap, func, h, windows, lambda v: windows(v, fill=-math.inf).argmax(-1),
+                           out_shape=tuple(h.shape[1:]), num_states=h.shape[d], sign=1.0 if is_max else -1.0,
+                           out=ref[0], indices=ref[1])
+    return (torch.return_types.cummax if is_max else torch.return_types.cummin)((out, indices))
 
 
 def _order_statistic(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one per op
     """Values of ``sort``, ``msort``, ``topk``, ``kthvalue``, ``median`` and ``nanmedian`` along one dimension.
 
     Each output is the element of a given rank in its fiber, so within a region (a fixed order of the fiber) it is a
-    selection, affine in x. The code of every output is the index of its element in the fiber (the returned
-    indices), for the *stable* order: equal values keep their index order, so on ties the lower index comes first
-    (the values are those of PyTorch's op; its own indices may differ on ties). ``topk(sorted=False)`` returns its
+    selection, affine in x. The code of every output is the index of its element in the fiber for the *stable*
+    order: equal values keep their index order, so on ties the lower index comes first (the values and the returned
+    indices are PyTorch's; its indices may differ from the code on ties). ``topk(sorted=False)`` returns its
     elements in an order PyTorch does not specify; it is accepted when that order is the sorted one.
     """
     h = _arg(args, kwargs, 0, "input")
@@ -1025,14 +1043,15 @@ def _order_statistic(cap: Capture, func: Callable, args: tuple, kwargs: dict) ->
     values = ref[0] if isinstance(ref, tuple) else ref
     shape = tuple(values.shape[1:])
     ranks = rank.view([-1 if i == d else 1 for i in range(h.dim())][1:]) if keep else rank.reshape(())
-    out, code = _select(cap, func, h, windows, code_of, out_shape=shape, num_states=size, kind="rank",
-                        sign=1.0 if descending else -1.0, out=values, ranks=ranks.expand(shape))
+    out, indices = _select(cap, func, h, windows, code_of, out_shape=shape, num_states=size, kind="rank",
+                           sign=1.0 if descending else -1.0, out=values,
+                           indices=ref[1] if isinstance(ref, tuple) else None, ranks=ranks.expand(shape))
     if op == "topk" and not bool(_arg(args, kwargs, 4, "sorted", True)) and not torch.equal(out, values):
         raise ValueError(f"topk(sorted=False){cap._where()} returned its elements in an unspecified order; pass "
                          "sorted=True, so that cnnlens records the order the model uses.")
     if op == "msort":
         return out
-    return getattr(torch.return_types, op)((out, code))
+    return getattr(torch.return_types, op)((out, indices))
 
 
 def _elementwise(cap: Capture, func: Callable, rule: ElementwisePiecewise, args: tuple, kwargs: dict) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -240,6 +241,17 @@ def _keys(op: Any) -> list[Any]:
     return [op]
 
 
+def _reaches_mode(op: Any) -> bool:
+    """Whether calls to ``op`` are seen by a TorchFunctionMode as they are (torch's own functions and ops)."""
+    if getattr(op, "_opoverload", None) is not None or isinstance(op, (torch._ops.OpOverload,
+                                                                       torch._ops.OpOverloadPacket)):
+        return True
+    if isinstance(op, (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)):
+        return True  # torch.amax, torch.Tensor.add, torch.Tensor.__add__, ...
+    return inspect.isfunction(op) and ((getattr(op, "__module__", "") or "").startswith("torch") or
+                                       getattr(op, "_cnnlens_overridable", False))
+
+
 def _is_plain_python(op: Any) -> bool:
     """A Python function outside torch: calls to it do not reach a TorchFunctionMode unless wrapped."""
     return inspect.isfunction(op) and not (getattr(op, "__module__", "") or "").startswith("torch") and \
@@ -320,9 +332,11 @@ def register_op(op: Any = None, rule: OpRule | None = None, *, replace: bool = F
                         f"received {rule!r}.")
     if isinstance(op, type) and issubclass(op, torch.autograd.Function):
         return _register_function(op, rule, replace)
-    if not callable(op):
-        raise TypeError(f"op must be a callable, a torch.autograd.Function subclass or a custom op; received "
-                        f"{type(op).__name__}.")
+    if not _reaches_mode(op) and not _is_plain_python(op):
+        raise TypeError(f"cannot register {_name(op)} ({type(op).__name__}): calls to it would not reach the capture. "
+                        "Register a torch function or Tensor method, a torch.ops / torch.library custom op, a "
+                        "torch.autograd.Function subclass, or a plain Python function (then call the function "
+                        "register_op returns).")
     if _is_plain_python(op):
         wrapper = _overridable(op)
         wrapper._cnnlens_overridable = True  # type: ignore[attr-defined]
