@@ -178,6 +178,9 @@ _ADD_PRODUCT: dict[Callable, tuple[tuple[int, str], ...]] = {
         (("addr", "addr_"), ((1, "vec1"), (2, "vec2"))), (("addcmul", "addcmul_"), ((1, "tensor1"), (2, "tensor2"))),
         (("addcdiv", "addcdiv_"), ((1, "tensor1"),)),  # the divisor tensor2 is checked like a quotient's
     ) for f in _torch(*names)}
+_DIVIDES = _QUOTIENT | _torch("addcdiv", "addcdiv_")  # the divisor must not depend on the input
+_LERP = _torch("lerp", "lerp_")  # the weight must not depend on the input
+_SCATTER_REDUCE = _torch("scatter", "scatter_", "scatter_reduce", "scatter_reduce_", "index_reduce", "index_reduce_")
 #: Affine in their first argument (the input) only: weights and statistics must not depend on the input.
 _INPUT_ONLY: set[Callable] = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
                               F.conv_transpose3d, F.linear, F.bilinear, F.batch_norm} | \
@@ -496,7 +499,7 @@ class Capture(TorchFunctionMode):
         elif rule.inputs == "one":
             if len(tracked) > 1 or (len(tracked) == 1 and sum(t is tracked[0] for t in tree_leaves(args)) > 1):
                 raise self._error(f"operation {name} multiplying two input-dependent tensors")
-        if func in _QUOTIENT or func in (T.addcdiv, T.addcdiv_, torch.addcdiv):
+        if func in _DIVIDES:
             key, pos = ("tensor2", 2) if func not in _QUOTIENT else ("other", 1)
             denom = kwargs.get(key, args[pos] if len(args) > pos else None)
             if isinstance(denom, Tensor) and self._is(denom, self._tracked):
@@ -511,11 +514,11 @@ class Capture(TorchFunctionMode):
             mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
             if mode not in ("constant", "reflect", "replicate", "circular"):
                 raise self._error(f"operation torch.nn.functional.pad with mode={mode!r}")
-        elif func in (torch.lerp, T.lerp, T.lerp_):
+        elif func in _LERP:
             weight = _arg(args, kwargs, 2, "weight")
             if isinstance(weight, Tensor) and self.is_tracked(weight):
                 raise self._error(f"operation {name} with an input-dependent weight (a product)")
-        elif getattr(func, "__name__", "").rstrip("_") in ("scatter", "scatter_reduce", "index_reduce"):
+        elif func in _SCATTER_REDUCE:
             self._check_reduce(func, name, args, kwargs)
 
     def _check_reduce(self, func: Callable, name: str, args: tuple, kwargs: dict) -> None:
