@@ -177,7 +177,7 @@ class Composite(OpRule):
 
     The capture runs ``fn`` instead of the op (its ``backward`` is never used), so the op is exact and its regions
     (eq. 14 of 000) are those of the nonlinearities inside ``fn``, which appear in the partition codes under their
-    own names.
+    own names. ``fn`` must not call the op itself (that would recurse).
     """
 
     fn: Callable[..., Any]
@@ -270,7 +270,8 @@ def register_op(op: Any = None, rule: OpRule | None = None, *, replace: bool = F
       :class:`~torch.overrides.TorchFunctionMode` (the mode only sees the ops inside ``forward``), so
       ``register_op`` replaces the class's ``apply`` by one that dispatches through
       :func:`torch.overrides.handle_torch_function` first (outside a capture it calls the original ``apply``
-      unchanged); the class is returned. ``unregister_op`` restores the original ``apply``;
+      unchanged); the class is returned. ``unregister_op`` restores the original ``apply``. Calls made through
+      a reference taken before registering (``f = MyFunction.apply`` at import time) still reach the original;
     * any other Python function: calls to it are invisible to the capture, so a wrapper that dispatches through
       :func:`~torch.overrides.handle_torch_function` is returned and registered: the model must call the returned
       function (use ``register_op(rule=...)`` as a decorator).

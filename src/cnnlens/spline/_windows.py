@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Windows", "adaptive_windows", "fiber_windows", "pool_windows", "prefix_windows", "reduction_windows",
-           "selected_positions"]
+__all__ = ["Windows", "adaptive_code", "adaptive_layout", "adaptive_windows", "fiber_windows", "pool_windows",
+           "prefix_windows", "reduction_windows", "selected_positions"]
 
 #: windows(t, fill) -> (N, *out_shape, K)
 Windows = Callable[[Tensor, float], Tensor]
