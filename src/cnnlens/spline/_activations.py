@@ -1,8 +1,9 @@
 """Pre-activations of every max-affine layer: the quantities whose signs are the partition codes (eq. 14 of 000).
 
 At layer l the region code t^(l)(x) of eq. 14 of 000 is the index of the active piece of each unit. Its argument is
-a pre-activation that :func:`activations` returns, so that the code is a sign (binary and ternary layers) or an
-argmax (max-pooling) of it, with the tie rule of :mod:`cnnlens.spline._capture`.
+a pre-activation that :func:`activations` returns, so that the code is a sign (binary and ternary layers), a piece
+index (elementwise piecewise layers), an argmax (max-like layers) or a rank position (order statistics) of it, with
+the tie rule of :mod:`cnnlens.spline._capture`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._capture import Entry
-from ._codes import _batches, _record, _select, pool_windows
+from ._codes import _batches, _record, _select
+from ._ops import Pieces
 
 __all__ = ["Activations", "activations"]
 
@@ -25,27 +27,39 @@ class Activations(dict[str, Tensor]):
     Attributes
     ----------
     kinds : dict of str to str
-        Layer name -> ``"binary"``, ``"ternary"`` or ``"argmax"`` (the kinds of :class:`LayerCode`).
+        Layer name -> ``"binary"``, ``"ternary"``, ``"piecewise"``, ``"argmax"`` or ``"rank"`` (the kinds of
+        :class:`LayerCode`).
     bounds : dict of str to (Tensor, Tensor)
         Ternary layer name -> ``(lo, hi)``, the clamp bounds (0-dim or broadcastable to the unit shape).
+    pieces : dict of str to Pieces
+        Piecewise layer name -> its :class:`cnnlens.spline.Pieces` (breakpoints, slopes, offsets, ties): the code is
+        ``pieces.code(h)`` and the layer's output ``pieces(h)``.
+    ranks : dict of str to Tensor
+        Rank layer name -> the rank of every output unit (int64, the unit shape): the code is the index of the
+        element at that rank in the stable descending order of the window.
     """
 
     kinds: dict[str, str]
     bounds: dict[str, tuple[Tensor, Tensor]]
+    pieces: dict[str, Pieces]
+    ranks: dict[str, Tensor]
 
     def __init__(self, values: dict[str, Tensor], kinds: dict[str, str],
-                 bounds: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
+                 bounds: dict[str, tuple[Tensor, Tensor]] | None = None, pieces: dict[str, Pieces] | None = None,
+                 ranks: dict[str, Tensor] | None = None) -> None:
         super().__init__(values)
         self.kinds = dict(kinds)
         self.bounds = dict(bounds or {})
+        self.pieces = dict(pieces or {})
+        self.ranks = dict(ranks or {})
 
 
 def _pre_activation(entry: Entry) -> Tensor:
     if entry.kind == "binary":
         return entry.probe["u"]
-    if entry.kind == "ternary":
+    if entry.kind in ("ternary", "piecewise"):
         return entry.probe["h"]
-    return pool_windows(entry.probe["h"], *entry.probe["params"], fill=float("-inf"))
+    return entry.probe["windows"](entry.probe["h"], fill=float("-inf"))
 
 
 def activations(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: Sequence[str | int] | None = None,
@@ -60,7 +74,7 @@ def activations(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: 
         t^{(l)}_u(x) = \\mathbb{1}[u^{(l)}_u(x) > 0] \\;\\text{(binary)}, \\qquad
         t^{(l)}_u(x) = \\begin{cases} 0 & h \\le lo \\\\ 2 & h \\ge hi \\\\ 1 & \\text{else} \\end{cases}
         \\;\\text{(ternary)}, \\qquad
-        t^{(l)}_u(x) = \\operatorname{argmax}_k w^{(l)}_{u,k}(x) \\;\\text{(max-pool)}.
+        t^{(l)}_u(x) = \\operatorname{argmax}_k w^{(l)}_{u,k}(x) \\;\\text{(max-like)}.
 
     The model is run once per batch under the capture of :mod:`cnnlens.spline._capture` (probe mode), so module
     and functional nonlinearities (``nn.ReLU``, ``F.relu``, ``x.clamp(min=0)``, ``torch.maximum``, ...) are all
@@ -89,9 +103,19 @@ def activations(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: 
           ``a - b`` for ``maximum(a, b)`` and ``b - a`` for ``minimum(a, b)``. The ReLU's output is ``relu(u)``.
         * ternary layers (two-sided clamp, hardtanh, relu6): the input ``h``, shape (N, *unit_shape); the code is
           0 for ``h <= lo``, 2 for ``h >= hi`` and 1 in between (``.bounds[name]`` is ``(lo, hi)``).
-        * max-pool layers: the pooling windows, shape (N, *out_shape, K) with K the window size, row-major within
-          the window and padding filled with -inf; ``argmax`` over the last dimension (first index on ties) is the
-          code and ``amax`` the pooled value.
+        * piecewise layers (Hardsigmoid, Hardshrink, Softshrink, Threshold, registered ElementwisePiecewise ops):
+          the input ``h``, shape (N, *unit_shape); the code is the piece index ``.pieces[name].code(h)`` and the
+          output ``.pieces[name](h)``.
+        * argmax layers (max-pooling, adaptive max-pooling, amax / max over dimensions, cummax): the windows, shape
+          (N, *out_shape, K) with K the window size, row-major within the window (for adaptive pooling: within the
+          box of the largest window; for a reduction: over the reduced dimensions in increasing order) and
+          positions outside a window filled with -inf; ``argmax`` over the last dimension (first index on ties) is
+          the code and ``amax`` the output. Min-like layers (amin, min over a dimension, cummin) give the windows
+          of ``-h``, so the same holds (their output is ``-amax``).
+        * rank layers (values of sort, top-k, k-th value, median): the fiber along the sorted dimension for every
+          output, shape (N, *out_shape, L); the code is the index of the element of rank ``.ranks[name]`` in the
+          stable descending order of the last dimension (lower index first on ties). Ascending orders (sort,
+          k-th value, median, topk(largest=False)) give the fibers of ``-h``.
 
     Raises
     ------
@@ -103,6 +127,8 @@ def activations(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: 
     parts: list[dict[str, Tensor]] = []
     kinds: dict[str, str] = {}
     bounds: dict[str, tuple[Tensor, Tensor]] = {}
+    pieces: dict[str, Pieces] = {}
+    ranks: dict[str, Tensor] = {}
     for xb in _batches(x, batch_size):
         entries = _select(_record(model, xb, probe=True).entries, layers)
         if parts and [e.name for e in entries] != list(parts[0]):
@@ -112,8 +138,9 @@ def activations(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: 
         parts.append({e.name: _pre_activation(e) for e in entries})
         kinds = {e.name: e.kind for e in entries}
         bounds = {e.name: (e.probe["lo"], e.probe["hi"]) for e in entries if e.kind == "ternary"}
+        pieces = {e.name: e.probe["pieces"] for e in entries if e.kind == "piecewise"}
+        ranks = {e.name: e.probe["ranks"] for e in entries if e.kind == "rank"}
     if not parts:
         raise ValueError("x holds no samples; pass at least one.")
-    if len(parts) == 1:
-        return Activations(parts[0], kinds, bounds)
-    return Activations({name: torch.cat([p[name] for p in parts]) for name in parts[0]}, kinds, bounds)
+    values = parts[0] if len(parts) == 1 else {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    return Activations(values, kinds, bounds, pieces, ranks)

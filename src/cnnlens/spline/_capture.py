@@ -4,24 +4,38 @@ A forward pass runs under a :class:`torch.overrides.TorchFunctionMode` plus modu
 operation whether it is a module (``nn.ReLU``) or a functional call (``F.relu``, ``x.clamp(min=0)``,
 ``torch.maximum(x, 0 * x)``, residual ``+``, ``torch.cat``, ...) and follows the Python control flow the model really
 takes. Every tensor that depends on the input is tracked; each operation applied to a tracked tensor is looked up in
-the SUPPORTED tables below:
+the op-rule registry of :mod:`._ops` (filled from the SUPPORTED tables below and by
+:func:`cnnlens.spline.register_op`), which classifies it by what it is:
 
 * affine operations (Prop. 1 of 000: convolution, linear, batch-norm in eval mode, average pooling, additions,
-  concatenation, reshapes, multiplication by constants, ...) run unchanged;
-* max-affine operations (Props. 2-3 of 000: ReLU, leaky ReLU, PReLU, abs, hardtanh/clamp, maximum/minimum, max-pool)
-  record their region code (eq. 14 of 000) and return the *same value* computed as a masked linear function of their
-  input (``torch.where`` with the recorded mask, ``gather`` with the recorded argmax), so that the autograd graph of
-  the captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
+  concatenation, reshapes, selections with constant masks or indices such as ``where``, ``masked_fill``, ``gather``,
+  ``index_select``, sums such as ``cumsum``, ``unfold`` / ``fold``, multiplication by constants, ...) run unchanged;
+* max-affine operations (Props. 2-3 of 000: ReLU, leaky ReLU, RReLU in eval mode, PReLU, abs, hardtanh/clamp,
+  maximum/minimum, max-pool, adaptive max-pool, amax/amin and max/min over dimensions, cummax/cummin) and the other
+  piecewise-affine ones (elementwise pieces: Hardsigmoid, Hardshrink, Softshrink, Threshold, registered rules;
+  order statistics: sort, top-k, k-th value, median values) record their region code (eq. 14 of 000) and return
+  the *same value* computed as a masked linear function of their input (``torch.where`` with the recorded mask,
+  a per-unit slope and offset, ``gather`` with the recorded argmax or order), so that the autograd graph of the
+  captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
 * anything else that touches a tracked tensor raises :class:`cnnlens.NotPiecewiseAffineError` naming the operation and
-  the module it was called in (or is linearised locally when ``approximate=True``).
+  the module it was called in, with the reason it is not piecewise affine (smooth, curved, a product, a division by
+  a statistic of the input) or saying that cnnlens has no rule for it (or is linearised locally when
+  ``approximate=True``).
 
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
-of 000. Hence: ReLU, leaky ReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is strictly
-positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a clamp to ``[lo, hi]`` is in its
-linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
+of 000. Hence: ReLU, leaky ReLU, RReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is
+strictly positive (``ReLU(0)`` is inactive, derivative 0; ``abs`` at 0 takes slope -1); a clamp to ``[lo, hi]`` is in
+its linear part only when ``lo < h < hi`` strictly (codes 0 / 1 / 2 for below / linear / above); ``maximum(a, b)``
 selects ``a`` only when ``a > b`` (``minimum(a, b)`` only when ``a < b``); max-pooling selects the first index of the
-maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns.
+maximum in the window (row-major within the window), which is also what ``torch.nn.functional.max_pool2d`` returns;
+the same first-index rule holds for adaptive max-pooling (row-major within the box of the largest window), for
+amax/amin and max/min over dimensions (row-major over the reduced dimensions, as :func:`torch.max` returns it) and for
+cummax/cummin (PyTorch's own cummax returns the last index on ties; the values, and the indices the op returns to the
+model, are PyTorch's). Order statistics use the stable order (equal values keep their index order). An elementwise
+piecewise unit exactly at a breakpoint takes the piece its :class:`~cnnlens.spline.Pieces` ``ties`` name: the
+constant piece for Hardsigmoid (derivative 0 at -3 and 3, as torch's), the zero piece for Hardshrink and Softshrink
+(their value there is 0), the constant piece ``value`` for Threshold.
 
 Errors (:func:`run_captured`). A RuntimeError raised by one of the model's own operations on x (a shape mismatch)
 becomes a ValueError that names the op and its module, with the original error chained; every other error reaches
@@ -47,7 +61,28 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._pytree import tree_leaves
 
 from .._errors import NotPiecewiseAffineError
+from ._ops import (
+    Builtin,
+    Composite,
+    ElementwisePiecewise,
+    Linear,
+    NotPiecewiseAffine,
+    Pieces,
+    register_builtin,
+    rule_of,
+)
 from ._transpose import Node, Tape, record_linear
+from ._windows import (
+    Windows,
+    adaptive_code,
+    adaptive_layout,
+    adaptive_windows,
+    fiber_windows,
+    pool_windows,
+    prefix_windows,
+    reduction_windows,
+    selected_positions,
+)
 
 __all__ = ["Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input", "module_on_stack"]
 
@@ -81,6 +116,19 @@ class _Unsupported(Exception):  # noqa: N818 - internal carrier, re-raised as No
     operator (``x * y``) into ``NotImplemented``. :func:`run_captured` re-raises it as NotPiecewiseAffineError."""
 
 # --- SUPPORTED tables -------------------------------------------------------------------------------------------
+# The built-in rules of the op-rule registry (:mod:`._ops`), grouped by what the operation is; ``_register_tables``
+# below enters each group into the registry, which is what the dispatch looks up.
+
+
+def _existing(*funcs: Any) -> set[Callable]:
+    """The callables among ``funcs`` (``None`` marks one this torch version does not have)."""
+    return {f for f in funcs if f is not None}
+
+
+def _torch(*names: str) -> set[Callable]:
+    """``torch.<name>`` and ``torch.Tensor.<name>`` for each name, where they exist."""
+    return _existing(*(getattr(owner, n, None) for n in names for owner in (torch, T)))
+
 
 #: Operations that are linear (or affine with constant terms) jointly in all their tensor arguments.
 _LINEAR_ALL: set[Callable] = {
@@ -97,28 +145,61 @@ _LINEAR_ALL: set[Callable] = {
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d,
     F.pad, F.interpolate, F.pixel_shuffle, F.pixel_unshuffle,
-}
+} | _torch(
+    # selections with constant masks or indices (a mask or index computed from the input raises, see _DISCRETE)
+    "where", "masked_fill", "masked_fill_", "masked_scatter", "masked_scatter_", "masked_select", "gather",
+    "index_select", "take_along_dim", "take", "index_add", "index_add_", "scatter_add", "scatter_add_", "scatter",
+    "scatter_", "scatter_reduce", "scatter_reduce_", "index_reduce", "index_reduce_", "index_copy", "index_copy_",
+    "index_fill", "index_fill_", "index_put", "index_put_", "put", "put_",
+    # sums and differences
+    "cumsum", "cumsum_", "diff", "trapezoid", "trapz", "cumulative_trapezoid", "nansum", "nanmean", "trace",
+    "sum_to_size",
+    # rearrangements
+    "tril", "tril_", "triu", "triu_", "diagonal", "diag", "diag_embed", "diagflat", "rot90", "fliplr", "flipud",
+    "tile", "repeat_interleave", "broadcast_to", "broadcast_tensors", "atleast_1d", "atleast_2d", "atleast_3d",
+    "column_stack", "row_stack", "dstack", "hsplit", "vsplit", "dsplit", "tensor_split", "split_with_sizes",
+    "swapaxes", "swapdims", "moveaxis", "as_strided", "unflatten", "unfold", "squeeze_", "unsqueeze_",
+    "constant_pad_nd", "lerp",
+) | _existing(F.unfold, F.fold, F.channel_shuffle, getattr(F, "native_channel_shuffle", None), F.upsample,
+              F.upsample_nearest, F.upsample_bilinear, F.affine_grid)
 _DROPOUT: set[Callable] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 #: Operations affine in exactly one tracked operand (the others must be constants): products, quotients, matmuls.
 _PRODUCT: set[Callable] = {torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__,
-                           torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm, torch.einsum}
+                           torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm, T.bmm, torch.einsum} | \
+    _torch("kron", "tensordot", "outer", "ger", "inner", "dot", "vdot", "mv", "cross", "chain_matmul",
+           "__rmatmul__") | \
+    _existing(torch.linalg.vecdot, torch.linalg.matmul, torch.linalg.multi_dot, torch.linalg.cross)
 _QUOTIENT: set[Callable] = {torch.div, torch.divide, torch.true_divide, T.div, T.div_, T.__truediv__, T.__itruediv__}
+#: ``input + product``: affine in ``input`` and in each factor of the product (at most one input-dependent factor).
+_ADD_PRODUCT: dict[Callable, tuple[tuple[int, str], ...]] = {
+    f: factors for names, factors in (
+        (("addmm", "addmm_"), ((1, "mat1"), (2, "mat2"))), (("addmv", "addmv_"), ((1, "mat"), (2, "vec"))),
+        (("addbmm", "addbmm_", "baddbmm", "baddbmm_"), ((1, "batch1"), (2, "batch2"))),
+        (("addr", "addr_"), ((1, "vec1"), (2, "vec2"))), (("addcmul", "addcmul_"), ((1, "tensor1"), (2, "tensor2"))),
+        (("addcdiv", "addcdiv_"), ((1, "tensor1"),)),  # the divisor tensor2 is checked like a quotient's
+    ) for f in _torch(*names)}
+_DIVIDES = _QUOTIENT | _torch("addcdiv", "addcdiv_")  # the divisor must not depend on the input
+_LERP = _torch("lerp", "lerp_")  # the weight must not depend on the input
+_SCATTER_REDUCE = _torch("scatter", "scatter_", "scatter_reduce", "scatter_reduce_", "index_reduce", "index_reduce_")
 #: Affine in their first argument (the input) only: weights and statistics must not depend on the input.
 _INPUT_ONLY: set[Callable] = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-                              F.conv_transpose3d, F.linear, F.bilinear, F.batch_norm}
+                              F.conv_transpose3d, F.linear, F.bilinear, F.batch_norm} | \
+    _existing(F.grid_sample, F.conv_tbc, F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
 #: Input-dependent but piecewise-constant results (masks, indices): allowed only for control flow.
 _DISCRETE: set[Callable] = {
     torch.gt, T.gt, T.__gt__, torch.lt, T.lt, T.__lt__, torch.ge, T.ge, T.__ge__, torch.le, T.le, T.__le__,
     torch.eq, T.eq, T.__eq__, torch.ne, T.ne, T.__ne__, torch.isnan, T.isnan, torch.isinf, T.isinf,
     torch.isfinite, T.isfinite, torch.argmax, T.argmax, torch.argmin, T.argmin, torch.sign, T.sign, T.any,
     T.all, torch.any, torch.all,
-}
+} | _torch("argsort", "bucketize", "searchsorted", "signbit", "sgn", "isclose", "isposinf", "isneginf", "greater",
+           "less", "greater_equal", "less_equal", "not_equal", "isin", "heaviside")
 #: Results that never depend on the input values.
 _CONSTANT_LIKE: set[Callable] = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
                                  T.new_zeros, T.new_ones, T.new_empty, T.new_full, T.new_tensor}
 
 _RELU = {F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_}
 _LEAKY = {F.leaky_relu, F.leaky_relu_}
+_RRELU = _existing(F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_)
 _PRELU = {F.prelu, torch.prelu}
 _ABS = {torch.abs, torch.absolute, T.abs, T.abs_, T.absolute, T.__abs__}
 _HARDTANH = {F.hardtanh, F.hardtanh_, F.relu6}
@@ -126,16 +207,22 @@ _CLAMP = {torch.clamp, torch.clip, T.clamp, T.clip, T.clamp_, T.clip_, torch.cla
           torch.clamp_max, T.clamp_max}
 _MAXIMUM = {torch.maximum, T.maximum, torch.fmax}
 _MINIMUM = {torch.minimum, T.minimum, torch.fmin}
-_MINMAX_BINARY = {torch.max, T.max, torch.min, T.min}  # only the binary elementwise form max(a, b)
+_MINMAX_BINARY = {torch.max, T.max, torch.min, T.min}  # max(a, b) elementwise; max(x, dim) is a reduction
 _MAX_POOL = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.max_pool1d_with_indices: 1,
              F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3}
+_ADAPTIVE_MAX_POOL = {F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3,
+                      F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
+                      F.adaptive_max_pool3d_with_indices: 3, torch.adaptive_max_pool1d: 1}
+_REDUCE_MAX = _torch("amax")  # also torch.max(x, dim): _MINMAX_BINARY without a tensor second operand
+_REDUCE_MIN = _torch("amin")
+_RUNNING = _torch("cummax", "cummin")
+_ORDER = _torch("sort", "msort", "topk", "kthvalue", "median", "nanmedian")  # order statistics (values)
 
-_IN_PLACE = {F.relu_, torch.relu_, T.relu_, F.leaky_relu_, T.abs_, F.hardtanh_, T.clamp_, T.clip_}
+_IN_PLACE = {F.relu_, torch.relu_, T.relu_, F.leaky_relu_, T.abs_, F.hardtanh_, T.clamp_, T.clip_} | \
+    _existing(F.rrelu_, torch.rrelu_)
 _INPLACE_KW = {F.relu, F.leaky_relu, F.hardtanh, F.relu6}
 
-_NONLINEAR_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d,
-                      nn.MaxPool3d)
-_TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+_TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -162,7 +249,10 @@ def _canonical(func: Callable) -> str:
         return "maximum" if (func in _MAXIMUM or func in (torch.max, T.max)) else "minimum"
     if func in _MAX_POOL:
         return f"max_pool{_MAX_POOL[func]}d"
-    return _op_name(func)
+    if func in _ADAPTIVE_MAX_POOL:
+        return f"adaptive_max_pool{_ADAPTIVE_MAX_POOL[func]}d"
+    name = getattr(func, "__name__", None) or _op_name(func)  # amax, cummax, sort, hardsigmoid, a user's op, ...
+    return name.split(".")[0].removesuffix("_with_indices").rstrip("_") or name
 
 
 def module_on_stack(paths: dict[int, str], frame: Any, skip: dict[str, Any]) -> tuple[str, nn.Module] | None:
@@ -291,7 +381,7 @@ class Capture(TorchFunctionMode):
         path, mod = current
         return f" (called in module '{path or '<root>'}' of type {type(mod).__name__})"
 
-    def _layer_name(self, func: Callable) -> str:
+    def _layer_name(self, func: Callable, op: str | None = None) -> str:
         current = self._current_module()
         if current is not None:
             path, mod = current
@@ -299,21 +389,30 @@ class Capture(TorchFunctionMode):
                 k = self._module_calls.get(path, 0)
                 self._module_calls[path] = k + 1
                 return path if k == 0 else f"{path}:{k}"
-        op = _canonical(func)
+        op = op or _canonical(func)
         k = self._counts.get(op, 0)
         self._counts[op] = k + 1
         return f"{op}_{k}"
 
-    def _error(self, what: str) -> _Unsupported:
-        return _Unsupported(f"{what}{self._where()} is not piecewise affine, so the network has no exact "
-                                       f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
+    def _error(self, what: str, reason: str | None = None) -> _Unsupported:
+        why = f" ({reason})" if reason else ""
+        return _Unsupported(f"{what}{self._where()} is not piecewise affine{why}, so the network has no exact "
+                            f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
+
+    def _unknown(self, name: str) -> _Unsupported:
+        return _Unsupported(
+            f"operation {name}{self._where()} has no rule in cnnlens, so cnnlens cannot tell whether it is piecewise "
+            "affine and the network has no exact affine map A[x]x + B[x] (eqs. 5-9 of 000) that it could compute. If "
+            "the operation is affine in the input (a rearrangement, a sum, a fixed linear map) or piecewise affine, "
+            "declare it with cnnlens.spline.register_op(op, rule) (rules Linear, ElementwisePiecewise, Composite; "
+            f"see its docstring). {_APPROX_HINT}")
 
     # dispatch ---------------------------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return self.dispatch(func, args, kwargs or {})
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
-        """Run ``func`` on a captured forward pass (see the module docstring)."""
+        """Run ``func`` on a captured forward pass by its rule in the registry (see the module docstring)."""
         tracked, discrete = [], []
         for t in _tensors(args, kwargs):
             if self._is(t, self._tracked):
@@ -322,11 +421,13 @@ class Capture(TorchFunctionMode):
                 discrete.append(t)
         if not tracked and not discrete:
             return self._run(func, args, kwargs)
-        if func in _DISCRETE:
+        rule = rule_of(func)
+        builtin = rule.kind if isinstance(rule, Builtin) else None
+        if builtin == "discrete":
             out = self._run(func, args, kwargs)
             self.track(out, discrete=True)
             return out
-        if func in _CONSTANT_LIKE:
+        if builtin == "constant":
             return self._run(func, args, kwargs)
         if discrete:
             out = self._run(func, args, kwargs)
@@ -335,33 +436,47 @@ class Capture(TorchFunctionMode):
             raise _Unsupported(
                 f"{_op_name(func)}{self._where()} uses an input-dependent mask or index (from a "
                 "comparison, sign or argmax of an input-dependent tensor); cnnlens cannot record its region. Write "
-                "the nonlinearity as a supported operation (relu, clamp, maximum, max-pool). " + _APPROX_HINT)
-        handler = _NONLINEAR_HANDLERS.get(func)
-        if handler is not None:
-            return handler(self, func, args, kwargs)
-        if func in _LINEAR_ALL or func in _DROPOUT or func in _PRODUCT or func in _QUOTIENT or func in _INPUT_ONLY:
-            self._check_affine(func, args, kwargs, tracked)
+                "the nonlinearity as a supported operation (relu, clamp, maximum, max-pool), or declare your own "
+                "op with cnnlens.spline.register_op. " + _APPROX_HINT)
+        if builtin == "handler":
+            return rule.handler(self, func, args, kwargs)
+        if isinstance(rule, Linear):
+            self._check_affine(func, args, kwargs, tracked, rule)
             out = self._run(func, args, kwargs)
             self.track(out)
             if self.tape is not None and self.tape.ok:
-                record_linear(self.tape, func, args, kwargs, out, tracked, self.is_tracked,
-                              lambda: f"{_op_name(func)}{self._where()}")
+                describe = lambda: f"{_op_name(func)}{self._where()}"  # noqa: E731 - only called on a switch-off
+                if getattr(func, "_cnnlens_function", None) is not None:  # a custom autograd.Function
+                    self.tape.switch_off(f"the custom autograd.Function {describe()}, registered as Linear: A is "
+                                         "taken through its backward by autograd")
+                else:
+                    record_linear(self.tape, func, args, kwargs, out, tracked, self.is_tracked, describe)
             if func in (T.__setitem__, T.copy_) or getattr(func, "__name__", "").endswith("_"):
                 self.track(args[0])
             return out
+        if isinstance(rule, ElementwisePiecewise):
+            return _elementwise(self, func, rule, args, kwargs)
+        if isinstance(rule, Composite):
+            with self:  # the mode is off while it handles an op: run fn with it on, so its ops are captured
+                return rule.fn(*args, **kwargs)
         out = self._run(func, args, kwargs)
         if not _has_tensor(out):
             return out  # shape queries, item(), bool(): no tensor flows on
         name = _op_name(func)
         if not self.approximate:
-            raise self._error(f"operation {name}")
+            if isinstance(rule, NotPiecewiseAffine):
+                raise self._error(f"operation {name}", rule.reason)
+            raise self._unknown(name)
         if self.tape is not None:
             self.tape.switch_off(f"the operation {name}{self._where()}, linearised (approximate=True)")
         self.linearised.append(name + self._where())
         self.track(out)
         return out
 
-    def _check_affine(self, func: Callable, args: tuple, kwargs: dict, tracked: list[Tensor]) -> None:
+    def _check_affine(self, func: Callable, args: tuple, kwargs: dict, tracked: list[Tensor],  # noqa: C901
+                      rule: Linear) -> None:
+        """Raise unless this call of a :class:`Linear` op is affine in x (integer inputs, products of two
+        input-dependent tensors, input-dependent weights, training mode, non-linear options)."""
         name = _op_name(func)
         floats = [t for t in tracked if t.is_floating_point() or t.is_complex()]
         if len(floats) < len(tracked):
@@ -377,23 +492,50 @@ class Capture(TorchFunctionMode):
                 raise ValueError(f"batch_norm{self._where()} normalises with batch statistics (training mode or "
                                  "track_running_stats=False), which is not a per-sample affine map; call "
                                  "model.eval() (with running statistics) before using cnnlens.spline.")
-        if func in _INPUT_ONLY:
+        if rule.inputs == "first":
             first = kwargs.get("input", args[0] if args else None)
             if any(t is not first for t in tracked):
                 raise self._error(f"operation {name} with input-dependent weights or statistics")
-        elif func in _PRODUCT:
+        elif rule.inputs == "one":
             if len(tracked) > 1 or (len(tracked) == 1 and sum(t is tracked[0] for t in tree_leaves(args)) > 1):
                 raise self._error(f"operation {name} multiplying two input-dependent tensors")
-        elif func in _QUOTIENT:
-            denom = kwargs.get("other", args[1] if len(args) > 1 else None)
+        if func in _DIVIDES:
+            key, pos = ("tensor2", 2) if func not in _QUOTIENT else ("other", 1)
+            denom = kwargs.get(key, args[pos] if len(args) > pos else None)
             if isinstance(denom, Tensor) and self._is(denom, self._tracked):
                 raise self._error(f"operation {name} dividing by an input-dependent tensor")
             if kwargs.get("rounding_mode") is not None:
                 raise self._error(f"operation {name} with rounding_mode={kwargs['rounding_mode']!r}")
+        if func in _ADD_PRODUCT:
+            factors = [_arg(args, kwargs, pos, key) for pos, key in _ADD_PRODUCT[func]]
+            if sum(isinstance(f, Tensor) and self.is_tracked(f) for f in factors) > 1:
+                raise self._error(f"operation {name} multiplying two input-dependent tensors")
         elif func is F.pad:
             mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
             if mode not in ("constant", "reflect", "replicate", "circular"):
                 raise self._error(f"operation torch.nn.functional.pad with mode={mode!r}")
+        elif func in _LERP:
+            weight = _arg(args, kwargs, 2, "weight")
+            if isinstance(weight, Tensor) and self.is_tracked(weight):
+                raise self._error(f"operation {name} with an input-dependent weight (a product)")
+        elif func in _SCATTER_REDUCE:
+            self._check_reduce(func, name, args, kwargs)
+
+    def _check_reduce(self, func: Callable, name: str, args: tuple, kwargs: dict) -> None:
+        """scatter / scatter_reduce / index_reduce: sums and means are affine; products are affine in ``self``
+        only when the scattered tensor is a constant; max/min reductions select by the input's values."""
+        plain = getattr(func, "__name__", "").rstrip("_") == "scatter"
+        reduce = kwargs.get("reduce", None if plain else (args[4] if len(args) > 4 else None))
+        src = _arg(args, kwargs, 3, "src" if getattr(func, "__name__", "").rstrip("_") != "index_reduce" else "source")
+        if reduce in (None, "add", "sum", "mean"):
+            return
+        if reduce in ("multiply", "prod"):
+            if isinstance(src, Tensor) and self.is_tracked(src):
+                raise self._error(f"operation {name} with reduce={reduce!r} of an input-dependent tensor (a product)")
+            return
+        raise self._error(f"operation {name} with reduce={reduce!r}",
+                          "a max/min scatter selects entries by the input's values and cnnlens has no region code "
+                          "for it; compute the maximum with amax/max-pooling instead")
 
     # recording helpers ------------------------------------------------------------------------------------------
     def _next_forced(self, name: str, kind: str, shape: tuple[int, ...]) -> Entry | None:
@@ -497,6 +639,16 @@ def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope:
         tape.mutated(inplace_target, describe)
 
 
+def _leaky_slope(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> float:
+    """The negative slope of a leaky ReLU; RReLU in eval mode is the leaky ReLU of slope (lower + upper) / 2."""
+    if func in _LEAKY:
+        return float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+    if bool(_arg(args, kwargs, 3, "training", False)):
+        raise ValueError(f"rrelu{cap._where()} runs in training mode (a random slope per unit and call), so the "
+                         "network is not a fixed function of x; call model.eval() before using cnnlens.spline.")
+    return (float(_arg(args, kwargs, 1, "lower", 1.0 / 8)) + float(_arg(args, kwargs, 2, "upper", 1.0 / 3))) / 2
+
+
 def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     h = _arg(args, kwargs, 0, "input")
     inplace = func in _IN_PLACE or (func in _INPLACE_KW and bool(kwargs.get("inplace", False)))
@@ -506,9 +658,10 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     if func in _RELU:
         def make(m: Tensor) -> Tensor:
             return torch.where(m, h, torch.zeros((), dtype=h.dtype))
-    elif func in _LEAKY:
-        slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
-        inplace = inplace or (len(args) > 2 and bool(args[2]))
+    elif func in _LEAKY or func in _RRELU:
+        slope = _leaky_slope(cap, func, args, kwargs)
+        inplace = inplace or (func in _LEAKY and len(args) > 2 and bool(args[2])) or \
+            (func in _RRELU and bool(_arg(args, kwargs, 4, "inplace", False)))
 
         def make(m: Tensor) -> Tensor:
             return torch.where(m, h, h * slope)
@@ -527,8 +680,8 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
             return torch.where(m, h, -h)
     if func in _RELU:
         slope: Any = 0.0
-    elif func in _LEAKY:
-        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+    elif func in _LEAKY or func in _RRELU:
+        slope = _leaky_slope(cap, func, args, kwargs)
     elif func in _PRELU:
         slope = wb
     else:
@@ -601,7 +754,7 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
     a = _arg(args, kwargs, 0, "input")
     b = _arg(args, kwargs, 1, "other")
     if func in _MINMAX_BINARY and not isinstance(b, Tensor):
-        raise cap._error(f"reduction {_op_name(func)} (max/min over a dimension; use max-pooling instead)")
+        return _max_reduction(cap, func, args, kwargs)
     if not isinstance(b, Tensor):
         b = torch.as_tensor(b, dtype=a.dtype)
     is_max = func in _MAXIMUM or func in (torch.max, T.max)
@@ -638,7 +791,8 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     if forced is not None:
         idx = forced.selector
     rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
-    probe = {"h": h.clone(), "params": (k, s, p, dil, ceil_mode)} if cap.probe else {}
+    probe = {"h": h.clone(), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
+                                                          ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
     if cap.graph or forced is not None:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
@@ -711,8 +865,261 @@ def _window_index(idx: Tensor, in_sizes: tuple[int, ...], out_sizes: tuple[int, 
     return rel
 
 
+def _small_states(code: Tensor, num_states: int) -> Tensor:
+    return code.to(torch.uint8 if num_states <= 256 else torch.int64)
+
+
+def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: Callable[[Tensor], Tensor], *,
+            out_shape: tuple[int, ...], num_states: int, kind: str = "argmax", sign: float = 1.0,
+            out: Tensor | None = None, indices: Tensor | None = None, op: str | None = None,
+            ranks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Record a layer of selection units and return (values, indices): every output is one element of its window.
+
+    ``windows`` gives the windows (:mod:`._windows`) and ``code_of(sign * h)`` the window-relative index of the
+    selected element of every output, the region code: the argmax (kind "argmax", first index on ties) or the
+    element of rank ``ranks`` in the stable descending order (kind "rank"). ``sign = -1`` turns a minimum (an
+    ascending order) into a maximum of ``-h``. The values are ``h`` gathered at the selected positions (the masked
+    linear network of Prop. 3 of 000), or ``out``, the model's own result, on a plain forward pass (the same
+    numbers). ``indices`` are the op's own returned indices: they are returned unchanged (and replayed with the
+    region), so that a model reading them computes what it computes without the capture, also where PyTorch's tie
+    rule differs from the code's.
+    """
+    name = cap._layer_name(func, op)
+    signed = h if sign > 0 else -h
+    forced = cap._next_forced(name, kind, out_shape)
+    if forced is not None:
+        code, indices = forced.selector
+    else:
+        with torch.no_grad():
+            code = code_of(signed)
+    probe: dict[str, Any] = {}
+    if cap.probe:
+        probe = {"h": signed.clone(), "windows": windows}
+        if ranks is not None:
+            probe["ranks"] = ranks
+    cap.record(Entry(name, kind, out_shape, num_states, _small_states(code, num_states), (code, indices), probe))
+    tape = cap.tape is not None and cap.tape.ok
+    linear = cap.graph or forced is not None or out is None
+    if linear or tape:
+        src = selected_positions(windows, tuple(h.shape[1:]), code)
+    values = h.flatten(1).gather(1, src.flatten(1)).view(h.shape[0], *out_shape) if linear else out
+    if tape:
+        cap.tape.add(Node("take", (h,), values, {"src": src}), lambda: f"{_op_name(func)}{cap._where()}")
+    cap.track(values)
+    return values, indices
+
+
+def _dims(cap: Capture, func: Callable, h: Tensor, dim: Any) -> tuple[int, ...]:
+    """The reduced dimensions, sorted, non-negative; raise when they include the sample dimension."""
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        dims: tuple[int, ...] = tuple(range(h.dim()))
+    else:
+        dims = tuple(sorted({int(d) % h.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])}))
+    if 0 in dims:
+        raise ValueError(f"{_op_name(func)}{cap._where()} reduces over the sample dimension (dim 0), so each "
+                         "output depends on several samples of the batch; cnnlens computes one affine map per "
+                         "sample: reduce over the dimensions after the first (e.g. dim=(1, 2, 3)).")
+    return dims
+
+
+def _max_reduction(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``amax`` / ``amin`` over dimensions and ``max(x, dim)`` / ``min(x, dim)`` (values and indices).
+
+    A max over dimensions is a max-pooling with one window per output (Prop. 3 of 000): the code is the row-major
+    index of the maximum over the reduced dimensions (in increasing order), the first one on ties, as
+    :func:`torch.max` returns it.
+    """
+    h = _arg(args, kwargs, 0, "input")
+    is_max = func in _REDUCE_MAX or func in (torch.max, T.max)
+    ref = cap._run(func, args, kwargs)  # the model's own op: its errors, and its values on a plain forward pass
+    dim = _arg(args, kwargs, 1, "dim", () if func in _REDUCE_MAX or func in _REDUCE_MIN else None)
+    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    dims = _dims(cap, func, h, dim)
+    windows = functools.partial(reduction_windows, dims=dims, keepdim=keepdim)
+    pair = not (func in _REDUCE_MAX or func in _REDUCE_MIN)
+    values = ref[0] if pair else ref
+    op = ("max" if is_max else "min") if pair else None
+    out, indices = _select(cap, func, h, windows, lambda v: windows(v).argmax(-1),
+                           out_shape=tuple(values.shape[1:]), num_states=math.prod(h.shape[i] for i in dims),
+                           sign=1.0 if is_max else -1.0, out=values, indices=ref[1] if pair else None, op=op)
+    if not pair:
+        return out
+    return (torch.return_types.max if is_max else torch.return_types.min)((out, indices))
+
+
+def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Adaptive max-pooling: max-pooling over PyTorch's adaptive windows (Prop. 3 of 000).
+
+    Output cell j of a dimension of size L -> O pools ``[floor(j L / O), ceil((j + 1) L / O))``; windows differ in
+    size, so the code is the row-major index within the box of the largest window size per dimension (the first
+    maximum on ties, as PyTorch returns it).
+    """
+    d = _ADAPTIVE_MAX_POOL[func]
+    h = _arg(args, kwargs, 0, "input")
+    if h.dim() != d + 2:
+        raise ValueError(f"adaptive_max_pool{d}d received an input of shape {tuple(h.shape)}; cnnlens expects a "
+                         f"batched input (N, C, {', '.join('L' * d)}) with the sample dimension first.")
+    size = _arg(args, kwargs, 1, "output_size")
+    return_indices = func is torch.adaptive_max_pool1d or "with_indices" in getattr(func, "__name__", "") or \
+        bool(_arg(args, kwargs, 2, "return_indices", False))
+    pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[d - 1]
+    name = cap._layer_name(func)
+    values, idx = cap._run(pool, (h, size), {"return_indices": True})
+    out_sizes, in_sizes = tuple(values.shape[2:]), tuple(h.shape[2:])
+    shape = tuple(values.shape[1:])
+    forced = cap._next_forced(name, "argmax", shape)
+    if forced is not None:
+        idx = forced.selector
+    kmax = adaptive_layout(in_sizes, out_sizes)[3]
+    code = adaptive_code(idx, in_sizes, out_sizes)
+    probe = {"h": h.clone(), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} if cap.probe else {}
+    cap.record(Entry(name, "argmax", shape, math.prod(kmax), _small_states(code, math.prod(kmax)), idx, probe))
+    if cap.graph or forced is not None:
+        values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
+    if cap.tape is not None and cap.tape.ok:
+        cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
+    cap.track(values)
+    return (values, idx) if return_indices else values
+
+
+def _running_max(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``cummax`` / ``cummin``: output i is the max (min) of inputs 0..i along ``dim``, a max-pooling over prefix
+    windows. The code is the first index of the maximum; the returned indices are PyTorch's (its kernel returns the
+    last index on ties; the values are the same)."""
+    h = _arg(args, kwargs, 0, "input")
+    is_max = getattr(func, "__name__", "") == "cummax"
+    ref = cap._run(func, args, kwargs)
+    (d,) = _dims(cap, func, h, _arg(args, kwargs, 1, "dim"))
+    windows = functools.partial(prefix_windows, dim=d)
+    out, indices = _select(cap, func, h, windows, lambda v: windows(v, fill=-math.inf).argmax(-1),
+                           out_shape=tuple(h.shape[1:]), num_states=h.shape[d], sign=1.0 if is_max else -1.0,
+                           out=ref[0], indices=ref[1])
+    return (torch.return_types.cummax if is_max else torch.return_types.cummin)((out, indices))
+
+
+def _order_statistic(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one per op
+    """Values of ``sort``, ``msort``, ``topk``, ``kthvalue``, ``median`` and ``nanmedian`` along one dimension.
+
+    Each output is the element of a given rank in its fiber, so within a region (a fixed order of the fiber) it is a
+    selection, affine in x. The code of every output is the index of its element in the fiber for the *stable*
+    order: equal values keep their index order, so on ties the lower index comes first (the values and the returned
+    indices are PyTorch's; its indices may differ from the code on ties). ``topk(sorted=False)`` returns its
+    elements in an order PyTorch does not specify; it is accepted when that order is the sorted one.
+    """
+    h = _arg(args, kwargs, 0, "input")
+    op = getattr(func, "__name__", "")
+    ref = cap._run(func, args, kwargs)
+    if op == "msort":
+        dim, descending, count, keep = 0, False, None, True
+    elif op == "sort":
+        dim = _arg(args, kwargs, 1, "dim", -1)
+        descending = bool(_arg(args, kwargs, 2, "descending", False))
+        count, keep = None, True
+    elif op == "topk":
+        k = int(_arg(args, kwargs, 1, "k"))
+        dim = _arg(args, kwargs, 2, "dim", -1)
+        descending = bool(_arg(args, kwargs, 3, "largest", True))
+        count, keep = k, True
+    else:  # kthvalue, median, nanmedian
+        if op == "kthvalue":
+            k = int(_arg(args, kwargs, 1, "k"))
+            dim, keepdim = _arg(args, kwargs, 2, "dim", -1), bool(_arg(args, kwargs, 3, "keepdim", False))
+        else:
+            dim, keepdim = _arg(args, kwargs, 1, "dim", None), bool(_arg(args, kwargs, 2, "keepdim", False))
+        descending, count, keep = False, 1, keepdim
+    (d,) = _dims(cap, func, h, dim)
+    size = h.shape[d]
+    if op in ("median", "nanmedian"):
+        first = (size - 1) // 2  # the lower median
+    elif op == "kthvalue":
+        first = k - 1
+    else:
+        first = 0
+    count = size if count is None else count
+    rank = torch.arange(first, first + count)
+    windows = functools.partial(fiber_windows, dim=d, count=count, keep=keep)
+
+    def code_of(v: Tensor) -> Tensor:
+        order = torch.sort(v.movedim(d, -1), dim=-1, descending=True, stable=True).indices[..., rank]
+        return order.movedim(-1, d) if keep else order.squeeze(-1)
+
+    values = ref[0] if isinstance(ref, tuple) else ref
+    shape = tuple(values.shape[1:])
+    ranks = rank.view([-1 if i == d else 1 for i in range(h.dim())][1:]) if keep else rank.reshape(())
+    out, indices = _select(cap, func, h, windows, code_of, out_shape=shape, num_states=size, kind="rank",
+                           sign=1.0 if descending else -1.0, out=values,
+                           indices=ref[1] if isinstance(ref, tuple) else None, ranks=ranks.expand(shape))
+    if op == "topk" and not bool(_arg(args, kwargs, 4, "sorted", True)) and not torch.equal(out, values):
+        raise ValueError(f"topk(sorted=False){cap._where()} returned its elements in an unspecified order; pass "
+                         "sorted=True, so that cnnlens records the order the model uses.")
+    if op == "msort":
+        return out
+    return getattr(torch.return_types, op)((out, indices))
+
+
+def _elementwise(cap: Capture, func: Callable, rule: ElementwisePiecewise, args: tuple, kwargs: dict) -> Any:
+    """An :class:`ElementwisePiecewise` op: the piece index of every unit is its region code (eq. 14 of 000).
+
+    On a plain forward pass the op runs itself (checked against the pieces when ``rule.verify``); otherwise its
+    value is ``slope[piece] * h + offset[piece]``, the masked linear network of the region.
+    """
+    h = _arg(args, kwargs, 0, "input")
+    name = _op_name(func)
+    if not isinstance(h, Tensor) or not cap.is_tracked(h) or \
+            any(t is not h and cap.is_tracked(t) for t in _tensors(args, kwargs)):
+        raise cap._error(f"operation {name} with an input-dependent argument other than its first",
+                         "its rule (ElementwisePiecewise) declares a piecewise-affine function of the first argument "
+                         "with fixed parameters")
+    pieces = rule.pieces(*args, **kwargs)
+    if not isinstance(pieces, Pieces):
+        raise TypeError(f"the pieces function of {name} returned {type(pieces).__name__}; it must return a "
+                        "cnnlens.spline.Pieces.")
+    inplace = getattr(func, "__name__", "").endswith("_") or \
+        (rule.inplace is not None and bool(_arg(args, kwargs, rule.inplace, "inplace", False)))
+    layer = cap._layer_name(func)
+    shape = tuple(h.shape[1:])
+    forced = cap._next_forced(layer, "piecewise", shape)
+    code = forced.selector if forced is not None else pieces.code(h)
+    slope, offset = pieces.coefficients(code, h.dtype)
+    probe = {"h": h.clone(), "pieces": pieces} if cap.probe else {}
+    cap.record(Entry(layer, "piecewise", shape, pieces.num_pieces, _small_states(code, pieces.num_pieces), code,
+                     probe))
+    if not cap.graph and forced is None:
+        expected = h * slope + offset if rule.verify else None
+        out = cap._run(func, args, kwargs)
+        if expected is not None:
+            _verify_pieces(cap, name, out, expected)
+        cap.track(out)
+    else:
+        out = _finish(cap, h, h * slope + offset, inplace)
+    if cap.tape is not None and cap.tape.ok:
+        describe = lambda: f"{name}{cap._where()}"  # noqa: E731 - only called on a switch-off
+        cap.tape.add(Node("scale", (h,), out, {"coef": slope}), describe)
+        if inplace:
+            cap.tape.mutated(h, describe)
+    return out
+
+
+def _verify_pieces(cap: Capture, name: str, out: Any, expected: Tensor) -> None:
+    """Raise when a registered ElementwisePiecewise rule does not reproduce the op's own output."""
+    if not isinstance(out, Tensor) or out.shape != expected.shape:
+        raise ValueError(f"{name}{cap._where()} returned {type(out).__name__} of shape "
+                         f"{tuple(getattr(out, 'shape', ()))}, but its ElementwisePiecewise rule describes an "
+                         f"elementwise function of its first argument (shape {tuple(expected.shape)}).")
+    eps = torch.finfo(expected.dtype).eps
+    diff = (out - expected).abs()
+    bound = 1e3 * eps * (1 + expected.abs().amax())
+    if bool((diff > bound).any()):
+        worst = int(diff.argmax())
+        raise ValueError(f"the pieces registered for {name}{cap._where()} do not reproduce its output: "
+                         f"{float(out.flatten()[worst])} from the op against {float(expected.flatten()[worst])} from "
+                         "the pieces (max difference "
+                         f"{float(diff.max()):.3g}); check the breakpoints, slopes, offsets and ties of its "
+                         "ElementwisePiecewise rule.")
+
+
 _NONLINEAR_HANDLERS: dict[Callable, Callable[[Capture, Callable, tuple, dict], Any]] = {}
-for _f in _RELU | _LEAKY | _PRELU | _ABS:
+for _f in _RELU | _LEAKY | _RRELU | _PRELU | _ABS:
     _NONLINEAR_HANDLERS[_f] = _relu_like
 for _f in _HARDTANH | _CLAMP:
     _NONLINEAR_HANDLERS[_f] = _clamp_like
@@ -720,6 +1127,31 @@ for _f in _MAXIMUM | _MINIMUM | _MINMAX_BINARY:
     _NONLINEAR_HANDLERS[_f] = _maximum_like
 for _f in _MAX_POOL:
     _NONLINEAR_HANDLERS[_f] = _max_pool
+for _f in _ADAPTIVE_MAX_POOL:
+    _NONLINEAR_HANDLERS[_f] = _adaptive_max_pool
+for _f in _REDUCE_MAX | _REDUCE_MIN:
+    _NONLINEAR_HANDLERS[_f] = _max_reduction
+for _f in _RUNNING:
+    _NONLINEAR_HANDLERS[_f] = _running_max
+for _f in _ORDER:
+    _NONLINEAR_HANDLERS[_f] = _order_statistic
+
+
+def _register_tables() -> None:
+    """Enter the built-in groups above into the op-rule registry (:mod:`._ops`)."""
+    groups: list[tuple[set[Callable], Any]] = [
+        (_LINEAR_ALL | _QUOTIENT | set(_ADD_PRODUCT), Linear("all")), (_PRODUCT, Linear("one")),
+        (_INPUT_ONLY | _DROPOUT, Linear("first")), (_DISCRETE, Builtin("discrete")),
+        (_CONSTANT_LIKE, Builtin("constant")),
+    ]
+    for funcs, rule in groups:
+        for f in funcs:
+            register_builtin(f, rule)
+    for f, handler in _NONLINEAR_HANDLERS.items():
+        register_builtin(f, Builtin("handler", handler))
+
+
+_register_tables()
 
 
 # --- entry points -----------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Per-layer partition codes t^(l)(x) of eq. 14 of 000, packed, and the units that sit on a region boundary.
 
 At every max-affine layer l the region code of x is the index of the active piece of each unit (eq. 14 of 000):
-one bit per unit for ReLU-like units (ReLU, leaky ReLU, PReLU, abs, one-sided clamp, maximum), three states for a
-two-sided clamp / hardtanh (0 below, 1 linear, 2 above) and the window-relative argmax for max-pooling. Ties follow
-the rule of :mod:`cnnlens.spline._capture` (ReLU(0) inactive, first index of the maximum), the same rule as the
-affine map and the region walk.
+one bit per unit for ReLU-like units (ReLU, leaky ReLU, RReLU in eval mode, PReLU, abs, one-sided clamp, maximum),
+three states for a two-sided clamp / hardtanh (0 below, 1 linear, 2 above), the piece index for elementwise
+piecewise-affine units (Hardsigmoid, Hardshrink, Softshrink, Threshold, user rules), the window-relative argmax for
+max-pooling, adaptive max-pooling, max/min over dimensions and running maxima, and the index of the selected element
+for order statistics (sort, top-k, k-th value, median). Ties follow the rule of :mod:`cnnlens.spline._capture`
+(ReLU(0) inactive, first index of the maximum, stable order), the same rule as the affine map and the region walk.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._windows import pool_windows
 
-__all__ = ["LayerCode", "PartitionCodes", "boundary_units", "partition_codes"]
+__all__ = ["LayerCode", "PartitionCodes", "boundary_units", "partition_codes", "pool_windows"]
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,18 @@ class LayerCode:
         Layer name: the module path for nonlinearity modules ("act1", "features.2", a second call of the same module
         gets ":1"), "<op>_<k>" for functional calls in forward order ("relu_3", "max_pool2d_0").
     kind : str
-        "binary" (1 = active piece: pre-activation > 0), "ternary" (0 below / 1 linear / 2 above) or "argmax"
-        (row-major index of the maximum within the pooling window, first index on ties).
+        "binary" (1 = active piece: pre-activation > 0), "ternary" (0 below / 1 linear / 2 above), "piecewise" (the
+        piece index of an elementwise piecewise-affine unit, pieces ordered by their breakpoints), "argmax"
+        (row-major index of the maximum within the window: pooling window, reduced dimensions, prefix of a running
+        max; first index on ties) or "rank" (index along the dimension of the element an order statistic selects,
+        stable order on ties).
     shape : tuple of int
         Per-sample unit shape, e.g. (C, H, W).
     num_states : int
-        2, 3, or the pooling window size.
+        2, 3, the number of pieces, or the window size.
     data : Tensor
         binary: uint8 (N, ceil(U/8)) bits packed MSB-first like ``numpy.packbits(axis=1)`` (zero padding bits);
-        ternary/argmax: uint8 (int16 when num_states > 255) (N, U) states.
+        other kinds: (N, U) states, uint8 when num_states <= 256, int16 up to 32768 states, int32 above.
     """
 
     name: str
@@ -114,13 +120,20 @@ class PartitionCodes(Mapping[str, LayerCode]):
                       torch.cat([p[n].data for p in parts])) for n in names])
 
 
+def _state_dtype(num_states: int) -> torch.dtype:
+    """The smallest integer dtype that holds states 0..num_states-1."""
+    if num_states <= 256:
+        return torch.uint8
+    return torch.int16 if num_states <= 32768 else torch.int32
+
+
 def _pack(entry: Entry) -> LayerCode:
     n = entry.states.shape[0]
     flat = entry.states.reshape(n, -1)
     if entry.kind == "binary":
         data = torch.from_numpy(np.packbits(flat.numpy(), axis=1))
     else:
-        data = flat.to(torch.uint8 if entry.num_states <= 256 else torch.int16)
+        data = flat.to(_state_dtype(entry.num_states))
     return LayerCode(entry.name, entry.kind, entry.shape, entry.num_states, data)
 
 
@@ -201,9 +214,10 @@ def boundary_units(model: Callable[[Tensor], Tensor], x: Tensor) -> dict[str, Te
     """Which units of each layer sit exactly on a region boundary at x (where the tie rule decides).
 
     A ReLU-like unit is on a boundary when its pre-activation equals the threshold exactly (e.g. ``h == 0`` for
-    ReLU), a clamp unit when ``h == lo`` or ``h == hi``, a max-pool unit when its window's maximum is attained more
-    than once. Real digits have many such units (flat backgrounds); the affine map is still exact there and uses the
-    piece chosen by the tie rule.
+    ReLU), a clamp unit when ``h == lo`` or ``h == hi``, an elementwise piecewise unit when ``h`` equals one of its
+    breakpoints, a max-pool (or other max-like) unit when its window's maximum is attained more than once, an order
+    statistic when its selected value is attained more than once in its fiber. Real digits have many such units
+    (flat backgrounds); the affine map is still exact there and uses the piece chosen by the tie rule.
 
     Returns
     -------
@@ -218,38 +232,14 @@ def boundary_units(model: Callable[[Tensor], Tensor], x: Tensor) -> dict[str, Te
         elif e.kind == "ternary":
             h = e.probe["h"]
             out[e.name] = (h == e.probe["lo"]) | (h == e.probe["hi"])
-        else:
-            win = pool_windows(e.probe["h"], *e.probe["params"], fill=float("-inf"))
-            top = win.amax(dim=-1, keepdim=True)
-            out[e.name] = (win == top).sum(dim=-1) > 1
+        elif e.kind == "piecewise":
+            h = e.probe["h"]
+            on = torch.zeros(h.shape, dtype=torch.bool)
+            for b in e.probe["pieces"].breakpoints:
+                on |= h == torch.as_tensor(b, dtype=h.dtype)
+            out[e.name] = on
+        else:  # argmax, rank: the selected value is attained more than once in the window
+            win = e.probe["windows"](e.probe["h"], fill=float("-inf"))
+            sel = win.gather(-1, e.states.long().unsqueeze(-1))
+            out[e.name] = (win == sel).sum(dim=-1) > 1
     return out
-
-
-def pool_windows(h: Tensor, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...],
-                 ceil_mode: bool, fill: float) -> Tensor:
-    """The max-pool windows of ``h`` (N, C, *spatial) as (N, C, *out, K), row-major within the window.
-
-    Padding (and the extra right border of ``ceil_mode``) is filled with ``fill`` (-inf for values, 0 for
-    tangents), so the window-relative index equals the one of :func:`torch.nn.functional.max_pool2d`.
-    """
-    d = len(k)
-    spatial = h.shape[2:]
-    outs = []
-    pads: list[int] = []
-    for i in range(d):
-        span = dil[i] * (k[i] - 1) + 1
-        num = spatial[i] + 2 * p[i] - span
-        o = (-(-num // s[i]) if ceil_mode else num // s[i]) + 1
-        if ceil_mode and (o - 1) * s[i] >= spatial[i] + p[i]:
-            o -= 1
-        outs.append(o)
-        extra = max(0, (o - 1) * s[i] + span - (spatial[i] + 2 * p[i]))
-        pads = [p[i], p[i] + extra] + pads  # F.pad takes the last dimension first
-    hp = torch.nn.functional.pad(h, pads, value=fill)
-    for i in range(d):
-        span = dil[i] * (k[i] - 1) + 1
-        hp = hp.unfold(2 + i, span, s[i])
-        if dil[i] > 1:
-            hp = hp[..., ::dil[i]]
-        hp = hp.narrow(2 + i, 0, outs[i])
-    return hp.reshape(*hp.shape[: 2 + d], -1)

@@ -197,6 +197,12 @@ class _NotConvex(Exception):  # noqa: N818 - internal signal carrying the reason
     pass
 
 
+#: Affine operations that may subtract entries (differences, interpolation with weights outside [0, 1], matrix
+#: products with arbitrary constants): on a convex tensor they are refused, as subtraction is.
+_SIGN_CHANGING = C._torch("diff", "lerp", "index_add", "index_add_", "addmm", "addmv", "addbmm", "baddbmm", "addr",
+                          "addcmul", "addcdiv", "cross") | C._existing(C.F.grid_sample, C.F.affine_grid)
+
+
 class _ConvexityCapture(Capture):
     """Capture that labels every tensor "affine" or "convex" in x and stops at the first violation of Thm. 2."""
 
@@ -214,7 +220,7 @@ class _ConvexityCapture(Capture):
         kwargs = kwargs or {}
         leaves = [t for t in C.tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
         convex_in = [t for t in leaves if self._is_convex(t)]
-        nonlinear = func in C._NONLINEAR_HANDLERS
+        nonlinear = func in C._NONLINEAR_HANDLERS or isinstance(C.rule_of(func), C.ElementwisePiecewise)
         if convex_in or nonlinear:
             self._check(func, args, kwargs, convex_in)
         out = self.dispatch(func, args, kwargs)
@@ -228,14 +234,36 @@ class _ConvexityCapture(Capture):
         name = C._canonical(func)
         first = args[0] if args else None
         on_convex = bool(convex_in)
-        if func in C._RELU or func in C._MAX_POOL or func in C._MAXIMUM:
+        if func in C._RELU or func in C._MAX_POOL or func in C._MAXIMUM or func in C._ADAPTIVE_MAX_POOL or \
+                func in C._REDUCE_MAX or getattr(func, "__name__", "") == "cummax":
+            return  # maxima of affine pieces: convex and non-decreasing
+        if func in C._REDUCE_MIN or getattr(func, "__name__", "") == "cummin":
+            raise self._fail(f"{name} (a minimum, concave) is not convex")
+        if func in C._ORDER:
+            raise self._fail(f"{name} (an order statistic other than the maximum) is not convex")
+        rule = C.rule_of(func)
+        if isinstance(rule, C.ElementwisePiecewise):
+            pieces = rule.pieces(*args, **kwargs)
+            slopes = [torch.as_tensor(v, dtype=torch.float64) for v in pieces.slopes]
+            increasing = all(bool((b >= a).all()) for a, b in zip(slopes[:-1], slopes[1:], strict=True))
+            if not (pieces.continuous() and increasing):
+                raise self._fail(f"{name} is not convex (its pieces are discontinuous or their slopes decrease)")
+            if on_convex and bool((slopes[0] < 0).any()):
+                raise self._fail(f"{name} is decreasing on its first piece; Thm. 2 of 000 needs non-decreasing "
+                                 "activations after the first layer")
             return
+        if on_convex and func in _SIGN_CHANGING:
+            raise self._fail(f"{name} of a convex (non-affine) tensor may take differences, so cnnlens cannot tell "
+                             "whether the result stays convex")
         if func in C._MINMAX_BINARY:
             if func in (torch.max, C.T.max):
                 return
             raise self._fail("minimum (concave) is not convex")
-        if func in C._LEAKY or func in C._PRELU:
-            slope = C._arg(args, kwargs, 1, "negative_slope" if func in C._LEAKY else "weight", 0.01)
+        if func in C._LEAKY or func in C._PRELU or func in C._RRELU:
+            if func in C._RRELU:
+                slope = (C._arg(args, kwargs, 1, "lower", 1.0 / 8) + C._arg(args, kwargs, 2, "upper", 1.0 / 3)) / 2
+            else:
+                slope = C._arg(args, kwargs, 1, "negative_slope" if func in C._LEAKY else "weight", 0.01)
             slope_t = torch.as_tensor(slope.detach() if isinstance(slope, Tensor) else slope)
             if bool((slope_t > 1).any()):
                 raise self._fail(f"{name} with a slope > 1 is concave, not convex")

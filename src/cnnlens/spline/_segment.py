@@ -3,7 +3,9 @@
 Inside one region the network is affine (eq. 9 of 000), so along ``x(t) = x0 + t (x1 - x0)`` every pre-activation,
 clamp input and pooled value is affine in t. One forward-mode pass (value and derivative d/dt with the region's
 pieces held fixed) therefore gives, for every unit, the exact step to its next boundary: a ReLU-like zero crossing,
-a clamp threshold, or the next argmax switch inside a max-pool window. The walk jumps to the nearest one, re-reads the
+a clamp threshold, a breakpoint of an elementwise piecewise unit (Hardsigmoid, Hardshrink, ...), the next argmax
+switch inside a window (max-pooling, adaptive max-pooling, max over dimensions, running max), or the next crossing
+of the element an order statistic (sort, top-k, median) selects. The walk jumps to the nearest one, re-reads the
 region just past it, and repeats. Unlike SplineCam (no max-pool, no residuals) it handles every part the capture
 supports.
 """
@@ -19,7 +21,6 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from ._capture import Entry, capture, check_model_input, run_captured
-from ._codes import pool_windows
 
 __all__ = ["SegmentRegions", "regions_on_segment"]
 
@@ -48,7 +49,7 @@ def _tangent(t: Tensor) -> tuple[Tensor, Tensor]:
     return primal, torch.zeros_like(primal) if tangent is None else tangent
 
 
-def _step(entry: Entry) -> Tensor:
+def _step(entry: Entry) -> Tensor:  # noqa: C901 - one rule per kind
     """Smallest step s >= 0 (in t) until a unit of this layer changes piece, given value and derivative."""
     inf = torch.tensor(float("inf"), dtype=torch.float64)
     if entry.kind == "binary":
@@ -68,15 +69,24 @@ def _step(entry: Entry) -> Tensor:
         s = torch.where((state == 2) & (dh < 0), to_hi, s)
         s = torch.where((state == 1) & (dh > 0), to_hi, s)
         s = torch.where((state == 1) & (dh < 0), to_lo, s)
-    else:
+    elif entry.kind == "piecewise":  # the breakpoints below and above every unit's piece
         h, dh = _tangent(entry.probe["h"])
-        params = entry.probe["params"]
-        v = pool_windows(h, *params, fill=float("-inf"))
-        dv = pool_windows(dh, *params, fill=0.0)
+        lo, hi = entry.probe["pieces"].bounds(entry.states.long(), h.dtype)
+        safe = torch.where(dh == 0, torch.ones_like(dh), dh)
+        s = torch.where(dh > 0, (hi - h) / safe, torch.where(dh < 0, (lo - h) / safe, inf))
+    else:  # argmax, rank: the selected element meets another element of its window
+        h, dh = _tangent(entry.probe["h"])
+        windows = entry.probe["windows"]
+        v = windows(h, fill=float("-inf"))
+        dv = windows(dh, fill=0.0)
         sel = entry.states.long().unsqueeze(-1)
         v_sel, dv_sel = v.gather(-1, sel), dv.gather(-1, sel)
         gain = dv - dv_sel
-        s = torch.where(gain > 0, (v_sel - v) / torch.where(gain > 0, gain, torch.ones_like(gain)), inf)
+        if entry.kind == "argmax":  # only elements below the maximum that rise faster can overtake it
+            s = torch.where(gain > 0, (v_sel - v) / torch.where(gain > 0, gain, torch.ones_like(gain)), inf)
+        else:  # any element crossing the selected one changes its rank
+            meet = (v_sel - v) / torch.where(gain == 0, torch.ones_like(gain), gain)
+            s = torch.where((gain != 0) & (meet >= 0), meet, inf)
     return s.clamp_min(0).amin() if s.numel() else inf
 
 

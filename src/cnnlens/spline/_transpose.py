@@ -4,6 +4,7 @@ The capture records, in forward order, every operation applied to an input-depen
 regions fixed the network is linear in x (eq. 7 of 000), so the rows of A[x] are the images of one-hot cotangents
 under the transposed operations, taken in reverse order: masks and slopes multiply (ReLU-like units, clamps),
 ``maximum(a, b)`` routes each cotangent to the selected operand, max-pool scatters to the recorded argmax (Prop. 3),
+other selections (max over dimensions, running maxima, sort and top-k values) scatter to the selected inputs,
 convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
 travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
 gradients). Convolutions use the fastest exact form measured on CPU: a matrix product when the output is 1x1, a
@@ -196,7 +197,7 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
 def _generic(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_tracked: Callable[[Any], bool],
              describe: Callable[[], str]) -> Node | None:
     """The exact "vjp" node of any affine op (the capture checked it is affine in its tracked arguments)."""
-    if "out" in kwargs:
+    if kwargs.get("out") is not None:
         tape.switch_off(f"the operation {describe()} with an out= argument")
         return None
     mutated = _mutates_first(func) and bool(args) and isinstance(args[0], Tensor)
@@ -324,6 +325,13 @@ def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one r
         if "coef" in node.data:
             g = (_rows(g, r) * node.data["coef"]).reshape(g.shape)
         out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
+        return [out.view(r * n, *x.shape[1:])]
+    if kind == "take":  # a selection (max over dimensions, running max, sort, ...): scatter to the selected inputs
+        src = node.data["src"]
+        x = node.ins[0]
+        n = x.shape[0]
+        out = g.new_zeros(r, n, x[0].numel())
+        out.scatter_add_(2, src.reshape(1, n, -1).expand(r, n, -1), g.reshape(r, n, -1))
         return [out.view(r * n, *x.shape[1:])]
     if kind == "select":  # maximum(a, b) / minimum(a, b): the cotangent goes to the selected operand
         mask = node.data["mask"]

@@ -143,6 +143,11 @@ def _unit_activation(acts: Activations, layer: str) -> Tensor:
     if kind == "ternary":
         lo, hi = acts.bounds[layer]
         act = torch.clamp(value, lo.to(torch.float64), hi.to(torch.float64))
+    elif kind == "piecewise":
+        act = acts.pieces[layer](value)
+    elif kind == "rank":
+        act = value.sort(-1, descending=True).values.gather(-1, acts.ranks[layer].expand(value.shape[:-1])[..., None])
+        act = act.squeeze(-1)
     else:
         act = value.amax(-1)
     if float(act.min()) < 0:
