@@ -215,8 +215,8 @@ def _checked(model: Callable[[Tensor], Tensor], x: Tensor, offsets: list[Offset]
             raise_inexact(model, x, all_errors, all(o.seen for o in offsets), caller)
     fallback = "; ".join(dict.fromkeys(o.fallback for o in offsets if o.fallback))
     if fallback and not fallback.startswith("approximate=True"):
-        warnings.warn(f"{caller}: {fallback}. The identity A x + B == f(x) then holds by construction and is not "
-                      "an independent check (result.bias_fallback says so).", stacklevel=4)
+        warnings.warn(f"{caller}: {fallback.rstrip('.')}. The identity A x + B == f(x) then holds by construction "
+                      "and is not an independent check (result.bias_fallback says so).", stacklevel=4)
     return (float(all_errors.max()) if errors else None), (fallback or None)
 
 

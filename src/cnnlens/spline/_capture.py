@@ -284,6 +284,7 @@ class Capture(TorchFunctionMode):
         self._samples: dict[int, weakref.ref] = {}  # tracked tensors whose dim 0 is the sample dimension
         self._pooled: dict[int, weakref.ref] = {}  # tracked tensors computed from a reduction over all samples
         self._modes = (True, False)  # grad mode and inference mode when the capture was entered
+        self._escaped: set[float] = set()  # non-integral Python floats read off tracked tensors (Capture._decision)
         self._tracked: dict[int, weakref.ref] = {}
         self._discrete: dict[int, weakref.ref] = {}
         self._counts: dict[str, int] = {}
@@ -381,6 +382,8 @@ class Capture(TorchFunctionMode):
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
         """Run ``func`` on a captured forward pass (see the module docstring)."""
+        if self._escaped:
+            self._check_escaped(func, args, kwargs)
         tracked, discrete = [], []
         for t in _tensors(args, kwargs):
             if self._is(t, self._tracked):
@@ -535,6 +538,7 @@ class Capture(TorchFunctionMode):
         self.decisions.append((func, out))
         forced = self.forced_decisions
         if forced is None:
+            self._note_escaped(out)
             return out
         if k >= len(forced) or forced[k][0] != func:
             recorded = _op_name(forced[k][0]) if k < len(forced) else f"nothing (it read {len(forced)} values)"
@@ -543,7 +547,33 @@ class Capture(TorchFunctionMode):
                 f"{self._where()} as read number {k}, where the recorded pass called {recorded}: the model's control "
                 "flow depends on something the capture does not see (state kept between calls, randomness), so "
                 "the recorded path cannot be replayed at another input.")
+        self._note_escaped(forced[k][1])
         return forced[k][1]
+
+    def _note_escaped(self, value: Any, budget: int = 10_000) -> None:
+        """Remember the non-integral floats among ``value`` (``h.item()``, ``float(h)``, ``h.tolist()``)."""
+        if isinstance(value, float):
+            if not value.is_integer():
+                self._escaped.add(value)
+        elif isinstance(value, list) and len(self._escaped) < budget:
+            for v in value:
+                self._note_escaped(v, budget)
+
+    def _check_escaped(self, func: Callable, args: tuple, kwargs: dict) -> None:
+        """Refuse an operation given a Python number that was read off an input-dependent tensor.
+
+        Such a number depends on x, but the capture sees a constant: ``x * h.norm().item()`` or ``x + h.sum().item()``
+        would get a wrong A with an identity check that still passes. Used for control flow only (``if h.sum().item()
+        > 0``) the number is fine. Numbers computed from it in Python (``2 * v``) cannot be recognised.
+        """
+        for value in (*args, *kwargs.values()):
+            if type(value) is float and value in self._escaped:
+                raise _Unsupported(
+                    f"operation {_op_name(func)}{self._where()} receives the Python number {value!r}, read off an "
+                    "input-dependent tensor (item(), float() or tolist()): it depends on x, but cnnlens cannot follow "
+                    "how, so the affine map would miss that dependence. Keep the value a tensor, so that cnnlens sees "
+                    "it (h - h.mean(1, keepdim=True) rather than h - h.mean().item()); reading it for control flow "
+                    "only (if h.sum().item() > 0) is fine.")
 
     # the samples of the batch ------------------------------------------------------------------------------------
     def _check_samples(self, func: Callable, args: tuple, kwargs: dict) -> None:
@@ -624,9 +654,10 @@ class Capture(TorchFunctionMode):
                         if k < len(self.forced) else f"no layer (it met {len(self.forced)})")
             raise ReplayDivergenceError(
                 f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as nonlinearity "
-                f"number {k}, where the recorded pass met {recorded}: the model's control flow depends on the input "
-                "values, so the regions recorded at x cannot be replayed at another input. The affine map at x is "
-                "still exact; only checks that replay the regions (the propagated offset) cannot run on this model.")
+                f"number {k}, where the recorded pass met {recorded}: the model's control flow depends on something "
+                "the capture does not see (state kept between calls, randomness), so the regions recorded at x cannot "
+                "be replayed at another input. The affine map at x is still exact; only checks that replay the "
+                "regions (the propagated offset) cannot run on this model.")
         return self.forced[k]
 
     def record(self, entry: Entry) -> None:
