@@ -46,8 +46,9 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
        identities above test A only along x; this one sees what the model computes whatever its autograd graph says
        (``detach``, ``no_grad``), and whether its outputs mix the samples. Steps of 1e-4, 1e-5 and 1e-6 times
        |x| on both sides are tried and the best agreement counts (a step can cross a region boundary); a sample on
-       a boundary (:func:`cnnlens.spline.boundary_units`), where the tie rule picks one of several directional
-       derivatives, is left out of this check when no side agrees.
+       a boundary that v leaves (a unit exactly at its threshold, max-pool maxima tied at x that move apart along
+       v), where the tie rule picks one of several directional derivatives, is left out of this check when no side
+       agrees.
 
     Parameters
     ----------
@@ -122,8 +123,6 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
 def _directional_errors(model: Callable[[Tensor], Tensor], x: Tensor, a: Tensor, tol: float) -> Tensor | None:
     """Per-sample relative error of ``A v`` against finite differences of the model along v (check 3 above); NaN
     for a sample on a region boundary where no side agrees to ``tol``."""
-    from .spline._codes import boundary_units
-
     if x.dtype == torch.float64:
         model64 = model
     elif isinstance(model, nn.Module):
@@ -146,11 +145,36 @@ def _directional_errors(model: Callable[[Tensor], Tensor], x: Tensor, a: Tensor,
             rel = (d - av).abs().amax(1) / scale.clamp_min(torch.finfo(torch.float64).tiny)
             best = torch.minimum(best, rel)
     if bool((best > tol).any()):  # on a region boundary the tie rule picks one of several derivatives
-        on_boundary = torch.zeros(n, dtype=torch.bool)
-        for units in boundary_units(model, x).values():
-            on_boundary |= units.reshape(n, -1).any(1)
+        on_boundary = _ties_along(model64, x64, v)
         best = torch.where(on_boundary & (best > tol), torch.full((), float("nan"), dtype=best.dtype), best)
     return best
+
+
+def _ties_along(model: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
+    """Per sample, whether some unit sits exactly on a region boundary at x and leaves it along v: a ReLU-like unit
+    with ``u == 0``, a clamp at a bound, or a max-pool window whose tied maxima move apart (ties among units that
+    stay equal, such as dead ReLUs pooled together, do not make the directional derivative ambiguous)."""
+    from .spline import activations
+
+    n = x.shape[0]
+    at, moved = activations(model, x), activations(model, x + 1e-9 * v)
+    ties = torch.zeros(n, dtype=torch.bool)
+    for name, kind in at.kinds.items():
+        a, b = at[name], moved.get(name)
+        if b is None or b.shape != a.shape:
+            return torch.ones(n, dtype=torch.bool)  # another path along v: x is on a boundary of the control flow
+        if kind == "binary":
+            tie = (a == 0) & (b != 0)
+        elif kind == "ternary":
+            lo, hi = at.bounds[name]
+            tie = ((a == lo) | (a == hi)) & (b != a)
+        else:
+            tied = (a == a.amax(-1, keepdim=True)) & (a.amax(-1, keepdim=True) > float("-inf"))
+            low = torch.where(tied, b, torch.full((), float("inf"), dtype=b.dtype)).amin(-1)
+            high = torch.where(tied, b, torch.full((), float("-inf"), dtype=b.dtype)).amax(-1)
+            tie = (tied.sum(-1) > 1) & (low != high)
+        ties |= tie.reshape(n, -1).any(1)
+    return ties
 
 
 def offset_output(model: nn.Module, x: Tensor, *, rtol: float | None = None) -> Tensor:

@@ -49,7 +49,8 @@ from torch.utils._pytree import tree_leaves
 from .._errors import NotPiecewiseAffineError
 from ._transpose import Node, Tape, record_linear
 
-__all__ = ["Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input", "module_on_stack"]
+__all__ = ["UNFORCEABLE", "Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input",
+           "module_on_stack"]
 
 _APPROX_HINT = (
     "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
@@ -57,6 +58,11 @@ _APPROX_HINT = (
 )
 
 T = torch.Tensor
+
+
+UNFORCEABLE = ("the model's control flow depends on something the replay cannot force (a float read off an "
+               "input-dependent tensor: compare tensors, if h.sum() > 0, rather than floats; state kept between "
+               "calls; randomness)")
 
 
 class ReplayDivergenceError(RuntimeError):
@@ -149,11 +155,11 @@ _REDUCE_DIM = {T.sum, torch.sum, T.mean, torch.mean, T.cumsum, torch.cumsum, T.a
 _SWAP_DIMS = {T.transpose, torch.transpose, T.swapaxes, torch.swapaxes, T.swapdims, torch.swapdims}
 _MOVE_DIMS = {T.movedim, torch.movedim, T.moveaxis, torch.moveaxis}
 _REVERSE_DIMS = {T.t, torch.t, T.T.__get__, T.mT.__get__, T.mH.__get__, T.H.__get__, T.adjoint, torch.adjoint}
-_SAMPLE_DIM_OPS = (_REDUCE_DIM | _SWAP_DIMS | _MOVE_DIMS | _REVERSE_DIMS
-                   | {T.flip, torch.flip, T.roll, torch.roll, T.permute, torch.permute, T.__getitem__})
 #: Reductions whose result is batch-wide when called without ``dim`` (``h.sum()``, ``h.mean()``).
 _FULL_REDUCE = {T.sum, torch.sum, T.mean, torch.mean, T.amax, torch.amax, T.amin, torch.amin}
 _MATMUL_LIKE = {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, F.linear}
+_SAMPLE_DIM_OPS = (_REDUCE_DIM | _SWAP_DIMS | _MOVE_DIMS | _REVERSE_DIMS | _MATMUL_LIKE
+                   | {T.flip, torch.flip, T.roll, torch.roll, T.permute, torch.permute, T.__getitem__, torch.einsum})
 #: Argument names of the _INPUT_ONLY operations (they are builtins without a signature to inspect).
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_T_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
@@ -530,9 +536,12 @@ class Capture(TorchFunctionMode):
     def _decision(self, func: Callable, out: Any) -> Any:
         """A value read off an input-dependent tensor that leaves the tensors (``bool()``, ``item()``, shape queries).
 
-        Recorded in call order. A replay (``decisions`` given) returns the recorded value instead of its own, so it
-        takes the control-flow path of the recorded pass: on the region of x that path is fixed, and the masked
-        network of eq. 7 of 000 is the one that path computes.
+        Recorded in call order. A replay (``decisions`` given) returns the recorded value instead of its own when
+        it is discrete (bools, ints, shapes: control flow such as ``if h.sum() > 0``), so it takes the control-flow
+        path of the recorded pass: on the region of x that path is fixed, and the masked network of eq. 7 of 000 is
+        the one that path computes. Floats and arrays (``float(h.sum())``, ``h.numpy()``) may flow into arithmetic
+        the capture cannot see, so the replay keeps its own: forcing them would make B agree with a map that
+        misses their dependence on x, and hide it from the identity check.
         """
         k = len(self.decisions)
         self.decisions.append((func, out))
@@ -544,11 +553,12 @@ class Capture(TorchFunctionMode):
             recorded = _op_name(forced[k][0]) if k < len(forced) else f"nothing (it read {len(forced)} values)"
             raise ReplayDivergenceError(
                 f"the replayed forward pass read a value off an input-dependent tensor with {_op_name(func)}"
-                f"{self._where()} as read number {k}, where the recorded pass called {recorded}: the model's control "
-                "flow depends on something the capture does not see (state kept between calls, randomness), so "
+                f"{self._where()} as read number {k}, where the recorded pass called {recorded}: {UNFORCEABLE}, so "
                 "the recorded path cannot be replayed at another input.")
-        self._note_escaped(forced[k][1])
-        return forced[k][1]
+        if _is_discrete(forced[k][1]):
+            return forced[k][1]
+        self._note_escaped(out)
+        return out  # a float or an array read off x: the replay's own, so that B does not hide its dependence on x
 
     def _note_escaped(self, value: Any, budget: int = 10_000) -> None:
         """Remember the non-integral floats among ``value`` (``h.item()``, ``float(h)``, ``h.tolist()``)."""
@@ -579,7 +589,8 @@ class Capture(TorchFunctionMode):
     def _check_samples(self, func: Callable, args: tuple, kwargs: dict) -> None:
         """Refuse an operation that reduces, reorders, moves or contracts the sample dimension (dim 0) of a tracked
         tensor whose dim 0 is the sample dimension: a cheap structural check of per-sample models, before the op."""
-        for pos in (0, 1) if func in _MATMUL_LIKE else (0,):
+        # a weight of F.linear that depends on x is refused as quadratic by _check_operands
+        for pos in (0, 1) if func in _MATMUL_LIKE and func is not F.linear else (0,):
             h = args[pos] if len(args) > pos else None
             if isinstance(h, Tensor) and self._is(h, self._samples):
                 what = _sample_dim_use(func, args, kwargs, pos, h.dim())
@@ -636,8 +647,9 @@ class Capture(TorchFunctionMode):
             return
         if func in _FULL_REDUCE and self.batch > 1 and _full_reduction(args, kwargs):
             self._mark(self._pooled, outs)
-        elif len(samples) == sum(t.dim() > 0 for t in ins) and not _drops_sample_dim(func, args, kwargs):
-            self._mark(self._samples, [o for o in outs if o.dim() > 0 and o.shape[0] == self.batch])
+        elif len(samples) == sum(t.dim() > 0 for t in ins):
+            self._mark(self._samples, [o for o in outs if o.dim() > 0 and o.shape[0] == self.batch
+                                       and not _moves_sample_dim(func, args, kwargs, o)])
 
     @staticmethod
     def _mark(table: dict[int, weakref.ref], tensors: list[Tensor]) -> None:
@@ -654,14 +666,23 @@ class Capture(TorchFunctionMode):
                         if k < len(self.forced) else f"no layer (it met {len(self.forced)})")
             raise ReplayDivergenceError(
                 f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as nonlinearity "
-                f"number {k}, where the recorded pass met {recorded}: the model's control flow depends on something "
-                "the capture does not see (state kept between calls, randomness), so the regions recorded at x cannot "
-                "be replayed at another input. The affine map at x is still exact; only checks that replay the "
-                "regions (the propagated offset) cannot run on this model.")
+                f"number {k}, where the recorded pass met {recorded}: {UNFORCEABLE}, so the regions recorded at x "
+                "cannot be replayed at another input. The affine map at x is still exact; only checks that replay "
+                "the regions (the propagated offset) cannot run on this model.")
         return self.forced[k]
 
     def record(self, entry: Entry) -> None:
         self.entries.append(entry)
+
+
+def _is_discrete(value: Any) -> bool:
+    """Whether a value read off a tensor is discrete (bool, int, a shape, or lists/arrays of them): control flow."""
+    if value is None or isinstance(value, (bool, int, str, torch.Size)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_discrete(v) for v in value)
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # numpy arrays and scalars
+    return kind is not None and kind in "biu"
 
 
 # --- the sample dimension ---------------------------------------------------------------------------------------
@@ -737,17 +758,23 @@ def _full_reduction(args: tuple, kwargs: dict) -> bool:
     return dim is None or (isinstance(dim, (list, tuple)) and not dim)
 
 
-def _drops_sample_dim(func: Callable, args: tuple, kwargs: dict) -> bool:
-    """Whether ``func`` takes one sample out of the batch (``h[i]``, ``h.select(0, i)``, ``h.unbind(0)``): its
-    results have no sample dimension even when their first size happens to equal the batch size."""
+def _moves_sample_dim(func: Callable, args: tuple, kwargs: dict, out: Tensor) -> bool:
+    """Whether ``func`` takes one sample out of the batch (``h[i]``, ``h.select(0, i)``, ``h.unbind(0)``) or puts
+    another dimension in front (``torch.stack``, ``h[None]``, ``h.unsqueeze(0)``, ``h.expand(2, *h.shape)``): its
+    results have no sample dimension at dim 0 even when their first size happens to equal the batch size."""
+    h = args[0] if args else None
     if func is T.__getitem__:
         index = args[1] if len(args) > 1 else None
         first = index[0] if isinstance(index, tuple) and index else index
-        return isinstance(first, int) or (isinstance(first, Tensor) and first.dim() == 0)
+        return first is None or isinstance(first, int) or (isinstance(first, Tensor) and first.dim() == 0)
     if func in (T.select, torch.select, T.unbind, torch.unbind):
-        dim = _arg(args, kwargs, 1, "dim", 0)
-        return int(dim) == 0
-    return False
+        return int(_arg(args, kwargs, 1, "dim", 0)) == 0
+    if func in (torch.stack, torch.vstack, torch.unflatten, T.unflatten):
+        return func is torch.vstack or int(_arg(args, kwargs, 1, "dim", 0)) == 0
+    if func in (T.unsqueeze, torch.unsqueeze):
+        return int(_arg(args, kwargs, 1, "dim")) % out.dim() == 0
+    return isinstance(h, Tensor) and out.dim() > h.dim() and func in (T.expand, T.expand_as, torch.broadcast_to,
+                                                                        T.broadcast_to)
 
 
 # --- nonlinear handlers -----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._errors import ExactnessError
-from ._capture import Capture, Entry, ReplayDivergenceError, capture, run_captured
+from ._capture import UNFORCEABLE, Capture, Entry, ReplayDivergenceError, capture, run_captured
 
 __all__ = ["Offset", "check_precision", "offset_of", "raise_inexact", "replay_offset", "tolerance"]
 
@@ -67,8 +67,7 @@ def replay_offset(model: Callable[[Tensor], Tensor], x: Tensor, entries: list[En
     if len(rep.entries) != len(entries):
         raise ReplayDivergenceError(
             f"the replayed forward pass met {len(rep.entries)} nonlinearities but the recorded pass met "
-            f"{len(entries)}: the model's control flow depends on something the capture does not see, so the "
-            "regions recorded at x cannot be replayed at input 0.")
+            f"{len(entries)}: {UNFORCEABLE}, so the regions recorded at x cannot be replayed at input 0.")
     return out
 
 
@@ -138,13 +137,17 @@ def raise_inexact(model: Callable[[Tensor], Tensor], x: Tensor, errors: Tensor, 
                                  "map. Make forward deterministic (eval mode, no torch.rand, no state kept between "
                                  "calls).")
         if x.shape[0] > 1:
-            split = torch.cat([model(x[:1]).reshape(1, -1), model(x[1:]).reshape(x.shape[0] - 1, -1)])
-            if not _close(f1, split, tol):
-                raise ValueError(f"{found}. The model mixes the samples of the batch: its outputs on the batch differ "
-                                 "from its outputs on the first sample and on the others, run separately. cnnlens."
-                                 "spline needs per-sample models: output n must depend on input n only (eq. 9 of 000 "
-                                 "maps one input to its output). Keep dim 0 as the sample dimension, or call the "
-                                 "model on one sample at a time.")
+            try:
+                split = torch.cat([model(x[:1]).reshape(1, -1), model(x[1:]).reshape(x.shape[0] - 1, -1)])
+                mixed = "its outputs on the batch differ from its outputs on the first sample and on the others, run " \
+                    "separately" if not _close(f1, split, tol) else None
+            except RuntimeError as err:  # e.g. a constant (N, N) matrix applied across the batch
+                mixed = f"it fails on part of the batch ({str(err).strip().rstrip('.')}), so it depends on the batch"
+            if mixed:
+                raise ValueError(f"{found}. The model mixes the samples of the batch: {mixed}. cnnlens.spline needs "
+                                 "per-sample models: output n must depend on input n only (eq. 9 of 000 maps one "
+                                 "input to its output). Keep dim 0 as the sample dimension, or call the model on one "
+                                 "sample at a time.")
     if not seen:
         cause = ("The capture saw no operation on x reach the outputs, so part of the model runs where it cannot "
                  "see: TorchScript or compiled code called from a plain function (pass the eager module), values "
