@@ -13,7 +13,17 @@ the SUPPORTED tables below:
   input (``torch.where`` with the recorded mask, ``gather`` with the recorded argmax), so that the autograd graph of
   the captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
 * anything else that touches a tracked tensor raises :class:`cnnlens.NotPiecewiseAffineError` naming the operation and
-  the module it was called in (or is linearised locally when ``approximate=True``).
+  the module it was called in (or is linearised locally when ``approximate=True``); so does an operation that is not
+  affine in its tracked operands (a product of two of them, ``F.linear(z, z)``, a division by one: quadratic in x).
+
+A is the Jacobian of the function the model computes, whatever its autograd graph says: ``detach()``, ``.data``,
+``detach_()``, ``cpu()`` and copies (``torch.tensor(h)``) are identities that keep the link to x, and
+``torch.no_grad()`` / ``inference_mode()`` / ``set_grad_enabled(False)`` inside ``forward`` do not apply to the
+captured operations (they run in the grad mode the capture was entered with). Models the capture cannot see into
+are refused (:func:`check_model_input`: TorchScript), and so are models whose outputs mix the samples of the batch,
+by a cheap structural check of the operations that reduce, reorder, move or contract dim 0 of a tracked tensor
+whose dim 0 is the sample dimension (:meth:`Capture._check_samples`); values read off tracked tensors (``bool()``,
+``item()``) are recorded, so that a replay can take the recorded control-flow path (:meth:`Capture._decision`).
 
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
