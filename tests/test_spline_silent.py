@@ -226,6 +226,40 @@ def test_detach_and_grad_modes_inside_forward_keep_a_exact(mode, path, request):
         assert _close(result.B, plain(x) - torch.einsum("ncd,nd->nc", _jacobian(plain, x), x), 1e-12)
 
 
+class NoGradThenViewWrite(nn.Module):
+    """no_grad inside forward, then an in-place write into a view that the tape cannot transpose: the natural
+    autograd fall-back (where the measured A was 0 before)."""
+
+    def __init__(self, no_grad: bool) -> None:
+        super().__init__()
+        self.no_grad = no_grad
+        self.block = nn.Linear(5, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.no_grad:
+            with torch.no_grad():
+                h = torch.relu(self.block(x))
+        else:
+            h = torch.relu(self.block(x))
+        h = h * 1.0
+        h.view(h.shape[0], 2, 3).mul_(3.0)
+        return self.head(torch.relu(h - 0.2))
+
+
+def test_no_grad_then_an_op_without_transpose_rule_is_exact(dtype):
+    torch.manual_seed(0)
+    model = NoGradThenViewWrite(no_grad=True).to(dtype).eval()
+    plain = NoGradThenViewWrite(no_grad=False).to(dtype).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(5, 5, dtype=dtype)
+    result = affine_map(model, x)
+    assert result.path == "autograd" and "in-place operation torch.Tensor.mul_" in result.fallback_reason
+    assert _close(result.A, _jacobian(plain, x), default_tolerance(dtype))
+    assert float(result.A.abs().max()) > 0.1
+    assert_affine_exact(model, x)
+
+
 @pytest.mark.parametrize("mode", ["detach", "no_grad", "inference_mode", "data"])
 def test_detach_inside_forward_keeps_codes_and_the_segment_walk(mode):
     model, plain = _twins(mode, F64, seed=1)

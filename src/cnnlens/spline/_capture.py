@@ -572,10 +572,12 @@ class Capture(TorchFunctionMode):
 
     def _note_escaped(self, value: Any, budget: int = 10_000) -> None:
         """Remember the non-integral floats among ``value`` (``h.item()``, ``float(h)``, ``h.tolist()``)."""
+        if len(self._escaped) >= budget:
+            return
         if isinstance(value, float):
             if not value.is_integer():
                 self._escaped.add(value)
-        elif isinstance(value, list) and len(self._escaped) < budget:
+        elif isinstance(value, list):
             for v in value:
                 self._note_escaped(v, budget)
 
