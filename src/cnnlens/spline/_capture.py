@@ -168,8 +168,9 @@ _REVERSE_DIMS = {T.t, torch.t, T.T.__get__, T.mT.__get__, T.mH.__get__, T.H.__ge
 #: Reductions whose result is batch-wide when called without ``dim`` (``h.sum()``, ``h.mean()``).
 _FULL_REDUCE = {T.sum, torch.sum, T.mean, torch.mean, T.amax, torch.amax, T.amin, torch.amin}
 _MATMUL_LIKE = {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, F.linear}
-_SAMPLE_DIM_OPS = (_REDUCE_DIM | _SWAP_DIMS | _MOVE_DIMS | _REVERSE_DIMS | _MATMUL_LIKE
-                   | {T.flip, torch.flip, T.roll, torch.roll, T.permute, torch.permute, T.__getitem__, torch.einsum})
+_FLIP, _ROLL, _PERMUTE = {T.flip, torch.flip}, {T.roll, torch.roll}, {T.permute, torch.permute}
+_SAMPLE_DIM_OPS = (_REDUCE_DIM | _SWAP_DIMS | _MOVE_DIMS | _REVERSE_DIMS | _MATMUL_LIKE | _FLIP | _ROLL | _PERMUTE
+                   | {T.__getitem__, torch.einsum})
 #: Argument names of the _INPUT_ONLY operations (they are builtins without a signature to inspect).
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_T_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
@@ -733,9 +734,9 @@ def _sample_dim_use(func: Callable, args: tuple, kwargs: dict, pos: int, nd: int
         if dim is None or (isinstance(dim, (list, tuple)) and not dim):
             return None  # a reduction over all dimensions: followed by Capture._follow_samples
         return "reduces over the sample dimension" if 0 in _dims(dim, nd) else None
-    if func in (T.flip, torch.flip):
+    if func in _FLIP:
         return "reverses the sample dimension" if 0 in _dims(_dim_args(args, kwargs, "dims"), nd) else None
-    if func in (T.roll, torch.roll):
+    if func in _ROLL:
         dims = _arg(args, kwargs, 2, "dims", None)
         if dims is None or (isinstance(dims, (list, tuple)) and not dims):
             return "rolls the flattened tensor across the sample dimension"
@@ -744,7 +745,7 @@ def _sample_dim_use(func: Callable, args: tuple, kwargs: dict, pos: int, nd: int
         a = _arg(args, kwargs, 1, "dim0", kwargs.get("axis0"))
         b = _arg(args, kwargs, 2, "dim1", kwargs.get("axis1"))
         return "moves the sample dimension" if (int(a) % nd == 0) != (int(b) % nd == 0) else None
-    if func in (T.permute, torch.permute):
+    if func in _PERMUTE:
         dims = _dim_args(args, kwargs, "dims")
         return "moves the sample dimension" if int(tuple(dims)[0]) % nd != 0 else None
     if func in _MOVE_DIMS:
@@ -770,6 +771,12 @@ def _full_reduction(args: tuple, kwargs: dict) -> bool:
     return dim is None or (isinstance(dim, (list, tuple)) and not dim)
 
 
+_TAKE_SAMPLE = frozenset({T.select, torch.select, T.unbind, torch.unbind})
+_STACK_LIKE = frozenset({torch.stack, torch.vstack, torch.unflatten, T.unflatten})
+_UNSQUEEZE = frozenset({T.unsqueeze, torch.unsqueeze})
+_EXPAND = frozenset({T.expand, T.expand_as, torch.broadcast_to, T.broadcast_to})
+
+
 def _moves_sample_dim(func: Callable, args: tuple, kwargs: dict, out: Tensor) -> bool:
     """Whether ``func`` takes one sample out of the batch (``h[i]``, ``h.select(0, i)``, ``h.unbind(0)``) or puts
     another dimension in front (``torch.stack``, ``h[None]``, ``h.unsqueeze(0)``, ``h.expand(2, *h.shape)``): its
@@ -779,14 +786,13 @@ def _moves_sample_dim(func: Callable, args: tuple, kwargs: dict, out: Tensor) ->
         index = args[1] if len(args) > 1 else None
         first = index[0] if isinstance(index, tuple) and index else index
         return first is None or isinstance(first, int) or (isinstance(first, Tensor) and first.dim() == 0)
-    if func in (T.select, torch.select, T.unbind, torch.unbind):
+    if func in _TAKE_SAMPLE:
         return int(_arg(args, kwargs, 1, "dim", 0)) == 0
-    if func in (torch.stack, torch.vstack, torch.unflatten, T.unflatten):
+    if func in _STACK_LIKE:
         return func is torch.vstack or int(_arg(args, kwargs, 1, "dim", 0)) == 0
-    if func in (T.unsqueeze, torch.unsqueeze):
+    if func in _UNSQUEEZE:
         return int(_arg(args, kwargs, 1, "dim")) % out.dim() == 0
-    return isinstance(h, Tensor) and out.dim() > h.dim() and func in (T.expand, T.expand_as, torch.broadcast_to,
-                                                                        T.broadcast_to)
+    return func in _EXPAND and isinstance(h, Tensor) and out.dim() > h.dim()
 
 
 # --- nonlinear handlers -----------------------------------------------------------------------------------------
