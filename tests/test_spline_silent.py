@@ -128,6 +128,17 @@ def test_torchscript_is_refused_at_every_entry_point(kind):
         assert "Pass the eager nn.Module" in str(info.value), name
 
 
+def test_torch_compiled_modules_are_refused():
+    """A compiled graph reruns without the Python code of the capture: refused, as root module and as submodule."""
+    compiled = torch.compile(_eager(), backend="eager")  # compiles lazily: nothing runs until the first call
+    inside = nn.Sequential(nn.Linear(5, 5), torch.compile(_eager(), backend="eager")).double().eval()
+    x = torch.randn(3, 5, dtype=F64)
+    for model, where in ((compiled, "'<root>'"), (inside, "'1'")):
+        for name in ("affine_map", "templates", "partition_codes", "regions_on_segment", "is_globally_convex"):
+            with pytest.raises(TypeError, match=f"module {where} was compiled with torch.compile.*_orig_mod"):
+                ENTRY_POINTS[name](model, x)
+
+
 def test_torchscript_called_from_a_plain_function_fails_the_identity_check():
     """A function cannot be inspected; the check of A x + B == f(x) with B propagated catches it (A reads 0)."""
     scripted = torch.jit.script(_eager())

@@ -20,10 +20,11 @@ A is the Jacobian of the function the model computes, whatever its autograd grap
 ``detach_()``, ``cpu()`` and copies (``torch.tensor(h)``) are identities that keep the link to x, and
 ``torch.no_grad()`` / ``inference_mode()`` / ``set_grad_enabled(False)`` inside ``forward`` do not apply to the
 captured operations (they run in the grad mode the capture was entered with). Models the capture cannot see into
-are refused (:func:`check_model_input`: TorchScript), and so are models whose outputs mix the samples of the batch,
-by a cheap structural check of the operations that reduce, reorder, move or contract dim 0 of a tracked tensor
-whose dim 0 is the sample dimension (:meth:`Capture._check_samples`); values read off tracked tensors (``bool()``,
-``item()``) are recorded, so that a replay can take the recorded control-flow path (:meth:`Capture._decision`).
+are refused (:func:`check_model_input`: TorchScript, torch.compile), and so are models whose outputs mix the samples
+of the batch, by a cheap structural check of the operations that reduce, reorder, move or contract dim 0 of a
+tracked tensor whose dim 0 is the sample dimension (:meth:`Capture._check_samples`); values read off tracked tensors
+(``bool()``, ``item()``) are recorded, so that a replay can take the recorded control-flow path
+(:meth:`Capture._decision`).
 
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
@@ -1140,14 +1141,20 @@ _EAGER_HINT = ("TorchScript code runs in C++, where the capture cannot see its o
 
 
 def _check_eager(model: Callable[[Tensor], Tensor]) -> None:
-    """Refuse TorchScript (``torch.jit.script`` / ``torch.jit.trace``): a ScriptFunction, a ScriptModule, or a module
-    holding one as a submodule or attribute."""
+    """Refuse TorchScript (``torch.jit.script`` / ``torch.jit.trace``: a ScriptFunction, a ScriptModule, or a module
+    holding one as a submodule or attribute) and ``torch.compile``'d modules."""
     if isinstance(model, torch.jit.ScriptFunction):
         raise TypeError(f"the model is a TorchScript function ({getattr(model, 'name', 'scripted')}). {_EAGER_HINT}")
     if not isinstance(model, nn.Module):
         return
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")  # imported once torch.compile has been called
+    compiled = getattr(dynamo, "OptimizedModule", ())
     for path, mod in model.named_modules():
         where = f"module '{path or '<root>'}'"
+        if compiled and isinstance(mod, compiled):
+            raise TypeError(f"{where} was compiled with torch.compile: a compiled graph reruns the operations without "
+                            "the Python code that records them, so the capture cannot follow it. Pass the eager "
+                            "module (the compiled module's ._orig_mod).")
         if isinstance(mod, torch.jit.ScriptModule):
             raise TypeError(f"{where} is a TorchScript module ({type(mod).__name__}, from torch.jit.script or "
                             f"torch.jit.trace). {_EAGER_HINT}")
