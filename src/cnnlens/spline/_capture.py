@@ -513,7 +513,7 @@ class Capture(TorchFunctionMode):
         """``detach``, ``.data``, ``detach_``, ``cpu``, ``cuda`` of an input-dependent tensor: the same values, and the
         capture keeps their link to x (a view in the autograd graph, an identity on the tape). A is the Jacobian of
         the function the model computes (eq. 8 of 000), not of its autograd graph."""
-        h = args[0]
+        h = _arg(args, kwargs, 0, "input")
         if func is T.detach_:
             return h  # the values do not change; the link is kept
         if func in (T.cpu, T.cuda):
