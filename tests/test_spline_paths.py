@@ -192,35 +192,93 @@ def test_errors_inside_the_transposed_sweep_propagate(monkeypatch):
 
 
 class Branchy(nn.Module):
-    """Takes another layer (of another width) when the first layer is silent: control flow on input values."""
+    """Takes another layer (of another width) when the first layer is silent: control flow on input values, read
+    as a float (``float(h.sum()) > 0``) or as a tensor comparison (``bool(h.sum() > 0)``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compare_tensors: bool = False) -> None:
         super().__init__()
         self.first = nn.Linear(3, 4)
         self.wide = nn.Linear(4, 5)
         self.narrow = nn.Linear(4, 3)
+        self.compare_tensors = compare_tensors
         with torch.no_grad():
             self.first.bias.fill_(-5.0)  # silent at input 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.first(x))
-        if float(h.sum()) > 0:
+        if (bool(h.sum() > 0) if self.compare_tensors else float(h.sum()) > 0):
             return torch.relu(self.wide(h))[:, :3]
         return torch.relu(self.narrow(h))
 
 
+def test_control_flow_on_a_tensor_comparison_is_replayed():
+    """Branchy takes the wide branch at x and the narrow one at input 0. The replay that propagates B is given the
+    discrete values read at x (``bool(h.sum() > 0)``), so it takes the recorded branch and B is the offset of the map
+    at x: it equals f(x) - J x with J from jacrev (an independent computation)."""
+    torch.manual_seed(0)
+    net = Branchy(compare_tensors=True).double().eval()
+    with torch.no_grad():
+        net.first.weight.fill_(2.0)
+    x = torch.full((2, 3), 2.0, dtype=torch.float64)
+    result = affine_map(net, x)
+    assert result.bias_fallback is None and result.identity_error <= 1e-12
+    jac = _jacobian(net, x)
+    with torch.no_grad():
+        offset = net(x) - torch.einsum("ncd,nd->nc", jac, x)
+    assert float((result.B - offset).abs().max()) <= 1e-10 * float(offset.abs().max())
+    assert_affine_exact(net, x)
+
+
 def test_replay_divergence_is_its_own_error():
+    """With ``float(h.sum()) > 0`` the replay keeps its own float (a float may flow into arithmetic), so it takes the
+    narrow branch at input 0: affine_map warns that B falls back to f(x) - A x, and the replay check raises."""
     torch.manual_seed(0)
     net = Branchy().double().eval()
     with torch.no_grad():
         net.first.weight.fill_(2.0)
     x = torch.full((2, 3), 2.0, dtype=torch.float64)
-    a, b = affine_map(net, x)  # the map at x itself is fine
+    with pytest.warns(UserWarning, match="not an independent check"):
+        a, b = affine_map(net, x)  # the map at x itself is fine
     assert a.shape == (2, 3, 3)
-    with pytest.raises(ReplayDivergenceError, match="control flow depends on the input values") as info:
+    with pytest.raises(ReplayDivergenceError, match="depends on something the replay cannot force") \
+            as info:
         assert_affine_exact(net, x)
     assert "could not be evaluated" not in str(info.value)
     assert "nonlinearity number 1" in str(info.value)
+
+
+class Alternating(nn.Module):
+    """Takes one more layer on every other call: control flow on state that the capture does not see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        self.extra = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        h = torch.relu(self.first(x))
+        if self.calls % 2:
+            h = torch.relu(self.extra(h))
+        return self.head(h)
+
+
+def test_replay_divergence_is_its_own_error_and_affine_map_says_so():
+    torch.manual_seed(0)
+    net = Alternating().double().eval()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"B is f\(x\) - A x, because the propagation of B could not replay"):
+        result = affine_map(net, x)  # the map of the call that recorded it is still exact
+    assert result.identity_error is None and "cannot force" in result.bias_fallback
+    net.calls = 0  # the recording call takes the extra layer, as in affine_map
+    jac = _jacobian(net, x)
+    assert float((result.A - jac).abs().max()) <= 1e-12 * float(jac.abs().max())
+    with pytest.raises(ReplayDivergenceError, match="depends on something the replay cannot force") \
+            as info:
+        assert_affine_exact(net, x)
+    assert "could not be evaluated" not in str(info.value)
 
 
 def test_shape_mismatch_keeps_the_hint_and_the_cause():

@@ -7,7 +7,7 @@ claims (``cnnlens run``). Data sets come from ``cnnlens.data``, training from ``
 """
 
 from . import data, nn, recos, spline, tiles, train
-from ._errors import CheckpointError, DataIntegrityError, DataUnavailableError, NotPiecewiseAffineError
+from ._errors import CheckpointError, DataIntegrityError, DataUnavailableError, ExactnessError, NotPiecewiseAffineError
 from .data import list_datasets, load
 from .spline import (
     affine_map,
@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "DataIntegrityError",
     "DataUnavailableError",
+    "ExactnessError",
     "NotPiecewiseAffineError",
     "affine_map",
     "data",

@@ -21,3 +21,12 @@ class DataIntegrityError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: corrupt file, or saved from a different model/optimiser."""
+
+
+class ExactnessError(RuntimeError):
+    """An affine map failed its independent check ``A[x] x + B[x] == f(x)`` (eq. 9 of 000).
+
+    ``B`` is propagated through the masked network at input 0, independently of ``A`` and ``f(x)``, so a mismatch
+    means that the capture did not see everything the model computes (an operation outside Python torch calls, a
+    random or stateful model, a precision too low for the model's depth). The message says which, when it can tell.
+    """

@@ -35,11 +35,20 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
                         chunk_size: int | None = None) -> dict[str, float]:
     """Assert that :func:`cnnlens.spline.affine_map` is exact on ``x`` (eq. 9 of 000) and return the error stats.
 
-    Two independent checks, each relative to the per-sample scale ``max(|f(x)|, |A x|, |B|)``:
+    Three checks of the map against quantities computed without it, each relative to a per-sample scale:
 
-    1. ``A[x] x + B[x] == model(x)``, with ``model(x)`` from a plain forward pass (no capture);
-    2. ``B[x]`` equals the offset propagated through the network at input 0 with the regions of x held fixed
-       (eq. 7 of 000), so ``A[x] x + B_propagated == model(x)`` does not rely on ``B = f(x) - A x``.
+    1. ``A[x] x + B[x] == model(x)``, with ``model(x)`` from a plain forward pass (no capture) and B as
+       :func:`affine_map` returns it (propagated through the masked network, not ``f(x) - A x``);
+    2. ``A[x] x + B_propagated == model(x)``, with ``B_propagated`` from :func:`propagated_bias`'s own recording
+       and replay at input 0 (eq. 7 of 000);
+    3. ``A[x] v`` equals the derivative of the plain model along a random direction v (one per sample, as long
+       as x), by finite differences in float64 (on a float64 copy of an ``nn.Module`` given in float32). The
+       identities above test A only along x; this one sees what the model computes whatever its autograd graph says
+       (``detach``, ``no_grad``), and whether its outputs mix the samples. Steps of 1e-4, 1e-5 and 1e-6 times
+       |x| on both sides are tried and the best agreement counts (a step can cross a region boundary); a sample on
+       a boundary that v leaves (a unit exactly at its threshold, max-pool maxima tied at x that move apart along
+       v), where the tie rule picks one of several directional derivatives, is left out of this check when no side
+       agrees.
 
     Parameters
     ----------
@@ -48,25 +57,35 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
     x : Tensor (N, *in_shape)
         Inputs.
     rtol : float, optional
-        Relative tolerance; default from the dtype (:func:`default_tolerance`).
+        Relative tolerance; default from the dtype (:func:`default_tolerance`). Check 3 uses at least 1e-8
+        (finite differences in float64 lose about 1e-10 to rounding).
     chunk_size : int, optional
         Passed to :func:`cnnlens.spline.affine_map`.
 
     Returns
     -------
     dict
-        ``identity_max_rel_error``, ``bias_max_rel_error``, ``identity_max_abs_error`` (also logged at INFO level).
+        ``identity_max_rel_error``, ``bias_max_rel_error``, ``identity_max_abs_error``,
+        ``directional_max_rel_error`` (NaN when check 3 could not run: a plain function in float32, which cannot
+        be copied to float64) and ``directional_samples_skipped`` (left out of check 3: on a boundary, or all of
+        them when it could not run); also logged at INFO level.
 
     Raises
     ------
     AssertionError
-        When an error exceeds ``rtol``; the message gives the worst sample and its errors.
+        When an error exceeds ``rtol`` (also when :func:`affine_map` itself finds its identity check failing);
+        the message gives the worst sample and its errors. Models that the engine refuses (not piecewise affine,
+        TorchScript, mixing samples) raise their own errors.
     """
     __tracebackhide__ = True
+    from ._errors import ExactnessError
     from .spline._affine import affine_map, propagated_bias
 
     tol = default_tolerance(x.dtype) if rtol is None else rtol
-    a, b = affine_map(model, x, chunk_size=chunk_size)
+    try:
+        a, b = affine_map(model, x, chunk_size=chunk_size)
+    except ExactnessError as err:
+        raise AssertionError(f"affine map not exact: {err}") from err
     with torch.no_grad():
         f = model(x).reshape(x.shape[0], -1)
     ax = torch.einsum("ncd,nd->nc", a, x.reshape(x.shape[0], -1))
@@ -74,10 +93,15 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
     scale = torch.stack([f.abs().amax(1), ax.abs().amax(1), b.abs().amax(1)]).amax(0)[:, None]
     err = (ax + b - f).abs()
     err_b = (ax + b_prop - f).abs()
+    tol_d = max(tol, 1e-8)
+    directional = _directional_errors(model, x, a, tol_d)
+    inside = directional[~directional.isnan()] if directional is not None else None
     stats = {
         "identity_max_rel_error": _rel(err, scale),
         "bias_max_rel_error": _rel(err_b, scale),
         "identity_max_abs_error": float(err.max()),
+        "directional_max_rel_error": float(inside.max()) if inside is not None and inside.numel() else float("nan"),
+        "directional_samples_skipped": x.shape[0] - (inside.numel() if inside is not None else 0),
     }
     _log.info("assert_affine_exact on %d samples (%s): %s", x.shape[0], x.dtype, stats)
     worst = int((err / scale).amax(1).argmax())
@@ -86,7 +110,71 @@ def assert_affine_exact(model: Callable[[Tensor], Tensor], x: Tensor, *, rtol: f
             f"affine map not exact to rtol={tol:g} ({x.dtype}): max relative error of A x + B vs f(x) "
             f"{stats['identity_max_rel_error']:.3g}, of A x + B_propagated vs f(x) {stats['bias_max_rel_error']:.3g} "
             f"(worst sample {worst}, scale {float(scale[worst]):.3g}).")
+    if stats["directional_max_rel_error"] > tol_d:
+        worst = int(directional.nan_to_num(-1.0).argmax())
+        raise AssertionError(
+            f"affine map not exact to rtol={tol_d:g} ({x.dtype}): A v differs from the finite-difference "
+            f"derivative of the model along a random direction v by {stats['directional_max_rel_error']:.3g} "
+            f"(relative, sample {worst}), although A x + B == f(x) holds: A is not the Jacobian of what the model "
+            "computes (part of it escaped the capture, or it is not piecewise affine in the way the capture saw).")
     return stats
+
+
+def _directional_errors(model: Callable[[Tensor], Tensor], x: Tensor, a: Tensor, tol: float) -> Tensor | None:
+    """Per-sample relative error of ``A v`` against finite differences of the model along v (check 3 above); NaN
+    for a sample on a region boundary where no side agrees to ``tol``."""
+    if x.dtype == torch.float64:
+        model64 = model
+    elif isinstance(model, nn.Module):
+        model64 = copy.deepcopy(model).double()
+    else:
+        _log.info("assert_affine_exact: no directional check for a plain function in %s (no float64 copy)", x.dtype)
+        return None
+    n = x.shape[0]
+    x64 = x.detach().double()
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    size = x64.reshape(n, -1).norm(dim=1).clamp_min(1.0) / v.reshape(n, -1).norm(dim=1)
+    v = v * size.view(n, *[1] * (x.dim() - 1))
+    av = torch.einsum("ncd,nd->nc", a.double(), v.reshape(n, -1))
+    with torch.no_grad():
+        f0 = model64(x64).reshape(n, -1)
+        best = torch.full((n,), float("inf"), dtype=torch.float64)
+        for step in (1e-4, -1e-4, 1e-5, -1e-5, 1e-6, -1e-6):
+            d = (model64(x64 + step * v).reshape(n, -1) - f0) / step
+            scale = torch.stack([f0.abs().amax(1), av.abs().amax(1), d.abs().amax(1)]).amax(0)
+            rel = (d - av).abs().amax(1) / scale.clamp_min(torch.finfo(torch.float64).tiny)
+            best = torch.minimum(best, rel)
+    if bool((best > tol).any()):  # on a region boundary the tie rule picks one of several derivatives
+        on_boundary = _ties_along(model64, x64, v)
+        best = torch.where(on_boundary & (best > tol), torch.full((), float("nan"), dtype=best.dtype), best)
+    return best
+
+
+def _ties_along(model: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
+    """Per sample, whether some unit sits exactly on a region boundary at x and leaves it along v: a ReLU-like unit
+    with ``u == 0``, a clamp at a bound, or a max-pool window whose tied maxima move apart (ties among units that
+    stay equal, such as dead ReLUs pooled together, do not make the directional derivative ambiguous)."""
+    from .spline import activations
+
+    n = x.shape[0]
+    at, moved = activations(model, x), activations(model, x + 1e-9 * v)
+    ties = torch.zeros(n, dtype=torch.bool)
+    for name, kind in at.kinds.items():
+        a, b = at[name], moved.get(name)
+        if b is None or b.shape != a.shape:
+            return torch.ones(n, dtype=torch.bool)  # another path along v: x is on a boundary of the control flow
+        if kind == "binary":
+            tie = (a == 0) & (b != 0)
+        elif kind == "ternary":
+            lo, hi = at.bounds[name]
+            tie = ((a == lo) | (a == hi)) & (b != a)
+        else:
+            tied = (a == a.amax(-1, keepdim=True)) & (a.amax(-1, keepdim=True) > float("-inf"))
+            low = torch.where(tied, b, torch.full((), float("inf"), dtype=b.dtype)).amin(-1)
+            high = torch.where(tied, b, torch.full((), float("-inf"), dtype=b.dtype)).amax(-1)
+            tie = (tied.sum(-1) > 1) & (low != high)
+        ties |= tie.reshape(n, -1).any(1)
+    return ties
 
 
 def offset_output(model: nn.Module, x: Tensor, *, rtol: float | None = None) -> Tensor:

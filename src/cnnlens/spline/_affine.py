@@ -14,6 +14,11 @@ at DEBUG level on the logger ``cnnlens.spline``): ``"transposed"``, one reverse 
 network (:mod:`._transpose`), and ``"autograd"``, batched autograd over the captured masked graph, taken when some
 operation has no exact transpose rule (the reason names it and its module) and always for ``approximate=True``.
 Both give the same A up to rounding.
+
+B is not ``f(x) - A x``: it is propagated through the masked network at input 0 (eq. 7 of 000, one extra forward
+pass, :mod:`._exactness`), and ``A x + B == f(x)`` is checked on every call. The measured error is on the result
+(``.identity_error``); a failed check raises :class:`cnnlens.ExactnessError` (or a ValueError for a model whose
+outputs mix the samples of the batch) saying what the capture missed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._capture import Capture, Entry, ReplayDivergenceError, capture, check_model_input, run_captured
+from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._exactness import Offset, check_precision, offset_of, raise_inexact, replay_offset, tolerance
 from ._transpose import Tape, transpose_rows
 
 __all__ = ["AffineMap", "Templates", "affine_map", "templates"]
@@ -51,7 +57,7 @@ class AffineMap(_AffineMapFields):
     A : Tensor (N, C, D)
         Slopes: row c of ``A[n]`` is the template of class c for sample n (D = input size flattened).
     B : Tensor (N, C)
-        Offsets ``B[x] = f(x) - A[x] x`` (sec. 5.2 of 000).
+        Offsets ``B[x]``, propagated through the masked network at input 0 (eq. 7 of 000, sec. 5.2).
     approximate : bool
         True when some part of the model is not piecewise affine and was linearised at x (``approximate=True``);
         then (A, B) is the local first-order approximation, exact only at x itself.
@@ -64,20 +70,32 @@ class AffineMap(_AffineMapFields):
         None on the transposed path; otherwise why it was not taken: the operation without a transpose rule and
         the module it was called in, or ``approximate=True``. With ``chunk_size``, the reasons of all chunks that
         fell back.
+    identity_error : float or None
+        The measured ``max |A x + B - f(x)|`` relative to ``max(|f(x)|, |A x|, |B|)`` of each sample, with B
+        propagated independently of A and f(x): the check of eq. 9 of 000 that every call passes (<= 1e-10 in
+        float64, <= 1e-4 in float32, else an error is raised). None when B could not be propagated.
+    bias_fallback : str or None
+        None when B was propagated; otherwise why B is ``f(x) - A x`` (then the identity holds by construction and
+        checks nothing): a linearised part (``approximate=True``) or a replay that took another path (warned).
     """
 
     approximate: bool
     linearised: tuple[str, ...]
     path: str
     fallback_reason: str | None
+    identity_error: float | None
+    bias_fallback: str | None
 
     def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False, linearised: Sequence[str] = (),
-                path: str = TRANSPOSED, fallback_reason: str | None = None) -> AffineMap:
+                path: str = TRANSPOSED, fallback_reason: str | None = None, identity_error: float | None = None,
+                bias_fallback: str | None = None) -> AffineMap:
         self = super().__new__(cls, A, B)
         self.approximate = approximate
         self.linearised = tuple(linearised)
         self.path = path
         self.fallback_reason = fallback_reason
+        self.identity_error = identity_error
+        self.bias_fallback = bias_fallback
         return self
 
 
@@ -110,6 +128,9 @@ class _Chunk:
     entries: list[Entry]
     path: str
     reason: str | None
+    offset: Offset | None = None  # B of one chunk, how it was obtained and checked (_exactness.offset_of)
+    identity_error: float | None = None  # of all chunks (_chunked_map)
+    bias_fallback: str | None = None
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
@@ -129,8 +150,8 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         rows = _rows_of(classes, c)
         a = transpose_rows(tape, xt, y, rows)
         if a is not None:
-            b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
-            return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None)
+            off = offset_of(model, xt, a, y, rows, cap)
+            return _Chunk(a.contiguous(), off.b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None, off)
         reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "
                   "masked graph instead (same A, slower)")
     else:
@@ -149,9 +170,8 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         cot[torch.arange(r), :, rows] = 1
         (g,) = torch.autograd.grad(y, xi, cot, is_grads_batched=True, allow_unused=True)
         a = x.new_zeros(n, r, d) if g is None else g.reshape(r, n, d).transpose(0, 1)
-    y = y.detach()
-    b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, d))
-    return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason)
+    off = offset_of(model, x.detach(), a, y, rows, cap)
+    return _Chunk(a.contiguous(), off.b, y.detach()[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason, off)
 
 
 def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
@@ -161,9 +181,11 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
     The path is "autograd" when any chunk fell back; the reason lists the distinct reasons of those chunks.
     """
     check_model_input(model, x)
+    check_precision(x, caller)
     _validate_chunk(chunk_size)
     step = chunk_size or x.shape[0]
     parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
+    identity_error, bias_fallback = _checked(model, x, [p.offset for p in parts], caller)
     linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
         warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
@@ -177,7 +199,25 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
     path = AUTOGRAD if fell_back else TRANSPOSED
     _log.debug("%s on %d samples: path %s%s", caller, x.shape[0], path, f" ({reason})" if reason else "")
     return _Chunk(torch.cat([p.a for p in parts]), torch.cat([p.b for p in parts]),
-                  torch.cat([p.outputs for p in parts]), linearised, [], path, reason)
+                  torch.cat([p.outputs for p in parts]), linearised, [], path, reason, None, identity_error,
+                  bias_fallback)
+
+
+def _checked(model: Callable[[Tensor], Tensor], x: Tensor, offsets: list[Offset], caller: str
+             ) -> tuple[float | None, str | None]:
+    """(identity error, bias fallback) over the chunks' offsets; raises when the identity check fails and warns when
+    B could not be propagated (:mod:`._exactness`)."""
+    errors = [o.errors for o in offsets if o.errors is not None]
+    if errors:
+        all_errors = torch.cat(errors)
+        worst = float(all_errors.max())
+        if not worst <= tolerance(x.dtype):  # also NaN
+            raise_inexact(model, x, all_errors, all(o.seen for o in offsets), caller)
+    fallback = "; ".join(dict.fromkeys(o.fallback for o in offsets if o.fallback))
+    if fallback and not fallback.startswith("approximate=True"):
+        warnings.warn(f"{caller}: {fallback.rstrip('.')}. The identity A x + B == f(x) then holds by construction "
+                      "and is not an independent check (result.bias_fallback says so).", stacklevel=4)
+    return (float(all_errors.max()) if errors else None), (fallback or None)
 
 
 def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None,
@@ -205,7 +245,20 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     -------
     AffineMap
         ``A`` (N, C, D) and ``B`` (N, C) with ``A[n] @ x[n].flatten() + B[n] == model(x)[n]`` up to rounding;
-        ``.path`` and ``.fallback_reason`` say how A was computed (module docstring).
+        ``.path`` and ``.fallback_reason`` say how A was computed (module docstring), ``.identity_error`` is the
+        measured error of that identity with B propagated independently.
+
+    Raises
+    ------
+    NotPiecewiseAffineError
+        A part is not piecewise affine (named, with its module), e.g. a product of two input-dependent tensors.
+    ExactnessError
+        ``A x + B`` differs from ``f(x)`` with B propagated: the capture missed part of the model (the message
+        says what it could tell: randomness, code it cannot see).
+    ValueError
+        The model's outputs mix the samples of the batch (it must be per-sample), or invalid inputs.
+    TypeError
+        TorchScript models (pass the eager module), half precision (use float32/float64), wrong dtypes.
 
     Examples
     --------
@@ -215,7 +268,7 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     """
     res = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
     return AffineMap(res.a, res.b, approximate=bool(res.linearised), linearised=res.linearised, path=res.path,
-                     fallback_reason=res.reason)
+                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback)
 
 
 @dataclass(frozen=True)
@@ -227,7 +280,7 @@ class Templates:
     templates : Tensor (N, C', *in_shape)
         ``A[x]_c`` reshaped like the input, for the selected classes.
     biases : Tensor (N, C')
-        ``B[x]_c = f(x)_c - <A[x]_c, x>``.
+        ``B[x]_c``, propagated through the masked network at input 0 (eq. 7 of 000).
     inner_products : Tensor (N, C')
         ``<A[x]_c, x>`` (eq. 12 / Fig. 1 of 000).
     outputs : Tensor (N, C')
@@ -240,6 +293,10 @@ class Templates:
         ``"transposed"`` or ``"autograd"``, as :attr:`AffineMap.path`.
     fallback_reason : str or None
         As :attr:`AffineMap.fallback_reason`.
+    identity_error : float or None
+        The measured error of ``inner_products + biases == outputs``, as :attr:`AffineMap.identity_error`.
+    bias_fallback : str or None
+        As :attr:`AffineMap.bias_fallback`.
     """
 
     templates: Tensor
@@ -250,6 +307,8 @@ class Templates:
     approximate: bool = False
     path: str = TRANSPOSED
     fallback_reason: str | None = None
+    identity_error: float | None = None
+    bias_fallback: str | None = None
 
 
 def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
@@ -267,7 +326,11 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
     -------
     Templates
         Templates shaped like the input, biases, inner products, outputs and the class indices, with the path
-        that computed them (``.path``, ``.fallback_reason``).
+        that computed them (``.path``, ``.fallback_reason``) and the measured identity error.
+
+    Raises
+    ------
+    As :func:`affine_map`.
     """
     res = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
     n, r, _ = res.a.shape
@@ -275,30 +338,26 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
     rows = torch.arange(r) if classes is None else torch.as_tensor(classes).reshape(-1).long()  # validated above
     return Templates(templates=res.a.reshape(n, r, *x.shape[1:]), biases=res.b, inner_products=inner,
                      outputs=res.outputs, classes=rows, approximate=bool(res.linearised), path=res.path,
-                     fallback_reason=res.reason)
+                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback)
 
 
 def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``B[x]`` propagated exactly through the network with the regions of x held fixed (eq. 7 of 000).
 
     Records the regions of x, then replays the forward pass at input 0 with every nonlinearity forced to the recorded
-    piece: the output is the offset of the region's affine map, computed without using f(x) or A. It is an
-    independent check of :func:`affine_map` (used by :func:`cnnlens.testing.assert_affine_exact`).
+    piece and every value read off an input-dependent tensor (``bool()``, ``item()``: control flow) forced to the
+    recorded one: the output is the offset of the region's affine map, computed without using f(x) or A. It is what
+    :func:`affine_map` returns as B, here from a recording of its own (used by
+    :func:`cnnlens.testing.assert_affine_exact`).
 
     Raises
     ------
     ReplayDivergenceError
-        When the replay takes another path than the recorded pass (control flow on the input values).
+        When the replay takes another path than the recorded pass (control flow on something the capture does not
+        see, such as state kept between calls).
     """
     check_model_input(model, x)
-    with torch.no_grad():
-        with capture(model, graph=False) as rec:
-            run_captured(rec, model, x)
-        with capture(model, graph=False, forced=rec.entries) as rep:
-            out = run_captured(rep, model, torch.zeros_like(x))
-    if len(rep.entries) != len(rec.entries):
-        raise ReplayDivergenceError(
-            f"the replayed forward pass met {len(rep.entries)} nonlinearities but the recorded pass met "
-            f"{len(rec.entries)}: the model's control flow depends on the input values, so the regions recorded at x "
-            "cannot be replayed at input 0.")
-    return out
+    check_precision(x, "propagated_bias")
+    with torch.no_grad(), capture(model, graph=False) as rec:
+        run_captured(rec, model, x)
+    return replay_offset(model, x, rec.entries, rec.decisions)

@@ -19,8 +19,18 @@ the op-rule registry of :mod:`._ops` (filled from the SUPPORTED tables below and
   captured forward is exactly the masked linear network ``x -> A[x] x`` of eqs. 7-9, with the tie rule below;
 * anything else that touches a tracked tensor raises :class:`cnnlens.NotPiecewiseAffineError` naming the operation and
   the module it was called in, with the reason it is not piecewise affine (smooth, curved, a product, a division by
-  a statistic of the input) or saying that cnnlens has no rule for it (or is linearised locally when
-  ``approximate=True``).
+  a statistic of the input: a product of two input-dependent operands, ``F.linear(z, z)``, is quadratic in x) or
+  saying that cnnlens has no rule for it (or is linearised locally when ``approximate=True``).
+
+A is the Jacobian of the function the model computes, whatever its autograd graph says: ``detach()``, ``.data``,
+``detach_()``, ``cpu()`` and copies (``torch.tensor(h)``) are identities that keep the link to x, and
+``torch.no_grad()`` / ``inference_mode()`` / ``set_grad_enabled(False)`` inside ``forward`` do not apply to the
+captured operations (they run in the grad mode the capture was entered with). Models the capture cannot see into
+are refused (:func:`check_model_input`: TorchScript, torch.compile), and so are models whose outputs mix the samples
+of the batch, by a cheap structural check of the operations that reduce, reorder, move or contract dim 0 of a
+tracked tensor whose dim 0 is the sample dimension (:meth:`Capture._check_samples`); values read off tracked tensors
+(``bool()``, ``item()``) are recorded, so that a replay can take the recorded control-flow path
+(:meth:`Capture._decision`).
 
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
@@ -84,7 +94,8 @@ from ._windows import (
     selected_positions,
 )
 
-__all__ = ["Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input", "module_on_stack"]
+__all__ = ["UNFORCEABLE", "Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input",
+           "module_on_stack"]
 
 _APPROX_HINT = (
     "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
@@ -92,6 +103,11 @@ _APPROX_HINT = (
 )
 
 T = torch.Tensor
+
+
+UNFORCEABLE = ("the model's control flow depends on something the replay cannot force (a float read off an "
+               "input-dependent tensor: compare tensors, if h.sum() > 0, rather than floats; state kept between "
+               "calls; randomness)")
 
 
 class ReplayDivergenceError(RuntimeError):
@@ -224,6 +240,39 @@ _INPLACE_KW = {F.relu, F.leaky_relu, F.hardtanh, F.relu6}
 
 _TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RReLU)
 
+#: Identities of the map: the input's values without their autograd link (``detach``, ``.data``), in place
+#: (``detach_``) or on another device (``cpu``, ``cuda``). A is the Jacobian of what the model computes, so the
+#: capture keeps the link (:meth:`Capture._identity`).
+_DETACH_LIKE: set[Callable] = {T.detach, torch.detach, T.detach_, T.data.__get__, T.cpu, T.cuda}
+#: Copies of their data argument into a new tensor: identities too when the data depends on the input.
+_COPY_LIKE: dict[Callable, int] = {torch.tensor: 0, torch.as_tensor: 0, T.new_tensor: 1}  # -> position of the data
+
+#: Operations with dimension arguments that can reach the sample dimension (dim 0): see Capture._check_samples.
+_REDUCE_DIM = {T.sum, torch.sum, T.mean, torch.mean, T.cumsum, torch.cumsum, T.amax, torch.amax, T.amin, torch.amin}
+_SWAP_DIMS = {T.transpose, torch.transpose, T.swapaxes, torch.swapaxes, T.swapdims, torch.swapdims}
+_MOVE_DIMS = {T.movedim, torch.movedim, T.moveaxis, torch.moveaxis}
+_REVERSE_DIMS = {T.t, torch.t, T.T.__get__, T.mT.__get__, T.mH.__get__, T.H.__get__, T.adjoint, torch.adjoint}
+#: Reductions whose result is batch-wide when called without ``dim`` (``h.sum()``, ``h.mean()``).
+_FULL_REDUCE = {T.sum, torch.sum, T.mean, torch.mean, T.amax, torch.amax, T.amin, torch.amin}
+_MATMUL_LIKE = {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, F.linear}
+_FLIP, _ROLL, _PERMUTE = {T.flip, torch.flip}, {T.roll, torch.roll}, {T.permute, torch.permute}
+_SAMPLE_DIM_OPS = (_REDUCE_DIM | _SWAP_DIMS | _MOVE_DIMS | _REVERSE_DIMS | _MATMUL_LIKE | _FLIP | _ROLL | _PERMUTE
+                   | {T.__getitem__, torch.einsum})
+#: Argument names of the _INPUT_ONLY operations (they are builtins without a signature to inspect).
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_T_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+_OPERANDS: dict[Callable, tuple[str, ...]] = {
+    F.conv1d: _CONV_ARGS, F.conv2d: _CONV_ARGS, F.conv3d: _CONV_ARGS, F.conv_transpose1d: _CONV_T_ARGS,
+    F.conv_transpose2d: _CONV_T_ARGS, F.conv_transpose3d: _CONV_T_ARGS, F.linear: ("input", "weight", "bias"),
+    F.bilinear: ("input1", "input2", "weight", "bias"),
+    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+}
+_PER_SAMPLE_HINT = (
+    "cnnlens.spline needs per-sample models: output n must depend on input n only, since the affine map of eq. 9 "
+    "of 000 maps one input to its output. Keep dim 0 as the sample dimension (reduce, flip or transpose the other "
+    "dimensions) or call the model on one sample at a time."
+)
+
 
 @functools.lru_cache(maxsize=1024)
 def _op_name(func: Callable) -> str:
@@ -323,7 +372,8 @@ class Capture(TorchFunctionMode):
     """Records one forward pass of a model (see the module docstring). Use through :func:`capture`."""
 
     def __init__(self, *, graph: bool, approximate: bool = False, probe: bool = False,
-                 forced: list[Entry] | None = None, tape: Tape | None = None) -> None:
+                 forced: list[Entry] | None = None, tape: Tape | None = None,
+                 decisions: list[tuple[Callable, Any]] | None = None) -> None:
         super().__init__()
         self.tape = tape  # when set, every op on a tracked tensor is recorded for the transposed sweep
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
@@ -333,6 +383,15 @@ class Capture(TorchFunctionMode):
         self.entries: list[Entry] = []
         self.linearised: list[str] = []
         self.paths: dict[int, str] = {}  # id(module) -> path of the model's modules, set by capture()
+        # values that left the tensors (bool(), item(), shape queries) in call order; a replay returns
+        # ``forced_decisions`` instead, so that it takes the recorded control-flow path (Capture._decision)
+        self.decisions: list[tuple[Callable, Any]] = []
+        self.forced_decisions = decisions
+        self.batch: int | None = None  # the number of samples of the input, set by run_captured
+        self._samples: dict[int, weakref.ref] = {}  # tracked tensors whose dim 0 is the sample dimension
+        self._pooled: dict[int, weakref.ref] = {}  # tracked tensors computed from a reduction over all samples
+        self._modes = (True, False)  # grad mode and inference mode when the capture was entered
+        self._escaped: set[float] = set()  # non-integral Python floats read off tracked tensors (Capture._decision)
         self._tracked: dict[int, weakref.ref] = {}
         self._discrete: dict[int, weakref.ref] = {}
         self._counts: dict[str, int] = {}
@@ -406,13 +465,39 @@ class Capture(TorchFunctionMode):
             "the operation is affine in the input (a rearrangement, a sum, a fixed linear map) or piecewise affine, "
             "declare it with cnnlens.spline.register_op(op, rule) (rules Linear, ElementwisePiecewise, Composite; "
             f"see its docstring). {_APPROX_HINT}")
+    def _not_affine(self, what: str, why: str) -> None:
+        """An operation that is not affine in its input-dependent operands (a product of two of them, a division by
+        one): raise, or with ``approximate=True`` note it as linearised at x (the autograd path takes its Jacobian)."""
+        if not self.approximate:
+            raise self._error(what, why)
+        if self.tape is not None:
+            self.tape.switch_off(f"the {what}{self._where()}, linearised (approximate=True)")
+        self.linearised.append(what + self._where())
 
     # dispatch ---------------------------------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        self._modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        return super().__enter__()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        return self.dispatch(func, args, kwargs or {})
+        kwargs = kwargs or {}
+        if self.batch is not None and func in _SAMPLE_DIM_OPS:
+            self._check_samples(func, args, kwargs)
+        if (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) != self._modes:
+            # torch.no_grad() / inference_mode() / set_grad_enabled(False) inside forward: A is the Jacobian of the
+            # function the model computes, whatever its autograd graph says, so its ops run in the capture's mode
+            with torch.inference_mode(self._modes[1]), torch.set_grad_enabled(self._modes[0]):
+                out = self.dispatch(func, args, kwargs)
+        else:
+            out = self.dispatch(func, args, kwargs)
+        if self.batch is not None:
+            self._follow_samples(func, args, kwargs, out)
+        return out
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
         """Run ``func`` on a captured forward pass by its rule in the registry (see the module docstring)."""
+        if self._escaped:
+            self._check_escaped(func, args, kwargs)
         tracked, discrete = [], []
         for t in _tensors(args, kwargs):
             if self._is(t, self._tracked):
@@ -421,6 +506,10 @@ class Capture(TorchFunctionMode):
                 discrete.append(t)
         if not tracked and not discrete:
             return self._run(func, args, kwargs)
+        if func in _DETACH_LIKE:
+            return self._identity(func, args, kwargs, discrete)
+        if func in _COPY_LIKE and self.is_tracked(_arg(args, kwargs, _COPY_LIKE[func], "data")):
+            return self._copy(func, args, kwargs)
         rule = rule_of(func)
         builtin = rule.kind if isinstance(rule, Builtin) else None
         if builtin == "discrete":
@@ -432,7 +521,7 @@ class Capture(TorchFunctionMode):
         if discrete:
             out = self._run(func, args, kwargs)
             if not _has_tensor(out):
-                return out  # control flow on an input-dependent mask (bool(), item()): follows the real path
+                return self._decision(func, out)  # control flow on an input-dependent mask (bool(), item())
             raise _Unsupported(
                 f"{_op_name(func)}{self._where()} uses an input-dependent mask or index (from a "
                 "comparison, sign or argmax of an input-dependent tensor); cnnlens cannot record its region. Write "
@@ -461,7 +550,7 @@ class Capture(TorchFunctionMode):
                 return rule.fn(*args, **kwargs)
         out = self._run(func, args, kwargs)
         if not _has_tensor(out):
-            return out  # shape queries, item(), bool(): no tensor flows on
+            return self._decision(func, out)  # shape queries, item(), bool(): no tensor flows on
         name = _op_name(func)
         if not self.approximate:
             if isinstance(rule, NotPiecewiseAffine):
@@ -493,17 +582,23 @@ class Capture(TorchFunctionMode):
                                  "track_running_stats=False), which is not a per-sample affine map; call "
                                  "model.eval() (with running statistics) before using cnnlens.spline.")
         if rule.inputs == "first":
-            first = kwargs.get("input", args[0] if args else None)
-            if any(t is not first for t in tracked):
-                raise self._error(f"operation {name} with input-dependent weights or statistics")
+            if func in _OPERANDS:
+                self._check_operands(func, name, args, kwargs)
+            else:
+                first = kwargs.get("input", args[0] if args else None)
+                if any(t is not first for t in tracked):
+                    self._not_affine(f"operation {name} with input-dependent weights or statistics",
+                                     f"cnnlens needs every operand of {name} but its input independent of x")
         elif rule.inputs == "one":
             if len(tracked) > 1 or (len(tracked) == 1 and sum(t is tracked[0] for t in tree_leaves(args)) > 1):
-                raise self._error(f"operation {name} multiplying two input-dependent tensors")
+                self._not_affine(f"operation {name} multiplying two input-dependent tensors",
+                                 "a product of two input-dependent tensors is quadratic in x")
         if func in _DIVIDES:
             key, pos = ("tensor2", 2) if func not in _QUOTIENT else ("other", 1)
             denom = kwargs.get(key, args[pos] if len(args) > pos else None)
             if isinstance(denom, Tensor) and self._is(denom, self._tracked):
-                raise self._error(f"operation {name} dividing by an input-dependent tensor")
+                self._not_affine(f"operation {name} dividing by an input-dependent tensor",
+                                 "1 / t is not affine in t")
             if kwargs.get("rounding_mode") is not None:
                 raise self._error(f"operation {name} with rounding_mode={kwargs['rounding_mode']!r}")
         if func in _ADD_PRODUCT:
@@ -537,6 +632,189 @@ class Capture(TorchFunctionMode):
                           "a max/min scatter selects entries by the input's values and cnnlens has no region code "
                           "for it; compute the maximum with amax/max-pooling instead")
 
+    def _check_operands(self, func: Callable, name: str, args: tuple, kwargs: dict) -> None:
+        """Convolutions, linear and batch-norm are affine in their input only; bilinear in one of its two inputs.
+
+        The check is by argument position, not by object: ``F.linear(z, z)`` passes one tensor as input and weight.
+        """
+        inputs = ("input1", "input2") if func is F.bilinear else ("input",)
+        params = dict(zip(_OPERANDS[func], args, strict=False)) | kwargs
+        dependent = [k for k, v in params.items() if isinstance(v, Tensor) and self._is(v, self._tracked)]
+        if func is F.bilinear and len(set(dependent) & set(inputs)) == 2:
+            self._not_affine(f"operation {name} with both inputs input-dependent",
+                             "bilinear in its two inputs, so quadratic in x when both depend on it")
+        wrong = [k for k in dependent if k not in inputs]
+        if not wrong:
+            return
+        if "weight" in wrong:
+            self._not_affine(f"operation {name} with an input-dependent weight",
+                             "its weight depends on x, so weight times input is a product of two input-dependent "
+                             "tensors, quadratic in x")
+        else:
+            self._not_affine(f"operation {name} with input-dependent {' and '.join(wrong)}",
+                             f"cnnlens needs the {' and '.join(wrong)} of {name} independent of the input")
+
+    def _identity(self, func: Callable, args: tuple, kwargs: dict, discrete: list[Tensor]) -> Any:
+        """``detach``, ``.data``, ``detach_``, ``cpu``, ``cuda`` of an input-dependent tensor: the same values, and the
+        capture keeps their link to x (a view in the autograd graph, an identity on the tape). A is the Jacobian of
+        the function the model computes (eq. 8 of 000), not of its autograd graph."""
+        h = _arg(args, kwargs, 0, "input")
+        if func is T.detach_:
+            return h  # the values do not change; the link is kept
+        if func in (T.cpu, T.cuda):
+            out = self._run(func, args, kwargs)
+            if out is h:
+                return out
+            op, op_args, op_kwargs = func, args, kwargs
+        else:
+            out = h.view_as(h)  # shares h's memory like detach and .data, and keeps the autograd link
+            op, op_args, op_kwargs = T.view_as, (h, h), {}
+        self.track(out, discrete=bool(discrete))
+        if self.tape is not None and self.tape.ok and not discrete:
+            record_linear(self.tape, op, op_args, op_kwargs, out, [h], self.is_tracked,
+                          lambda: f"{_op_name(func)}{self._where()}")
+        return out
+
+    def _copy(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
+        """``torch.tensor(h)``, ``torch.as_tensor(h)``, ``t.new_tensor(h)`` of an input-dependent ``h``: a copy of its
+        values (with the dtype and device asked for), kept linked to x like :meth:`_identity`."""
+        data = _arg(args, kwargs, _COPY_LIKE[func], "data")
+        res = self._run(func, args, kwargs)
+        if res is data:
+            return res
+        spec = {"dtype": res.dtype, "device": res.device, "copy": True}
+        out = data.to(**spec)
+        self.track(out)
+        if self.tape is not None and self.tape.ok:
+            record_linear(self.tape, T.to, (data,), spec, out, [data], self.is_tracked,
+                          lambda: f"{_op_name(func)}{self._where()}")
+        return out
+
+    def _decision(self, func: Callable, out: Any) -> Any:
+        """A value read off an input-dependent tensor that leaves the tensors (``bool()``, ``item()``, shape queries).
+
+        Recorded in call order. A replay (``decisions`` given) returns the recorded value instead of its own when
+        it is discrete (bools, ints, shapes: control flow such as ``if h.sum() > 0``), so it takes the control-flow
+        path of the recorded pass: on the region of x that path is fixed, and the masked network of eq. 7 of 000 is
+        the one that path computes. Floats and arrays (``float(h.sum())``, ``h.numpy()``) may flow into arithmetic
+        the capture cannot see, so the replay keeps its own: forcing them would make B agree with a map that
+        misses their dependence on x, and hide it from the identity check.
+        """
+        k = len(self.decisions)
+        self.decisions.append((func, out))
+        forced = self.forced_decisions
+        if forced is None:
+            self._note_escaped(out)
+            return out
+        if k >= len(forced) or forced[k][0] != func:
+            recorded = _op_name(forced[k][0]) if k < len(forced) else f"nothing (it read {len(forced)} values)"
+            raise ReplayDivergenceError(
+                f"the replayed forward pass read a value off an input-dependent tensor with {_op_name(func)}"
+                f"{self._where()} as read number {k}, where the recorded pass called {recorded}: {UNFORCEABLE}, so "
+                "the recorded path cannot be replayed at another input.")
+        if _is_discrete(forced[k][1]):
+            return forced[k][1]
+        self._note_escaped(out)
+        return out  # a float or an array read off x: the replay's own, so that B does not hide its dependence on x
+
+    def _note_escaped(self, value: Any, budget: int = 10_000) -> None:
+        """Remember the non-integral floats among ``value`` (``h.item()``, ``float(h)``, ``h.tolist()``)."""
+        if len(self._escaped) >= budget:
+            return
+        if isinstance(value, float):
+            if not value.is_integer():
+                self._escaped.add(value)
+        elif isinstance(value, list):
+            for v in value:
+                self._note_escaped(v, budget)
+
+    def _check_escaped(self, func: Callable, args: tuple, kwargs: dict) -> None:
+        """Refuse an operation given a Python number that was read off an input-dependent tensor.
+
+        Such a number depends on x, but the capture sees a constant: ``x * h.norm().item()`` or ``x + h.sum().item()``
+        would get a wrong A with an identity check that still passes. Used for control flow only (``if h.sum().item()
+        > 0``) the number is fine. Numbers computed from it in Python (``2 * v``) cannot be recognised.
+        """
+        for value in (*args, *kwargs.values()):
+            if type(value) is float and value in self._escaped:
+                raise _Unsupported(
+                    f"operation {_op_name(func)}{self._where()} receives the Python number {value!r}, read off an "
+                    "input-dependent tensor (item(), float() or tolist()): it depends on x, but cnnlens cannot follow "
+                    "how, so the affine map would miss that dependence. Keep the value a tensor, so that cnnlens sees "
+                    "it (h - h.mean(1, keepdim=True) rather than h - h.mean().item()); reading it for control flow "
+                    "only (if h.sum().item() > 0) is fine.")
+
+    # the samples of the batch ------------------------------------------------------------------------------------
+    def _check_samples(self, func: Callable, args: tuple, kwargs: dict) -> None:
+        """Refuse an operation that reduces, reorders, moves or contracts the sample dimension (dim 0) of a tracked
+        tensor whose dim 0 is the sample dimension: a cheap structural check of per-sample models, before the op."""
+        # a weight of F.linear that depends on x is refused as quadratic by _check_operands
+        for pos in (0, 1) if func in _MATMUL_LIKE and func is not F.linear else (0,):
+            h = args[pos] if len(args) > pos else None
+            if isinstance(h, Tensor) and self._is(h, self._samples):
+                what = _sample_dim_use(func, args, kwargs, pos, h.dim())
+                if what is not None:
+                    raise ValueError(f"{_op_name(func)}{self._where()} {what} (dim 0) of an input-dependent tensor, so "
+                                     f"the outputs mix the samples of the batch. {_PER_SAMPLE_HINT}")
+        if func is torch.einsum:
+            what = self._einsum_sample_use(args)
+            if what is not None:
+                raise ValueError(f"{_op_name(func)}{self._where()} {what}, so the outputs mix the samples of the "
+                                 f"batch. {_PER_SAMPLE_HINT}")
+
+    def _einsum_sample_use(self, args: tuple) -> str | None:
+        """The einsum operand whose sample subscript does not stay the first output subscript, if any."""
+        if not args or not isinstance(args[0], str):
+            return None
+        operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        spec = args[0].replace(" ", "")
+        ins, _, out = spec.partition("->")
+        subs = ins.split(",")
+        if "->" not in spec:
+            letters = [c for c in ins if c.isalpha()]
+            out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        for sub, op in zip(subs, operands, strict=False):
+            if isinstance(op, Tensor) and self._is(op, self._samples) and sub and not sub.startswith("..."):
+                if not out or out[0] != sub[0]:
+                    return (f"maps the sample dimension (subscript {sub[0]!r}) of an input-dependent operand away "
+                            "from dim 0")
+        return None
+
+    def _follow_samples(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        """After an op: mark the tracked results whose dim 0 is still the sample dimension, and refuse a reduction
+        over all samples (``h.sum()``, ``h.mean()`` without dim) that flows back into per-sample tensors (its use in
+        control flow, ``if h.sum() > 0``, is fine)."""
+        if isinstance(out, Tensor):
+            if not self._is(out, self._tracked):
+                return
+            outs = [out]
+        else:
+            outs = [t for t in tree_leaves(out) if isinstance(t, Tensor) and self._is(t, self._tracked)] \
+                if _has_tensor(out) else []
+            if not outs:
+                return
+        ins = [t for t in _tensors(args, kwargs) if self._is(t, self._tracked)]
+        samples = [t for t in ins if self._is(t, self._samples)]
+        if self._pooled and any(self._is(t, self._pooled) for t in ins):
+            if samples:
+                raise ValueError(f"{_op_name(func)}{self._where()} combines a reduction over all samples of the batch "
+                                 "(h.sum(), h.mean(), ... without dim) with per-sample tensors, so the outputs mix the "
+                                 f"samples of the batch. {_PER_SAMPLE_HINT}")
+            self._mark(self._pooled, outs)
+            return
+        if not samples:
+            return
+        if func in _FULL_REDUCE and self.batch > 1 and _full_reduction(args, kwargs):
+            self._mark(self._pooled, outs)
+        elif len(samples) == sum(t.dim() > 0 for t in ins):
+            self._mark(self._samples, [o for o in outs if o.dim() > 0 and o.shape[0] == self.batch
+                                       and not _moves_sample_dim(func, args, kwargs, o)])
+
+    @staticmethod
+    def _mark(table: dict[int, weakref.ref], tensors: list[Tensor]) -> None:
+        for t in tensors:
+            table[id(t)] = weakref.ref(t)
+
     # recording helpers ------------------------------------------------------------------------------------------
     def _next_forced(self, name: str, kind: str, shape: tuple[int, ...]) -> Entry | None:
         if self.forced is None:
@@ -547,13 +825,120 @@ class Capture(TorchFunctionMode):
                         if k < len(self.forced) else f"no layer (it met {len(self.forced)})")
             raise ReplayDivergenceError(
                 f"the replayed forward pass reached {kind} layer '{name}' with unit shape {shape} as nonlinearity "
-                f"number {k}, where the recorded pass met {recorded}: the model's control flow depends on the input "
-                "values, so the regions recorded at x cannot be replayed at another input. The affine map at x is "
-                "still exact; only checks that replay the regions (the propagated offset) cannot run on this model.")
+                f"number {k}, where the recorded pass met {recorded}: {UNFORCEABLE}, so the regions recorded at x "
+                "cannot be replayed at another input. The affine map at x is still exact; only checks that replay "
+                "the regions (the propagated offset) cannot run on this model.")
         return self.forced[k]
 
     def record(self, entry: Entry) -> None:
         self.entries.append(entry)
+
+
+def _is_discrete(value: Any) -> bool:
+    """Whether a value read off a tensor is discrete (bool, int, a shape, or lists/arrays of them): control flow."""
+    if value is None or isinstance(value, (bool, int, str, torch.Size)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_discrete(v) for v in value)
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # numpy arrays and scalars
+    return kind is not None and kind in "biu"
+
+
+# --- the sample dimension ---------------------------------------------------------------------------------------
+
+
+def _dim_list(value: Any, nd: int) -> list[int]:
+    """Dimension argument(s) (an int, or a list/tuple of ints) as non-negative dims, in order."""
+    values = value if isinstance(value, (list, tuple, torch.Size)) else (value,)
+    return [int(d) % nd for d in values] if nd else []
+
+
+def _dims(value: Any, nd: int) -> set[int]:
+    return set(_dim_list(value, nd))
+
+
+def _dim_args(args: tuple, kwargs: dict, name: str) -> Any:
+    """``dims`` given as varargs (``h.flip(0, 1)``, ``h.permute(1, 0)``) or as one list/keyword."""
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > 2:
+        return args[1:]
+    return args[1] if len(args) > 1 else None
+
+
+def _sample_dim_use(func: Callable, args: tuple, kwargs: dict, pos: int, nd: int) -> str | None:
+    """What ``func`` does to dim 0 of its argument number ``pos`` when that is not per-sample, else None."""
+    if func in _MATMUL_LIKE:
+        first = pos == 0 and func is not T.__rmatmul__
+        if (first and nd == 1) or (not first and nd <= 2):
+            return "contracts the sample dimension"
+        return None
+    if pos or nd == 0:
+        return None
+    if func in _REDUCE_DIM:
+        dim = _arg(args, kwargs, 1, "dim", kwargs.get("axis"))
+        if dim is None or (isinstance(dim, (list, tuple)) and not dim):
+            return None  # a reduction over all dimensions: followed by Capture._follow_samples
+        return "reduces over the sample dimension" if 0 in _dims(dim, nd) else None
+    if func in _FLIP:
+        return "reverses the sample dimension" if 0 in _dims(_dim_args(args, kwargs, "dims"), nd) else None
+    if func in _ROLL:
+        dims = _arg(args, kwargs, 2, "dims", None)
+        if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+            return "rolls the flattened tensor across the sample dimension"
+        return "rolls along the sample dimension" if 0 in _dims(dims, nd) else None
+    if func in _SWAP_DIMS:
+        a = _arg(args, kwargs, 1, "dim0", kwargs.get("axis0"))
+        b = _arg(args, kwargs, 2, "dim1", kwargs.get("axis1"))
+        return "moves the sample dimension" if (int(a) % nd == 0) != (int(b) % nd == 0) else None
+    if func in _PERMUTE:
+        dims = _dim_args(args, kwargs, "dims")
+        return "moves the sample dimension" if int(tuple(dims)[0]) % nd != 0 else None
+    if func in _MOVE_DIMS:
+        src = _dim_list(_arg(args, kwargs, 1, "source"), nd)
+        dst = _dim_list(_arg(args, kwargs, 2, "destination"), nd)
+        order = [d for d in range(nd) if d not in src]
+        for d, s in sorted(zip(dst, src, strict=True)):
+            order.insert(d, s)
+        return "moves the sample dimension" if order[0] != 0 else None
+    if func in _REVERSE_DIMS:  # .T reverses all dims; t, mT, mH, H and adjoint swap the last two
+        return "moves the sample dimension" if nd == 2 or (nd > 2 and func == T.T.__get__) else None
+    if func is T.__getitem__:
+        index = args[1] if len(args) > 1 else None
+        first = index[0] if isinstance(index, tuple) and index else index
+        if isinstance(first, list) or (isinstance(first, Tensor) and first.dim() > 0):
+            return "indexes the sample dimension with a list or tensor of indices (reordering or repeating samples)"
+    return None
+
+
+def _full_reduction(args: tuple, kwargs: dict) -> bool:
+    """Whether a sum/mean/amax/amin call reduces over all dimensions (no ``dim``)."""
+    dim = _arg(args, kwargs, 1, "dim", kwargs.get("axis"))
+    return dim is None or (isinstance(dim, (list, tuple)) and not dim)
+
+
+_TAKE_SAMPLE = frozenset({T.select, torch.select, T.unbind, torch.unbind})
+_STACK_LIKE = frozenset({torch.stack, torch.vstack, torch.unflatten, T.unflatten})
+_UNSQUEEZE = frozenset({T.unsqueeze, torch.unsqueeze})
+_EXPAND = frozenset({T.expand, T.expand_as, torch.broadcast_to, T.broadcast_to})
+
+
+def _moves_sample_dim(func: Callable, args: tuple, kwargs: dict, out: Tensor) -> bool:
+    """Whether ``func`` takes one sample out of the batch (``h[i]``, ``h.select(0, i)``, ``h.unbind(0)``) or puts
+    another dimension in front (``torch.stack``, ``h[None]``, ``h.unsqueeze(0)``, ``h.expand(2, *h.shape)``): its
+    results have no sample dimension at dim 0 even when their first size happens to equal the batch size."""
+    h = args[0] if args else None
+    if func is T.__getitem__:
+        index = args[1] if len(args) > 1 else None
+        first = index[0] if isinstance(index, tuple) and index else index
+        return first is None or isinstance(first, int) or (isinstance(first, Tensor) and first.dim() == 0)
+    if func in _TAKE_SAMPLE:
+        return int(_arg(args, kwargs, 1, "dim", 0)) == 0
+    if func in _STACK_LIKE:
+        return func is torch.vstack or int(_arg(args, kwargs, 1, "dim", 0)) == 0
+    if func in _UNSQUEEZE:
+        return int(_arg(args, kwargs, 1, "dim")) % out.dim() == 0
+    return func in _EXPAND and isinstance(h, Tensor) and out.dim() > h.dim()
 
 
 # --- nonlinear handlers -----------------------------------------------------------------------------------------
@@ -909,7 +1294,7 @@ def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: 
     return values, indices
 
 
-def _dims(cap: Capture, func: Callable, h: Tensor, dim: Any) -> tuple[int, ...]:
+def _reduced_dims(cap: Capture, func: Callable, h: Tensor, dim: Any) -> tuple[int, ...]:
     """The reduced dimensions, sorted, non-negative; raise when they include the sample dimension."""
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
         dims: tuple[int, ...] = tuple(range(h.dim()))
@@ -934,7 +1319,7 @@ def _max_reduction(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> A
     ref = cap._run(func, args, kwargs)  # the model's own op: its errors, and its values on a plain forward pass
     dim = _arg(args, kwargs, 1, "dim", () if func in _REDUCE_MAX or func in _REDUCE_MIN else None)
     keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
-    dims = _dims(cap, func, h, dim)
+    dims = _reduced_dims(cap, func, h, dim)
     windows = functools.partial(reduction_windows, dims=dims, keepdim=keepdim)
     pair = not (func in _REDUCE_MAX or func in _REDUCE_MIN)
     values = ref[0] if pair else ref
@@ -989,7 +1374,7 @@ def _running_max(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any
     h = _arg(args, kwargs, 0, "input")
     is_max = getattr(func, "__name__", "") == "cummax"
     ref = cap._run(func, args, kwargs)
-    (d,) = _dims(cap, func, h, _arg(args, kwargs, 1, "dim"))
+    (d,) = _reduced_dims(cap, func, h, _arg(args, kwargs, 1, "dim"))
     windows = functools.partial(prefix_windows, dim=d)
     out, indices = _select(cap, func, h, windows, lambda v: windows(v, fill=-math.inf).argmax(-1),
                            out_shape=tuple(h.shape[1:]), num_states=h.shape[d], sign=1.0 if is_max else -1.0,
@@ -1027,7 +1412,7 @@ def _order_statistic(cap: Capture, func: Callable, args: tuple, kwargs: dict) ->
         else:
             dim, keepdim = _arg(args, kwargs, 1, "dim", None), bool(_arg(args, kwargs, 2, "keepdim", False))
         descending, count, keep = False, 1, keepdim
-    (d,) = _dims(cap, func, h, dim)
+    (d,) = _reduced_dims(cap, func, h, dim)
     size = h.shape[d]
     if op in ("median", "nanmedian"):
         first = (size - 1) // 2  # the lower median
@@ -1173,6 +1558,7 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN or infinite values; the affine map and the regions are only "
                          "defined for finite inputs. Clean the data (e.g. torch.nan_to_num) first.")
+    _check_eager(model)
     if isinstance(model, nn.Module):
         for path, mod in model.named_modules():
             if isinstance(mod, _TRAINING_SENSITIVE) and mod.training:
@@ -1185,11 +1571,44 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
                             f"one of them (e.g. model.to({x.dtype}) or {what}.to({param.dtype})).")
 
 
+_EAGER_HINT = ("TorchScript code runs in C++, where the capture cannot see its operations (its affine map would "
+               "read as 0). Pass the eager nn.Module (the one given to torch.jit.script or torch.jit.trace).")
+
+
+def _check_eager(model: Callable[[Tensor], Tensor]) -> None:
+    """Refuse TorchScript (``torch.jit.script`` / ``torch.jit.trace``: a ScriptFunction, a ScriptModule, or a module
+    holding one as a submodule or attribute) and ``torch.compile``'d modules."""
+    if isinstance(model, torch.jit.ScriptFunction):
+        raise TypeError(f"the model is a TorchScript function ({getattr(model, 'name', 'scripted')}). {_EAGER_HINT}")
+    if not isinstance(model, nn.Module):
+        return
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")  # imported once torch.compile has been called
+    compiled = getattr(dynamo, "OptimizedModule", ())
+    for path, mod in model.named_modules():
+        where = f"module '{path or '<root>'}'"
+        if compiled and isinstance(mod, compiled):
+            raise TypeError(f"{where} was compiled with torch.compile: a compiled graph reruns the operations without "
+                            "the Python code that records them, so the capture cannot follow it. Pass the eager "
+                            "module (the compiled module's ._orig_mod).")
+        if isinstance(mod, torch.jit.ScriptModule):
+            raise TypeError(f"{where} is a TorchScript module ({type(mod).__name__}, from torch.jit.script or "
+                            f"torch.jit.trace). {_EAGER_HINT}")
+        for name, value in vars(mod).items():
+            if isinstance(value, torch.jit.ScriptFunction):
+                raise TypeError(f"{where} holds a TorchScript function in its attribute '{name}'. {_EAGER_HINT}")
+
+
 @contextmanager
 def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
-            probe: bool = False, forced: list[Entry] | None = None, cap: Capture | None = None) -> Iterator[Capture]:
-    """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors)."""
-    cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced)
+            probe: bool = False, forced: list[Entry] | None = None, decisions: list[tuple[Callable, Any]] | None = None,
+            cap: Capture | None = None) -> Iterator[Capture]:
+    """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors).
+
+    ``forced`` and ``decisions`` (the ``entries`` and ``decisions`` of a recorded capture) make it a replay: every
+    nonlinearity takes the recorded piece and every value read off a tracked tensor is the recorded one.
+    """
+    cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced,
+                                              decisions=decisions)
     if isinstance(model, nn.Module):
         cap.paths = {id(mod): path for path, mod in model.named_modules()}
     with cap:
@@ -1199,6 +1618,8 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
 def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Run ``model(x)`` inside an active capture; return the output flattened to (N, C)."""
     cap.track(x)
+    cap.batch = x.shape[0]
+    cap._mark(cap._samples, [x])
     try:
         out = model(x)
     except _Unsupported as err:
@@ -1216,4 +1637,7 @@ def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> 
     if out.dim() == 0 or out.shape[0] != x.shape[0]:
         raise ValueError(f"the model returned shape {tuple(out.shape)} for a batch of {x.shape[0]} samples; cnnlens "
                          "expects outputs (N, C) with the sample dimension first.")
+    if cap._pooled and cap._is(out, cap._pooled):
+        raise ValueError("the model's output is computed from a reduction over all samples of the batch (x.sum(), "
+                         f"x.mean(), ... without dim), so it mixes the samples of the batch. {_PER_SAMPLE_HINT}")
     return out.reshape(out.shape[0], -1)

@@ -1,0 +1,88 @@
+"""Cost of the independent identity check of ``affine_map`` / ``templates`` (B propagated, ``A x + B == f(x)``).
+
+Run: ``python benchmarks/bench_exactness.py [--batch 256] [--repeats 7]``. On LeNet-5 (10 classes, 32x32), in one
+process and interleaved: one forward pass (the baseline), ``templates`` as shipped (B propagated through the masked
+network at input 0 and checked), ``templates`` with B computed as ``f(x) - A x`` instead (no check: what the engine
+did before), and the replay that propagates B alone. Prints median / min times and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import cnnlens.spline._affine as affine_module
+from cnnlens.nn.models import lenet5
+from cnnlens.spline import templates
+from cnnlens.spline._capture import capture, run_captured
+from cnnlens.spline._exactness import Offset, replay_offset
+
+
+def _unchecked_offset(model, x, a, y, rows, cap) -> Offset:  # noqa: ANN001 - same signature as offset_of
+    """B = f(x) - A x: no replay, no check."""
+    f = y.detach()[:, rows]
+    return Offset(f - torch.einsum("nrd,nd->nr", a, x.reshape(x.shape[0], -1)), None, None, True)
+
+
+def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (1e3 * statistics.median(ts), 1e3 * min(ts)) for name, ts in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = lenet5(num_classes=10).eval()
+    x = torch.rand(args.batch, 1, 32, 32)
+    with torch.no_grad(), capture(model) as rec:
+        run_captured(rec, model, x)
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def unchecked() -> object:
+        checked = affine_module.offset_of
+        affine_module.offset_of = _unchecked_offset
+        try:
+            return templates(model, x)
+        finally:
+            affine_module.offset_of = checked
+
+    fns: dict[str, Callable[[], object]] = {
+        "forward": forward,
+        "templates (B propagated, checked)": lambda: templates(model, x),
+        "templates (B = f(x) - A x)": unchecked,
+        "replay propagating B": lambda: replay_offset(model, x, rec.entries, rec.decisions),
+    }
+    results = _interleaved_ms(fns, args.repeats)
+    print(f"LeNet-5, batch {args.batch}, 10 classes, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} interleaved repeats (median / min)")
+    fwd_med, fwd_min = results["forward"]
+    for name, (med, low) in results.items():
+        print(f"  {name:36s} {med:9.2f} / {low:9.2f} ms   {med / fwd_med:6.2f}x / {low / fwd_min:6.2f}x forward")
+    chk, unc = results["templates (B propagated, checked)"], results["templates (B = f(x) - A x)"]
+    print(f"  cost of the check: {chk[0] / unc[0]:.2f}x / {chk[1] / unc[1]:.2f}x templates without it "
+          f"(+{chk[0] - unc[0]:.1f} ms median)")
+    print(f"  identity error of this call: {templates(model, x).identity_error:.2g}")
+
+
+if __name__ == "__main__":
+    main()
