@@ -230,14 +230,14 @@ def _merge(fronts: list[_Front], tol: float) -> None:
             del fronts[i + 1]
 
 
-def _accepts(model: Callable[[Tensor], Tensor], x: Tensor) -> bool:
-    """Whether a plain forward pass of ``model`` runs on ``x``."""
+def _failure(model: Callable[[Tensor], Tensor], x: Tensor) -> Exception | None:
+    """The error a plain forward pass of ``model`` on ``x`` raises, or None when it runs."""
     try:
         with torch.no_grad():
             model(x)
-    except Exception:  # noqa: BLE001 - any failure means: not this reading of the input's shape
-        return False
-    return True
+    except Exception as err:  # noqa: BLE001 - any failure means: not this reading of the input's shape
+        return err
+    return None
 
 
 def _endpoints(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,9 +247,16 @@ def _endpoints(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor) -> tup
     of one. It is read as one sample when the model runs on it that way (as before), else as a batch of one.
     """
     a, b = x0.double()[None], x1.double()[None]
-    if x0.dim() >= 2 and x0.shape[0] == 1 and not _accepts(model, a) and _accepts(model, a[0]):
+    failure = _failure(model, a)
+    if failure is None:
+        return a, b
+    ambiguous = x0.dim() >= 2 and x0.shape[0] == 1
+    if ambiguous and _failure(model, a[0]) is None:
         return a[0], b[0]
-    return a, b
+    also = f" nor as a batch of one (shape {tuple(x0.shape)})" if ambiguous else ""
+    raise ValueError(f"the model does not run on x0 as one sample (a batch of shape {tuple(a.shape)}){also}: "
+                     f"{type(failure).__name__}: {str(failure).strip()}. Pass x0 and x1 as single samples "
+                     "(*in_shape, e.g. x[0]) or as batches of one (1, *in_shape, e.g. x[:1]).") from failure
 
 
 def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor, *, min_step: float = 1e-9,
