@@ -57,8 +57,8 @@ def distributed_active(distributed: bool | None, x: Any = None) -> bool:
 
 
 def _digest(tensors: Sequence[Tensor]) -> str:
-    """A checksum of the values, shapes and dtypes of ``tensors``."""
-    h = hashlib.blake2b(digest_size=16)
+    """A checksum of the values, shapes and dtypes of ``tensors`` (12 hex digits)."""
+    h = hashlib.blake2b(digest_size=6)
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
@@ -69,7 +69,7 @@ def _digest(tensors: Sequence[Tensor]) -> str:
 def _model_digest(model: Callable[[Tensor], Tensor]) -> str:
     if isinstance(model, nn.Module):
         state = model.state_dict()
-        return _digest([state[k] for k in sorted(state) if isinstance(state[k], Tensor)])
+        return f"parameters and buffers with checksum {_digest([v for _, v in sorted(state.items())])}"
     return f"{type(model).__module__}.{getattr(model, '__qualname__', type(model).__qualname__)}"
 
 
@@ -78,24 +78,28 @@ def _sample(x: Tensor | Dataset, i: int) -> Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _data_digest(x: Tensor | Dataset) -> tuple[int, str]:
+def _data_digest(x: Tensor | Dataset) -> str:
     """Length and a checksum of the first and last samples (the data set itself is never gathered)."""
     n = len(x)
-    return n, _digest([_sample(x, 0), _sample(x, n - 1)] if n else [])
+    return f"{n} samples, the first and last with checksum {_digest([_sample(x, 0), _sample(x, n - 1)] if n else [])}"
+
+
+def _codes_digest(code: Any) -> str:
+    return f"{len(code)} codes of layer {code.name!r} with checksum {_digest([code.data])}"
 
 
 def _agree(what: str, facts: dict[str, Any]) -> None:
     """Raise ValueError on every rank unless all ranks hold the same ``facts`` (one all_gather_object)."""
     _, world = _world()
-    gathered: list[dict[str, Any] | None] = [None] * world
+    gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, facts)
-    keys = list(dict.fromkeys(k for g in gathered for k in g))  # type: ignore[union-attr]
-    differ = [k for k in keys if any(g.get(k) != gathered[0].get(k) for g in gathered)]  # type: ignore[union-attr]
+    keys = list(dict.fromkeys(k for g in gathered for k in g))
+    differ = [k for k in keys if any(g.get(k) != gathered[0].get(k) for g in gathered)]
     if differ:
-        detail = "; ".join(f"{k}: " + ", ".join(f"rank {r} {g.get(k)!r}" for r, g in enumerate(gathered))  # type: ignore[union-attr]
-                           for k in differ)
-        raise ValueError(f"{what} under torch.distributed: the {world} ranks disagree on {', '.join(differ)} "
-                         f"({detail}). Every rank must call it with the same model, data and settings, or pass "
+        detail = " ".join(f"{k.capitalize()}: " + "; ".join(f"rank {r}: {g.get(k)}" for r, g in enumerate(gathered))
+                          + "." for k in differ)
+        raise ValueError(f"{what} under torch.distributed: the {world} ranks disagree on the {', '.join(differ)}. "
+                         f"{detail} Every rank must call it with the same model, data and settings, or pass "
                          "distributed=False to compute on each rank alone.")
 
 
@@ -181,7 +185,7 @@ class _Shard:
 def _shard(what: str, x: Tensor | Dataset, batch_size: int, facts: dict[str, Any],
            model: Callable[[Tensor], Tensor]) -> _Shard:
     """Check that the ranks agree on the call, then this rank's shard of ``x``."""
-    _agree(what, {"model": _model_digest(model), "data": _data_digest(x), "batch_size": batch_size, **facts})
+    _agree(what, {"model": _model_digest(model), "data set": _data_digest(x), "batch size": batch_size, **facts})
     if len(x) == 0:
         raise ValueError("x holds no samples; pass at least one.")
     return _Shard(len(x), batch_size)
@@ -260,9 +264,8 @@ def sharded_neighbors(query: Any, db: Any, k: int, backend: str, chunk_size: int
     """
     from ._distance import _brute_force_topk, _chunk_rows, _faiss_topk, _kernel_inputs, _MismatchCounter
 
-    _agree("nearest_neighbors", {"k": k, "backend": backend, "chunk_size": chunk_size,
-                                 "layer": (db.name, db.kind, tuple(db.shape), db.num_states),
-                                 "queries": _digest([query.data]), "database": _digest([db.data])})
+    _agree("nearest_neighbors", {"k": k, "backend": backend, "chunk size": chunk_size,
+                                 "queries": _codes_digest(query), "database": _codes_digest(db)})
     rank, world = _world()
     num_db, num_queries = len(db), len(query)
     lo, hi = rank * num_db // world, (rank + 1) * num_db // world
