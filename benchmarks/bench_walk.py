@@ -72,7 +72,7 @@ class ResNet18(nn.Module):
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], float]] = {
     "lenet5": (lambda: lenet5(num_classes=10), (1, 32, 32), 0.3),
     "small_resnet": (lambda: small_resnet(num_classes=10), (1, 32, 32), 0.05),
-    "resnet18": (lambda: ResNet18(num_classes=10), (3, 32, 32), 0.004),
+    "resnet18": (lambda: ResNet18(num_classes=10), (3, 32, 32), 0.02),
 }
 
 

@@ -183,9 +183,10 @@ def _read_regions(model: Callable[[Tensor], Tensor], a: Tensor, direction: Tenso
     return best.tolist(), which.tolist(), names
 
 
-def _spawn(fronts: list[_Front], batch_size: int, spacing: float, min_step: float) -> None:
+def _spawn(fronts: list[_Front], batch_size: int, spacing: float, floor: float, min_step: float) -> None:
     """Fill free slots of the batch: the leftmost stretch not yet walked that is longer than ``2 * spacing`` gets
-    a new front ``spacing`` past its beginning."""
+    a new front ``spacing`` past its beginning. Near the end of the walk, when no stretch is that long, the spacing
+    is halved (down to ``floor``) rather than leaving slots idle."""
     active = sum(not f.done for f in fronts)
     while active < batch_size:
         for i, front in enumerate(fronts):
@@ -198,7 +199,9 @@ def _spawn(fronts: list[_Front], batch_size: int, spacing: float, min_step: floa
                 active += 1
                 break
         else:
-            return
+            if spacing / 2 < floor:
+                return
+            spacing /= 2
 
 
 def _merge(fronts: list[_Front], tol: float) -> None:
@@ -321,8 +324,8 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         shown = 0.0
         while not fronts[0].done:
             if widths:
-                spacing = max(_REGIONS_PER_FRONT * statistics.median(widths), 4 * min_step)
-                _spawn(fronts, batch_size, spacing, min_step)
+                width = max(statistics.median(widths), 2 * min_step)
+                _spawn(fronts, batch_size, _REGIONS_PER_FRONT * width, 2 * width, min_step)
             active = [f for f in fronts if not f.done]
             points = [f.pending for f in active]
             steps, which, names = _read_regions(model, a, direction, points)
