@@ -96,8 +96,16 @@ def test_batched_walk_matches_sequential_walk_and_dense_sampling(arch, batch_siz
     x = input_for(net, 2, seed, torch.float64)
     walk = regions_on_segment(net, x[0], x[1], batch_size=batch_size, progress=False)
     sequential = regions_on_segment(net, x[0], x[1], batch_size=1, progress=False)
-    assert walk.layers == sequential.layers and not walk.partial
+    assert not walk.partial and walk.num_regions == sequential.num_regions
     assert torch.allclose(walk.breakpoints, sequential.breakpoints, rtol=0, atol=1e-9)
+    for i in (i for i, pair in enumerate(zip(walk.layers, sequential.layers, strict=True)) if pair[0] != pair[1]):
+        # boundaries of two layers that coincide (a ReLU after a leaky ReLU flips with it): which one rounding puts
+        # first may differ between the walks; both layers' codes must change there
+        t = float(walk.breakpoints[i])
+        step = torch.tensor([-1e-8, 1e-8], dtype=torch.float64).view(-1, *[1] * (x.dim() - 1))
+        near = partition_codes(net, x[0][None] + (t + step) * (x[1] - x[0])[None])
+        for layer in (walk.layers[i], sequential.layers[i]):
+            assert not torch.equal(near[layer].data[0], near[layer].data[1]), (t, layer)
     grid = torch.linspace(0, 1, 1201, dtype=torch.float64)
     pts = x[0][None] + grid.view(-1, *[1] * (x.dim() - 1)) * (x[1] - x[0])[None]
     codes = partition_codes(net, pts)
@@ -171,3 +179,11 @@ def test_value_dependent_control_flow_is_refused_by_name():
     with pytest.raises(ReplayDivergenceError, match="regions_on_segment reads the slopes"):
         regions_on_segment(Branchy().eval(), torch.zeros(4, dtype=torch.float64),
                            torch.ones(4, dtype=torch.float64), progress=False)
+
+
+def test_a_model_in_training_mode_is_refused_before_any_forward_pass():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).double()
+    before = net[1].running_mean.clone()
+    with pytest.raises(ValueError, match="training mode"):
+        regions_on_segment(net, torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), progress=False)
+    assert torch.equal(net[1].running_mean, before)  # no forward pass updated the statistics

@@ -40,6 +40,8 @@ __all__ = ["SegmentRegions", "regions_on_segment"]
 #: A new front is started about this many region widths ahead of the previous one (fewer: more regions read twice,
 #: one per front; more: coarser progress of the prefix).
 _REGIONS_PER_FRONT = 8
+#: Steps to two boundaries closer than this (relative) are one crossing, named after the first layer in forward order.
+_TIE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,10 @@ def _read_regions(model: Callable[[Tensor], Tensor], a: Tensor, direction: Tenso
         with fwAD.dual_level():
             steps = torch.stack([_step(_with_slopes(e, f, scale)) for e, f in zip(here.entries, ahead.entries,
                                                                                    strict=True)])
-    best, which = steps.min(0)  # the first layer in forward order on ties
+    best = steps.min(0).values
+    # the first layer in forward order among those crossing there: boundaries of two layers that coincide (a ReLU
+    # after a leaky ReLU) differ by rounding only
+    which = (steps <= best + _TIE * best.clamp_min(1)).to(torch.uint8).argmax(0)
     return best.tolist(), which.tolist(), names
 
 
@@ -312,8 +317,8 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
     if isinstance(model, nn.Module) and any(p.dtype != torch.float64 for p in model.parameters()):
         model = copy.deepcopy(model).double()
+    check_model_input(model, torch.stack([x0, x1]).double(), what="x0/x1")  # before any forward pass (eval mode)
     a, b = _endpoints(model, x0, x1)
-    check_model_input(model, torch.cat([a, b]), what="x0/x1")
     direction = b - a
     tol = min(1e-12, min_step / 4)  # the same point reached by two fronts differs by rounding only
     fronts = [_Front(min_step, min_step)]  # front 0: the walk from t = 0 (its first read just past 0)
