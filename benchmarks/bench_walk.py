@@ -1,11 +1,12 @@
 """Benchmark of the segment walk: regions per second and cost per region against one forward pass.
 
-Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 32] [--repeats 3]``. Each model
+Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 16] [--repeats 3]``. Each model
 walks a piece of the segment between two random 32x32 inputs (``--fraction`` of it, around its middle) with
 :func:`cnnlens.spline.regions_on_segment`; the cost of one region is compared with one forward pass of one sample
 in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Target (issue 10): at most
-2x a forward pass per region. The last block splits one round of the walk (``--batch-sizes``' largest) into its
-parts: the recording pass, the replay further along the path, and the boundary steps.
+2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest) into its
+parts: the recording pass, the replay further along the path, and the boundary steps; and give the cost of a round
+per point at several batch sizes (the walk reads a few percent more points than it finds regions).
 
 ``resnet18`` is the torchvision layout (7x7 stem, max-pool, 4 stages of 2 basic blocks, 11.2 M parameters) written
 out here, as torchvision is not a dependency.
@@ -116,7 +117,7 @@ def _round_parts(model: nn.Module, a: Tensor, direction: Tensor, points: int, re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18"], choices=sorted(MODELS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3, help="walks per setting (the median is printed)")
     parser.add_argument("--fraction", type=float, default=None, help="fraction of the segment walked (default: "
                         "per model, a few hundred regions)")
@@ -166,7 +167,9 @@ def main() -> None:
         batched = _median_ms(lambda: model(x0.expand(g, *shape)), 5) / g  # noqa: B023 - called right here
         print(f"  one round on {g} points, per point: {split}; {total / g / fwd:.2f}x a forward pass of one sample "
               f"(a batch-{g} forward pass: {batched:.2f} ms per sample)")
-
+        curve = {n: sum(_round_parts(model, x0[None], (x1 - x0)[None], n, 3).values()) / n for n in (1, 4, 16, 64)}
+        print("  one round per point, as a multiple of a forward pass: "
+              + ", ".join(f"{n} points {ms / fwd:.2f}x" for n, ms in curve.items()))
 
 if __name__ == "__main__":
     with torch.no_grad():  # the forward passes timed here build no autograd graph, as the walk's do not

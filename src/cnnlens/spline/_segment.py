@@ -268,7 +268,7 @@ def _endpoints(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor) -> tup
 
 
 def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor, *, min_step: float = 1e-9,
-                       max_regions: int = 100_000, max_seconds: float | None = None, batch_size: int = 32,
+                       max_regions: int = 100_000, max_seconds: float | None = None, batch_size: int = 16,
                        progress: bool = True) -> SegmentRegions:
     """Exact breakpoints where the path ``x0 + t (x1 - x0)``, t in [0, 1], crosses a region boundary of any layer.
 
@@ -293,7 +293,9 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     max_seconds : float, optional
         Time budget: stop after the first round of the walk that ends past it, with a partial result.
     batch_size : int
-        Points read per forward pass (1: the plain sequential walk). Memory grows with it.
+        Points read per forward pass (1: the plain sequential walk). Memory grows with it; past the size where a
+        batch's activations leave the CPU caches, so does the time per point (``benchmarks/bench_walk.py``: 8 to
+        16 is best for ResNets at 32x32, 32 for LeNet-5).
     progress : bool
         Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
 
