@@ -3,10 +3,11 @@
 Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 16] [--repeats 3]``. Each model
 walks a piece of the segment between two random 32x32 inputs (``--fraction`` of it, around its middle) with
 :func:`cnnlens.spline.regions_on_segment`; the cost of one region is compared with one forward pass of one sample
-in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Target (issue 10): at most
-2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest) into its
-parts: the recording pass, the replay further along the path, and the boundary steps; and give the cost of a round
-per point at several batch sizes (the walk reads a few percent more points than it finds regions).
+in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Times are CPU times of the
+process (``time.process_time``), so that other processes on a shared machine do not skew the ratios. Target (issue
+10): at most 2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest)
+into its parts: the recording pass, the replay further along the path, and the boundary steps; and give the cost of a
+round per point at several batch sizes (the walk reads a few percent more points than it finds regions).
 
 ``resnet18`` is the torchvision layout (7x7 stem, max-pool, 4 stages of 2 basic blocks, 11.2 M parameters) written
 out here, as torchvision is not a dependency.
@@ -77,12 +78,17 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], float]] = {
 }
 
 
+def _clock() -> float:
+    """CPU time of this process: on a shared machine, other processes' load does not count (wall time would)."""
+    return time.process_time()
+
+
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(_clock() - start)
     return 1e3 * statistics.median(times)
 
 
@@ -145,9 +151,9 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved: a load spike on the shared machine hits every candidate alike
             forward_ms.append(_median_ms(forward, 20))
             for g in args.batch_sizes:
-                begin = time.perf_counter()
+                begin = _clock()
                 walk = regions_on_segment(model, start, end, batch_size=g, progress=False)
-                walk_ms[g].append(1e3 * (time.perf_counter() - begin))
+                walk_ms[g].append(1e3 * (_clock() - begin))
                 counts[g] = walk.num_regions
         fwd = statistics.median(forward_ms)
         params = sum(p.numel() for p in model.parameters())

@@ -164,9 +164,10 @@ def partition_codes(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, laye
         Samples per forward pass.
     distributed : bool, optional
         Under ``torchrun`` (an initialised ``torch.distributed`` process group of two ranks or more) a Dataset is
-        encoded data-parallel: each rank its DistributedSampler shard, every rank receiving all codes in order,
-        identical to one process (:mod:`cnnlens.spline._distributed`). None (default): so for a Dataset, not for a
-        Tensor; True: also for a Tensor (the same on every rank); False: never.
+        encoded data-parallel: each rank its share of the batches (in DistributedSampler order), every rank receiving
+        all codes in order, identical to one process (:mod:`cnnlens.spline._distributed`). None (default): shard a
+        Dataset, encode a Tensor on each rank alone; True: shard a Tensor too (the same on every rank); False:
+        never shard.
 
     Returns
     -------

@@ -340,7 +340,8 @@ def nearest_neighbors(
     distributed : bool, optional
         Under ``torchrun`` (an initialised ``torch.distributed`` process group of two ranks or more, the same codes
         on every rank) the database is split over the ranks and the per-rank top-k lists are merged exactly; every
-        rank receives the answer of one process. None (default) or True: so; False: search on each rank alone.
+        rank receives the answer of one process. None (default): so whenever a process group is initialised; True:
+        the same, but raise without one; False: search on each rank alone.
 
     Returns
     -------
