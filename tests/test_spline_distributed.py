@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+import torch.distributed
 from torch.utils.data import Subset, TensorDataset
 
 from cnnlens.spline import nearest_neighbors, partition_codes, templates
@@ -73,6 +74,8 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="this torch build has no torch.distributed with gloo")
 def test_torchrun_two_processes_give_the_results_of_one_process(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
