@@ -31,8 +31,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._distributed import dataset_templates, distributed_active
 from ._exactness import Offset, check_precision, offset_of, raise_inexact, replay_offset, tolerance
 from ._transpose import Tape, transpose_rows
 
@@ -311,16 +313,22 @@ class Templates:
     bias_fallback: str | None = None
 
 
-def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
-              chunk_size: int | None = None, approximate: bool = False) -> Templates:
+def templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: Sequence[int] | Tensor | None = None,
+              *, chunk_size: int | None = None, approximate: bool = False,
+              distributed: bool | None = None) -> Templates:
     """Class templates ``A[x]_c`` of eq. 8 of 000, with biases and the inner products of eq. 12 / Fig. 1.
 
     Parameters
     ----------
-    model, x, chunk_size, approximate
+    model, chunk_size, approximate
         As in :func:`affine_map`.
+    x : Tensor (N, *in_shape) or Dataset
+        Inputs; a Dataset (items ``(x, y)``) is read ``chunk_size`` (default 256) samples at a time.
     classes : sequence of int or LongTensor, optional
         Output rows to compute (default all); only these cotangents are propagated, so fewer classes cost less.
+    distributed : bool, optional
+        As in :func:`partition_codes`: under ``torchrun`` a Dataset is shared out over the ranks, and every rank
+        receives all templates in order, identical to one process.
 
     Returns
     -------
@@ -332,6 +340,8 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
     ------
     As :func:`affine_map`.
     """
+    if isinstance(x, Dataset) or distributed_active(distributed, x):
+        return dataset_templates(model, x, classes, chunk_size, approximate, distributed)
     res = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
     n, r, _ = res.a.shape
     inner = torch.einsum("nrd,nd->nr", res.a, x.reshape(n, -1))

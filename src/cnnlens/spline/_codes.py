@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._capture import Capture, Entry, capture, check_model_input, run_captured
+from ._distributed import distributed_active, sharded_partition_codes
 from ._windows import pool_windows
 
 __all__ = ["LayerCode", "PartitionCodes", "boundary_units", "partition_codes", "pool_windows"]
@@ -158,7 +159,7 @@ def _record(model: Callable[[Tensor], Tensor], x: Tensor, probe: bool = False) -
 
 
 def partition_codes(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, layers: Sequence[str | int] | None = None,
-                    *, batch_size: int = 256) -> PartitionCodes:
+                    *, batch_size: int = 256, distributed: bool | None = None) -> PartitionCodes:
     """Region codes t^(l)(x) of eq. 14 of 000 at every max-affine layer, packed.
 
     One plain forward pass per batch (no gradients); the codes are what the forward pass computes anyway (masks,
@@ -174,6 +175,12 @@ def partition_codes(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, laye
         Layer names or positions to keep (default all).
     batch_size : int
         Samples per forward pass.
+    distributed : bool, optional
+        Under ``torchrun`` (an initialised ``torch.distributed`` process group of two ranks or more) a Dataset is
+        encoded data-parallel: each rank its share of the batches (in DistributedSampler order), every rank receiving
+        all codes in order, identical to one process (:mod:`cnnlens.spline._distributed`). None (default): shard a
+        Dataset, encode a Tensor on each rank alone; True: shard a Tensor too (the same on every rank); False:
+        never shard.
 
     Returns
     -------
@@ -182,6 +189,8 @@ def partition_codes(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, laye
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
+    if distributed_active(distributed, x):
+        return sharded_partition_codes(model, x, layers, batch_size)
     parts = []
     for xb in _batches(x, batch_size):
         cap = _record(model, xb)

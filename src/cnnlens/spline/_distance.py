@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._codes import LayerCode, PartitionCodes
+from ._distributed import distributed_active, sharded_neighbors
 
 __all__ = ["nearest_neighbors", "partition_distance"]
 
@@ -312,6 +313,7 @@ def nearest_neighbors(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
+    distributed: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact ``k`` nearest database samples of each query under the partition distance (eq. 15 of 000).
 
@@ -335,6 +337,11 @@ def nearest_neighbors(
     chunk_size : int, optional
         Queries processed at once (bounds memory to about ``chunk_size * Nd`` integers; the result does not
         depend on it).
+    distributed : bool, optional
+        Under ``torchrun`` (an initialised ``torch.distributed`` process group of two ranks or more, the same codes
+        on every rank) the database is split over the ranks and the per-rank top-k lists are merged exactly; every
+        rank receives the answer of one process. None (default): so whenever a process group is initialised; True:
+        the same, but raise without one; False: search on each rank alone.
 
     Returns
     -------
@@ -368,6 +375,9 @@ def nearest_neighbors(
         )
     if backend == "auto":
         backend = "faiss" if binary and db.num_units <= _FAISS_MAX_BITS and _faiss_available() else "gemm"
+    if distributed_active(distributed):
+        indices, counts = sharded_neighbors(query, db, k, backend, chunk_size)
+        return indices, counts.double() / db.num_units
     db_inputs = _kernel_inputs(db)
     queries = _kernel_inputs(query)
     rows = _chunk_rows(len(db), chunk_size)

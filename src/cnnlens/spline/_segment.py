@@ -8,40 +8,67 @@ switch inside a window (max-pooling, adaptive max-pooling, max over dimensions, 
 of the element an order statistic (sort, top-k, median) selects. The walk jumps to the nearest one, re-reads the
 region just past it, and repeats. Unlike SplineCam (no max-pool, no residuals) it handles every part the capture
 supports.
+
+A walk is sequential, and a forward pass on one point costs far more than its share of a batched pass, so the walk
+advances up to ``batch_size`` *fronts* together, one batched read per round. Front 0 starts at t = 0; the others are
+started ahead of it, spaced a few regions apart (from the region widths read so far), and walk on their own. When a
+front steps into a region another front has already read, it takes over that front's boundaries from there on. A
+region read from any of its points is the same region, so the merged walk is the walk from t = 0, read with fewer,
+larger passes; the result always describes a prefix [0, t_reached] of the segment.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+import math
+import statistics
+import time
+import warnings
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-from ._capture import Entry, capture, check_model_input, run_captured
+from .._progress import phase
+from ._capture import Entry, ReplayDivergenceError, capture, check_model_input, run_captured
 
 __all__ = ["SegmentRegions", "regions_on_segment"]
+
+#: A new front is started about this many region widths ahead of the previous one (fewer: more regions read twice,
+#: one per front; more: coarser progress of the prefix).
+_REGIONS_PER_FRONT = 8
+#: Steps to two boundaries closer than this (relative) are one crossing, named after the first layer in forward order.
+_TIE = 1e-12
 
 
 @dataclass(frozen=True)
 class SegmentRegions:
-    """Regions met along ``x0 + t (x1 - x0)``, t in [0, 1].
+    """Regions met along ``x0 + t (x1 - x0)``, t in [0, 1] (or the prefix [0, t_reached] of a partial walk).
 
     Attributes
     ----------
     breakpoints : Tensor (K,) float64
-        Sorted t in (0, 1) where the path crosses a region boundary of some layer.
+        Sorted t in (0, t_reached) where the path crosses a region boundary of some layer.
     layers : list of str
         For each breakpoint, the layer whose boundary is crossed (the first one in forward order on exact ties).
     num_regions : int
-        ``K + 1``: the number of regions the open segment passes through.
+        ``K + 1``: the number of regions the open segment (0, t_reached) passes through.
+    partial : bool
+        True when the walk stopped early (``max_regions`` or ``max_seconds``); then only [0, t_reached] was walked.
+    t_reached : float
+        1.0 for a complete walk. For a partial walk, the boundary that ends the last region listed: the full walk
+        has the same breakpoints below it and one more at it.
     """
 
     breakpoints: Tensor
     layers: list[str]
     num_regions: int
+    partial: bool = False
+    t_reached: float = 1.0
 
 
 def _tangent(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,7 +77,8 @@ def _tangent(t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _step(entry: Entry) -> Tensor:  # noqa: C901 - one rule per kind
-    """Smallest step s >= 0 (in t) until a unit of this layer changes piece, given value and derivative."""
+    """Per sample of the batch, the smallest step s >= 0 (in t) until a unit of this layer changes piece, given value
+    and derivative: float64 (N,)."""
     inf = torch.tensor(float("inf"), dtype=torch.float64)
     if entry.kind == "binary":
         u, du = _tangent(entry.probe["u"])
@@ -87,33 +115,205 @@ def _step(entry: Entry) -> Tensor:  # noqa: C901 - one rule per kind
         else:  # any element crossing the selected one changes its rank
             meet = (v_sel - v) / torch.where(gain == 0, torch.ones_like(gain), gain)
             s = torch.where((gain != 0) & (meet >= 0), meet, inf)
-    return s.clamp_min(0).amin() if s.numel() else inf
+    return s.clamp_min(0).flatten(1).amin(1) if s.numel() else inf.expand(s.shape[:1])
+
+
+@dataclass
+class _Front:
+    """One walk front: it reads the region of ``start``, then of ``ends[i] + min_step`` after each boundary.
+
+    ``evals[i]`` is the i-th point read and ``ends[i]`` the end of its region (the next boundary, crossed in layer
+    ``layers[i]``; >= 1 when the region reaches the end of the segment), so ``[evals[i], ends[i])`` lies in one
+    region. After a merge the lists continue with the other front's records.
+    """
+
+    start: float
+    min_step: float
+    evals: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> float:
+        """The next point to read."""
+        return self.ends[-1] + self.min_step if self.ends else self.start
+
+    @property
+    def done(self) -> bool:
+        """Whether the last region read reaches the end of the segment (up to ``min_step``)."""
+        return bool(self.ends) and self.pending >= 1.0
+
+    def breakpoints(self) -> list[float]:
+        return self.ends if not self.done or self.ends[-1] < 1.0 else self.ends[:-1]
+
+
+def _with_slopes(here: Entry, ahead: Entry, scale: float) -> Entry:
+    """``here`` with every probed value carrying its derivative along the path as a forward-mode tangent.
+
+    With the pieces of ``here`` held fixed the values are affine in t, so the derivative is exactly the value read
+    ``scale`` units of t ahead with the same pieces, minus the value here, over ``scale``.
+    """
+    probe = {}
+    for key, value in here.probe.items():
+        other = ahead.probe[key]
+        if isinstance(value, Tensor) and value.is_floating_point() and value.shape == other.shape:
+            value = fwAD.make_dual(value, (other - value) / scale)
+        probe[key] = value
+    return replace(here, probe=probe)
+
+
+def _read_regions(model: Callable[[Tensor], Tensor], a: Tensor, direction: Tensor, t: list[float]
+                  ) -> tuple[list[float], list[int], list[str]]:
+    """For each point ``a + t_i direction``: the step to the nearest boundary ahead and the index of its layer.
+
+    Two batched passes: one records the pieces and values at the points, one replays those pieces further along the
+    path (:func:`_with_slopes`); the slopes come out exact up to rounding, as from forward-mode differentiation, at
+    about two thirds of its cost. The step is taken ``scale`` = a power of two >= |a| / |direction| ahead, so that
+    the input difference ``(x + scale d) - x`` keeps the direction's precision even on short segments.
+    """
+    ts = torch.tensor(t, dtype=torch.float64).view(-1, *([1] * (a.dim() - 1)))
+    x = a + ts * direction
+    reach = float(direction.abs().max())
+    scale = 2.0 ** max(0, math.ceil(math.log2((float(a.abs().max()) + reach) / reach))) if reach > 0 else 1.0
+    with torch.no_grad():
+        with capture(model, graph=False, probe=True) as here:
+            run_captured(here, model, x)
+        names = [e.name for e in here.entries]
+        if not names:
+            return [math.inf] * len(t), [0] * len(t), names
+        try:
+            with capture(model, graph=False, probe=True, forced=here.entries) as ahead:
+                run_captured(ahead, model, x + scale * direction)
+        except ReplayDivergenceError as err:
+            raise ReplayDivergenceError(f"regions_on_segment reads the slopes along the path by replaying the "
+                                        f"regions of each point further along it, which this model does not allow: "
+                                        f"{err}") from err
+        with fwAD.dual_level():
+            steps = torch.stack([_step(_with_slopes(e, f, scale)) for e, f in zip(here.entries, ahead.entries,
+                                                                                   strict=True)])
+    best = steps.min(0).values
+    # the first layer in forward order among those crossing there: boundaries of two layers that coincide (a ReLU
+    # after a leaky ReLU) differ by rounding only
+    which = (steps <= best + _TIE * best.clamp_min(1)).to(torch.uint8).argmax(0)
+    return best.tolist(), which.tolist(), names
+
+
+def _spawn(fronts: list[_Front], batch_size: int, spacing: float, floor: float, min_step: float) -> None:
+    """Fill free slots of the batch: the leftmost stretch not yet walked that is longer than ``2 * spacing`` gets
+    a new front ``spacing`` past its beginning. Near the end of the walk, when no stretch is that long, the spacing
+    is halved (down to ``floor``) rather than leaving slots idle."""
+    active = sum(not f.done for f in fronts)
+    while active < batch_size:
+        for i, front in enumerate(fronts):
+            if front.done:
+                continue
+            lo = front.pending
+            hi = fronts[i + 1].start if i + 1 < len(fronts) else 1.0
+            if hi - lo > 2 * spacing:
+                fronts.insert(i + 1, _Front(lo + spacing, min_step))
+                active += 1
+                break
+        else:
+            if spacing / 2 < floor:
+                return
+            spacing /= 2
+
+
+def _merge(fronts: list[_Front], tol: float) -> None:
+    """Join each front to the next one once its next point lies in a region the next one has read.
+
+    Then the walk from that point would meet exactly the boundaries the next front met from there on, so the front
+    takes them over. Boundaries the next front met *before* that point lie within ``min_step`` past the front's own
+    last boundary, where the walk does not look (regions thinner than ``min_step``), and are dropped.
+    """
+    for i in range(len(fronts) - 2, -1, -1):
+        front = fronts[i]
+        while i + 1 < len(fronts):
+            nxt = fronts[i + 1]
+            if front.done:  # its last region reaches t = 1: the fronts after it lie within min_step of its end
+                del fronts[i + 1:]
+                break
+            q = front.pending
+            if q < nxt.start - tol:
+                break
+            j = bisect.bisect_right(nxt.ends, q)  # the first region of nxt ending after q
+            if j == len(nxt.ends):  # q lies past all nxt has read: nxt has nothing to give
+                del fronts[i + 1]
+                continue
+            if nxt.evals[j] - tol > q:  # q lies just past a boundary of nxt, where nxt did not read: read it
+                break
+            front.evals += nxt.evals[j:]
+            front.ends += nxt.ends[j:]
+            front.layers += nxt.layers[j:]
+            del fronts[i + 1]
+
+
+def _failure(model: Callable[[Tensor], Tensor], x: Tensor) -> Exception | None:
+    """The error a plain forward pass of ``model`` on ``x`` raises, or None when it runs."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as err:  # noqa: BLE001 - any failure means: not this reading of the input's shape
+        return err
+    return None
+
+
+def _endpoints(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+    """x0 and x1 as batches of one sample in float64.
+
+    A leading dimension of size 1 is ambiguous: one sample whose first dimension is 1 (a 1x32x32 image) or a batch
+    of one. It is read as one sample when the model runs on it that way (as before), else as a batch of one.
+    """
+    a, b = x0.double()[None], x1.double()[None]
+    failure = _failure(model, a)
+    if failure is None:
+        return a, b
+    ambiguous = x0.dim() >= 2 and x0.shape[0] == 1
+    if ambiguous and _failure(model, a[0]) is None:
+        return a[0], b[0]
+    also = f" nor as a batch of one (shape {tuple(x0.shape)})" if ambiguous else ""
+    raise ValueError(f"the model does not run on x0 as one sample (a batch of shape {tuple(a.shape)}){also}: "
+                     f"{type(failure).__name__}: {str(failure).strip()}. Pass x0 and x1 as single samples "
+                     "(*in_shape, e.g. x[0]) or as batches of one (1, *in_shape, e.g. x[:1]).") from failure
 
 
 def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor, *, min_step: float = 1e-9,
-                       max_regions: int = 100_000) -> SegmentRegions:
+                       max_regions: int = 100_000, max_seconds: float | None = None, batch_size: int = 16,
+                       progress: bool = True) -> SegmentRegions:
     """Exact breakpoints where the path ``x0 + t (x1 - x0)``, t in [0, 1], crosses a region boundary of any layer.
 
-    Computed in float64 (the model is copied to float64 when needed). Each step is one forward-mode pass with
-    the current region's pieces fixed; the next breakpoint is the nearest zero crossing, clamp threshold or
-    max-pool argmax switch (tie rule as in :mod:`cnnlens.spline._capture`).
+    Computed in float64 (the model is copied to float64 when needed). Each region is read from the values and
+    slopes along the path of every unit with the region's pieces fixed; the next breakpoint is the nearest zero
+    crossing, clamp threshold or max-pool argmax switch (tie rule as in :mod:`cnnlens.spline._capture`). The walk
+    advances up to ``batch_size`` fronts at once, each region costing a share of two batched forward passes (module
+    docstring); the result is the walk from t = 0.
 
     Parameters
     ----------
     model : callable
         Piecewise-affine model in eval mode.
-    x0, x1 : Tensor (*in_shape)
-        End points, one sample each without the batch dimension (e.g. ``x[0]`` and ``x[1]``).
+    x0, x1 : Tensor (*in_shape) or (1, *in_shape)
+        End points: one sample each, without the batch dimension (``x[0]``, ``x[1]``) or as a batch of one
+        (``x[:1]``, ``x[1:2]``).
     min_step : float
         After a breakpoint the next region is read at ``t + min_step``: regions thinner than this (in t) are not
         resolved.
     max_regions : int
-        Safety bound on the number of regions (raises ValueError beyond).
+        Stop after this many regions (a safety bound): the result is then partial (``.partial``, ``.t_reached``).
+    max_seconds : float, optional
+        Time budget: stop after the first round of the walk that ends past it, with a partial result.
+    batch_size : int
+        Points read per forward pass (1: the plain sequential walk). Memory grows with it; past the size where a
+        batch's activations leave the CPU caches, so does the time per point (``benchmarks/bench_walk.py``: 8 to
+        16 is best for ResNets at 32x32, 32 for LeNet-5).
+    progress : bool
+        Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
 
     Returns
     -------
     SegmentRegions
-        Breakpoints, the layer crossed at each, and the number of regions.
+        Breakpoints, the layer crossed at each, the number of regions, and whether the walk is partial. A partial
+        result also warns, naming where it stopped and why.
     """
     if not isinstance(x0, Tensor) or not isinstance(x1, Tensor):
         raise TypeError(f"x0 and x1 must be tensors; received {type(x0).__name__} and {type(x1).__name__}.")
@@ -121,33 +321,57 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         raise ValueError(f"x0 and x1 must have the same shape; received {tuple(x0.shape)} and {tuple(x1.shape)}.")
     if not 0 < min_step < 1e-3:
         raise ValueError(f"min_step must lie in (0, 1e-3); received {min_step}.")
+    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+        raise ValueError(f"max_regions must be a positive int; received {max_regions!r}.")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be a positive number of seconds or None; received {max_seconds!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
     if isinstance(model, nn.Module) and any(p.dtype != torch.float64 for p in model.parameters()):
         model = copy.deepcopy(model).double()
-    a, b = x0[None].double(), x1[None].double()
-    check_model_input(model, torch.cat([a, b]), what="x0/x1")
+    check_model_input(model, torch.stack([x0, x1]).double(), what="x0/x1")  # before any forward pass (eval mode)
+    a, b = _endpoints(model, x0, x1)
     direction = b - a
-    breakpoints: list[float] = []
-    layers: list[str] = []
-    t = 0.0
-    while True:
-        t_eval = t + min_step
-        if t_eval >= 1.0:
-            break
-        with torch.no_grad(), fwAD.dual_level():
-            with capture(model, graph=True, probe=True) as cap:
-                run_captured(cap, model, fwAD.make_dual(a + t_eval * direction, direction))
-            steps = [_step(e) for e in cap.entries]
-        if not steps:
-            break
-        s = torch.stack(steps)
-        k = int(torch.argmin(s))
-        t_next = t_eval + float(s[k])
-        if t_next >= 1.0:
-            break
-        breakpoints.append(t_next)
-        layers.append(cap.entries[k].name)
-        if len(breakpoints) >= max_regions:
-            raise ValueError(f"the segment crosses more than {max_regions} regions; raise max_regions or shorten "
-                             "the segment.")
-        t = t_next
-    return SegmentRegions(torch.tensor(breakpoints, dtype=torch.float64), layers, len(breakpoints) + 1)
+    tol = min(1e-12, min_step / 4)  # the same point reached by two fronts differs by rounding only
+    fronts = [_Front(min_step, min_step)]  # front 0: the walk from t = 0 (its first read just past 0)
+    widths: deque[float] = deque(maxlen=4 * batch_size)
+    began = time.monotonic()
+    stop = ""
+    with phase("region walk", 100, enabled=progress) as advance:
+        shown = 0.0
+        while not fronts[0].done:
+            if widths:
+                width = max(statistics.median(widths), 2 * min_step)
+                _spawn(fronts, batch_size, _REGIONS_PER_FRONT * width, 2 * width, min_step)
+            active = [f for f in fronts if not f.done]
+            points = [f.pending for f in active]
+            steps, which, names = _read_regions(model, a, direction, points)
+            for front, t, s, k in zip(active, points, steps, which, strict=True):
+                end = t + s
+                if math.isfinite(end):
+                    widths.append(end - (front.ends[-1] if front.ends else t))
+                front.evals.append(t)
+                front.ends.append(end)
+                front.layers.append(names[k] if names else "")
+            _merge(fronts, tol)
+            head = fronts[0]
+            reached = 1.0 if head.done else head.ends[-1]
+            advance(100 * reached - shown, status=f"{len(head.ends)} regions")
+            shown = 100 * reached
+            if len(head.breakpoints()) >= max_regions:
+                stop = f"max_regions={max_regions}"
+                break
+            if max_seconds is not None and not head.done and time.monotonic() - began >= max_seconds:
+                stop = f"max_seconds={max_seconds}"
+                break
+    head = fronts[0]
+    found = head.breakpoints()
+    layers = head.layers[:len(found)]
+    if not stop:
+        return SegmentRegions(torch.tensor(found, dtype=torch.float64), layers, len(found) + 1)
+    keep = min(len(found), max_regions) - 1 if stop.startswith("max_regions") else len(found) - 1
+    t_reached = found[keep]
+    warnings.warn(f"regions_on_segment stopped at {stop}: the result covers t in [0, {t_reached:.6g}] "
+                  f"({keep + 1} regions) of the segment only (result.partial is True).", stacklevel=2)
+    return SegmentRegions(torch.tensor(found[:keep], dtype=torch.float64), layers[:keep], keep + 1, partial=True,
+                          t_reached=t_reached)

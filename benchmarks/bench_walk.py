@@ -1,0 +1,182 @@
+"""Benchmark of the segment walk: regions per second and cost per region against one forward pass.
+
+Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 16] [--repeats 3]``. Each model
+walks a piece of the segment between two random 32x32 inputs (``--fraction`` of it, around its middle) with
+:func:`cnnlens.spline.regions_on_segment`; the cost of one region is compared with one forward pass of one sample
+in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Times are CPU times of the
+process (``time.process_time``), so that other processes on a shared machine do not skew the ratios. Target (issue
+10): at most 2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest)
+into its parts: the recording pass, the replay further along the path, and the boundary steps; and give the cost of a
+round per point at several batch sizes (the walk reads a few percent more points than it finds regions).
+
+``resnet18`` is the torchvision layout (7x7 stem, max-pool, 4 stages of 2 basic blocks, 11.2 M parameters) written
+out here, as torchvision is not a dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cnnlens.nn.models import lenet5, small_resnet
+from cnnlens.spline import regions_on_segment
+from cnnlens.spline._capture import capture, run_captured
+from cnnlens.spline._segment import _step, _with_slopes
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 in the torchvision layout."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            stages.append(nn.Sequential(_Basic(cin, width, 1 if i == 0 else 2), _Basic(width, width, 1)))
+            cin = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+#: name -> (builder, input shape, default fraction of the segment walked: a few hundred regions each)
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], float]] = {
+    "lenet5": (lambda: lenet5(num_classes=10), (1, 32, 32), 0.3),
+    "small_resnet": (lambda: small_resnet(num_classes=10), (1, 32, 32), 0.05),
+    "resnet18": (lambda: ResNet18(num_classes=10), (3, 32, 32), 0.02),
+}
+
+
+def _clock() -> float:
+    """CPU time of this process: on a shared machine, other processes' load does not count (wall time would)."""
+    return time.process_time()
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = _clock()
+        fn()
+        times.append(_clock() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _round_parts(model: nn.Module, a: Tensor, direction: Tensor, points: int, repeats: int) -> dict[str, float]:
+    """Milliseconds of the three parts of one round of the walk on ``points`` points (as in ``_read_regions``)."""
+    t = torch.linspace(0.1, 0.9, points, dtype=torch.float64).view(-1, *([1] * (a.dim() - 1)))
+    x = a + t * direction
+
+    def record() -> object:
+        with torch.no_grad(), capture(model, graph=False, probe=True) as cap:
+            run_captured(cap, model, x)
+        return cap
+
+    here = record()
+
+    def replay() -> object:
+        with torch.no_grad(), capture(model, graph=False, probe=True, forced=here.entries) as cap:
+            run_captured(cap, model, x + direction)
+        return cap
+
+    ahead = replay()
+
+    def steps() -> None:
+        with torch.no_grad(), torch.autograd.forward_ad.dual_level():
+            for e, f in zip(here.entries, ahead.entries, strict=True):
+                _step(_with_slopes(e, f, 1.0))
+
+    return {"record": _median_ms(record, repeats), "replay": _median_ms(replay, repeats),
+            "steps": _median_ms(steps, repeats)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18"], choices=sorted(MODELS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=3, help="walks per setting (the median is printed)")
+    parser.add_argument("--fraction", type=float, default=None, help="fraction of the segment walked (default: "
+                        "per model, a few hundred regions)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float64; median of {args.repeats} walks")
+    for name in args.models:
+        build, shape, default_fraction = MODELS[name]
+        torch.manual_seed(0)
+        model = build().double().eval()
+        x0, x1 = torch.rand(2, *shape, dtype=torch.float64)
+        fraction = args.fraction or default_fraction
+        start, end = x0 + (0.5 - fraction / 2) * (x1 - x0), x0 + (0.5 + fraction / 2) * (x1 - x0)
+        one = x0[None]
+
+        def forward() -> Tensor:
+            with torch.no_grad():
+                return model(one)  # noqa: B023 - called in this iteration only
+
+        regions_on_segment(model, start, start + 1e-3 * (end - start), progress=False)  # warm-up
+        forward_ms, walk_ms = [], {g: [] for g in args.batch_sizes}
+        counts = {}
+        for _ in range(args.repeats):  # interleaved: a load spike on the shared machine hits every candidate alike
+            forward_ms.append(_median_ms(forward, 20))
+            for g in args.batch_sizes:
+                begin = _clock()
+                walk = regions_on_segment(model, start, end, batch_size=g, progress=False)
+                walk_ms[g].append(1e3 * (_clock() - begin))
+                counts[g] = walk.num_regions
+        fwd = statistics.median(forward_ms)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name} ({params / 1e6:.2f} M parameters), input {shape}, {fraction:g} of the segment between two "
+              f"random inputs; one forward pass of one sample: {fwd:.2f} ms")
+        for g in args.batch_sizes:
+            ms = statistics.median(walk_ms[g])
+            per = ms / counts[g]
+            print(f"  batch_size={g:<4d} {counts[g]:6d} regions in {ms / 1e3:7.2f} s: {1e3 / per:8.1f} regions/s, "
+                  f"{per:8.2f} ms per region = {per / fwd:5.2f}x a forward pass (target <= 2x)")
+        if len(set(counts.values())) > 1:
+            print(f"  region counts differ between batch sizes: {counts}")
+        g = max(args.batch_sizes)
+        parts = _round_parts(model, x0[None], (x1 - x0)[None], g, max(3, args.repeats))
+        total = sum(parts.values())
+        split = ", ".join(f"{k} {v / g:.2f} ms ({100 * v / total:.0f}%)" for k, v in parts.items())
+        batched = _median_ms(lambda: model(x0.expand(g, *shape)), 5) / g  # noqa: B023 - called right here
+        print(f"  one round on {g} points, per point: {split}; {total / g / fwd:.2f}x a forward pass of one sample "
+              f"(a batch-{g} forward pass: {batched:.2f} ms per sample)")
+        curve = {n: sum(_round_parts(model, x0[None], (x1 - x0)[None], n, 3).values()) / n for n in (1, 4, 16, 64)}
+        print("  one round per point, as a multiple of a forward pass: "
+              + ", ".join(f"{n} points {ms / fwd:.2f}x" for n, ms in curve.items()))
+
+if __name__ == "__main__":
+    with torch.no_grad():  # the forward passes timed here build no autograd graph, as the walk's do not
+        main()

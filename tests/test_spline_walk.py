@@ -1,0 +1,189 @@
+"""The segment walk at scale (issue 10, sec. 4): budgets return flagged partial prefixes of the full walk, the
+batched walk (several fronts per forward pass) finds what the sequential walk and dense sampling find, a batch of one
+is accepted as one input, and the progress bar is harmless."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from torch import nn
+
+from cnnlens.spline import ReplayDivergenceError, SegmentRegions, partition_codes, regions_on_segment
+from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on the shared CI machine (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(72, 5)).double().eval()
+
+
+@pytest.fixture(scope="module")
+def walk_case() -> tuple[nn.Module, torch.Tensor, SegmentRegions]:
+    """A conv net, two random inputs and the full sequential walk between them (several dozen regions)."""
+    net = _conv_net()
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    full = regions_on_segment(net, x[0], x[1], batch_size=1, progress=False)
+    assert not full.partial and full.t_reached == 1.0 and full.num_regions > 30
+    return net, x, full
+
+
+def _assert_prefix(part: SegmentRegions, full: SegmentRegions) -> None:
+    """``part`` is the start of ``full``: the same breakpoints below t_reached and a breakpoint of ``full`` at it."""
+    k = part.num_regions - 1
+    assert part.partial and len(part.breakpoints) == k == len(part.layers)
+    assert torch.allclose(part.breakpoints, full.breakpoints[:k], rtol=0, atol=1e-10)
+    assert part.layers == full.layers[:k]
+    assert abs(part.t_reached - float(full.breakpoints[k])) <= 1e-10
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_max_regions_returns_the_flagged_prefix_of_the_full_walk(walk_case, batch_size):
+    net, x, full = walk_case
+    for k in (1, 2, 7, full.num_regions - 1):
+        with pytest.warns(UserWarning, match=f"stopped at max_regions={k}.*partial"):
+            part = regions_on_segment(net, x[0], x[1], max_regions=k, batch_size=batch_size, progress=False)
+        assert part.num_regions == k
+        _assert_prefix(part, full)
+    exact = regions_on_segment(net, x[0], x[1], max_regions=full.num_regions, batch_size=batch_size, progress=False)
+    assert not exact.partial and exact.num_regions == full.num_regions and exact.t_reached == 1.0
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_time_budget_returns_the_flagged_prefix_of_the_full_walk(walk_case, batch_size):
+    """A budget that is over after the first round: the walk stops there, with the regions it has walked from 0."""
+    net, x, full = walk_case
+    with pytest.warns(UserWarning, match="stopped at max_seconds"):
+        part = regions_on_segment(net, x[0], x[1], max_seconds=1e-9, batch_size=batch_size, progress=False)
+    assert 1 <= part.num_regions < full.num_regions
+    _assert_prefix(part, full)
+
+
+def test_batched_walk_equals_the_sequential_walk(walk_case):
+    net, x, full = walk_case
+    for batch_size in (2, 5, 32, 200):
+        walk = regions_on_segment(net, x[0], x[1], batch_size=batch_size, progress=False)
+        assert not walk.partial and walk.layers == full.layers
+        assert torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-10), batch_size
+
+
+architectures = st.tuples(
+    st.lists(st.tuples(st.sampled_from(BLOCKS), st.sampled_from(ACTIVATIONS)), min_size=1, max_size=5),
+    st.sampled_from([1, 2]),
+    st.integers(0, 10_000),
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures, batch_size=st.sampled_from([3, 16]))
+def test_batched_walk_matches_sequential_walk_and_dense_sampling(arch, batch_size):
+    """Over random architectures (every supported part): the batched walk finds the sequential walk's breakpoints,
+    and the codes of dense samples change between two samples exactly when a breakpoint lies between them."""
+    blocks, dims, seed = arch
+    net = random_net(blocks, dims, seed, torch.float64)
+    x = input_for(net, 2, seed, torch.float64)
+    walk = regions_on_segment(net, x[0], x[1], batch_size=batch_size, progress=False)
+    sequential = regions_on_segment(net, x[0], x[1], batch_size=1, progress=False)
+    assert not walk.partial and walk.num_regions == sequential.num_regions
+    assert torch.allclose(walk.breakpoints, sequential.breakpoints, rtol=0, atol=1e-9)
+    for i in (i for i, pair in enumerate(zip(walk.layers, sequential.layers, strict=True)) if pair[0] != pair[1]):
+        # boundaries of two layers that coincide (a ReLU after a leaky ReLU flips with it): which one rounding puts
+        # first may differ between the walks; both layers' codes must change there
+        t = float(walk.breakpoints[i])
+        step = torch.tensor([-1e-8, 1e-8], dtype=torch.float64).view(-1, *[1] * (x.dim() - 1))
+        near = partition_codes(net, x[0][None] + (t + step) * (x[1] - x[0])[None])
+        for layer in (walk.layers[i], sequential.layers[i]):
+            assert not torch.equal(near[layer].data[0], near[layer].data[1]), (t, layer)
+    grid = torch.linspace(0, 1, 1201, dtype=torch.float64)
+    pts = x[0][None] + grid.view(-1, *[1] * (x.dim() - 1)) * (x[1] - x[0])[None]
+    codes = partition_codes(net, pts)
+    flat = torch.cat([codes[k].states().reshape(len(grid), -1) for k in codes], dim=1)
+    changed = (flat[1:] != flat[:-1]).any(dim=1)
+    counts = torch.bincount(torch.bucketize(walk.breakpoints, grid) - 1, minlength=len(grid) - 1)
+    assert torch.all(counts[changed] > 0), "a code change between samples with no breakpoint in between"
+    assert torch.all(changed[counts == 1]), "a single breakpoint between samples with equal codes"
+
+
+def test_progress_is_silent_when_stderr_is_not_a_terminal(walk_case, capsys):
+    net, x, full = walk_case
+    walk = regions_on_segment(net, x[0], x[1], progress=True)
+    assert capsys.readouterr().err == ""
+    assert walk.layers == full.layers and torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-10)
+
+
+def test_progress_bar_on_a_terminal_shows_the_walk(walk_case, monkeypatch):
+    from cnnlens import _progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(_progress, "_CONSOLE", Console(file=screen, force_terminal=True, width=120))
+    net, x, full = walk_case
+    walk = regions_on_segment(net, x[0], x[1], progress=True)
+    assert "region walk" in screen.getvalue()
+    assert walk.layers == full.layers and torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-10)
+
+
+def test_batch_of_one_is_one_input(walk_case):
+    """x[:1] (shape (1, 1, 12, 12)) is read as a batch of one, x[0] (shape (1, 12, 12)) as one sample: same walk."""
+    net, x, full = walk_case
+    walk = regions_on_segment(net, x[:1], x[1:], batch_size=1, progress=False)
+    assert walk.num_regions == full.num_regions and walk.layers == full.layers
+    assert torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-12)
+    mlp = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).double().eval()  # runs on both readings
+    z = torch.randn(2, 6, dtype=torch.float64)
+    one = regions_on_segment(mlp, z[0], z[1], progress=False)
+    batched = regions_on_segment(mlp, z[:1], z[1:], progress=False)
+    assert one.layers == batched.layers and torch.allclose(one.breakpoints, batched.breakpoints, rtol=0, atol=1e-12)
+
+
+def test_inputs_the_model_cannot_take_name_both_readings():
+    net = _conv_net()
+    with pytest.raises(ValueError, match=r"nor as a batch of one \(shape \(1, 1, 5, 5\)\)"):
+        regions_on_segment(net, torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 5), progress=False)
+    with pytest.raises(ValueError, match=r"as one sample \(a batch of shape \(1, 3, 5, 5\)\).*x\[:1\]"):
+        regions_on_segment(net, torch.rand(3, 5, 5), torch.rand(3, 5, 5), progress=False)
+
+
+def test_invalid_budgets_are_refused(walk_case):
+    net, x, _ = walk_case
+    for kwargs, what in (({"max_regions": 0}, "max_regions"), ({"max_seconds": 0}, "max_seconds"),
+                         ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(ValueError, match=what):
+            regions_on_segment(net, x[0], x[1], progress=False, **kwargs)
+
+
+def test_value_dependent_control_flow_is_refused_by_name():
+    """The slopes are read by replaying each point's regions further along the path; a model whose branch depends
+    on the input values cannot be replayed, and the walk says so instead of reading wrong slopes."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.lin(x))
+            return F.relu(h) if float(x.sum()) > 2 else h
+
+    with pytest.raises(ReplayDivergenceError, match="regions_on_segment reads the slopes"):
+        regions_on_segment(Branchy().eval(), torch.zeros(4, dtype=torch.float64),
+                           torch.ones(4, dtype=torch.float64), progress=False)
+
+
+def test_a_model_in_training_mode_is_refused_before_any_forward_pass():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).double()
+    before = net[1].running_mean.clone()
+    with pytest.raises(ValueError, match="training mode"):
+        regions_on_segment(net, torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), progress=False)
+    assert torch.equal(net[1].running_mean, before)  # no forward pass updated the statistics
