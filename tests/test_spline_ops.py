@@ -407,7 +407,7 @@ def test_partition_distance_and_neighbors_on_new_kinds():
 ])
 def test_not_piecewise_affine_ops_raise_with_their_reason(part, reason):
     net = Net(part)
-    with pytest.raises(NotPiecewiseAffineError, match=rf"(?s)not piecewise affine \(.*{reason}.*approximate=True"):
+    with pytest.raises(NotPiecewiseAffineError, match=rf"(?s)not piecewise affine: .*{reason}.*approximate=True"):
         affine_map(net, torch.randn(2, 2, 5, 5, dtype=torch.float64))
 
 
@@ -637,7 +637,7 @@ def test_not_piecewise_affine_registration_raises_with_the_users_reason():
     op = register_op(soft_clip, NotPiecewiseAffine("the team has not validated soft_clip"))
     try:
         with pytest.raises(NotPiecewiseAffineError,
-                           match=r"operation .*soft_clip.* is not piecewise affine \(the team has not validated"):
+                           match=r"operation .*soft_clip.* is not piecewise affine: the team has not validated"):
             affine_map(Net(op), torch.randn(2, 2, 5, 5, dtype=torch.float64))
         with pytest.warns(UserWarning, match="soft_clip"):
             assert affine_map(Net(op), torch.randn(2, 2, 5, 5, dtype=torch.float64), approximate=True).approximate

@@ -454,8 +454,8 @@ class Capture(TorchFunctionMode):
         return f"{op}_{k}"
 
     def _error(self, what: str, reason: str | None = None) -> _Unsupported:
-        why = f" ({reason})" if reason else ""
-        return _Unsupported(f"{what}{self._where()} is not piecewise affine{why}, so the network has no exact "
+        why = f": {reason}" if reason else ""
+        return _Unsupported(f"{what}{self._where()} is not piecewise affine{why}. The network therefore has no exact "
                             f"affine map A[x]x + B[x] (eqs. 5-9 of 000). {_APPROX_HINT}")
 
     def _unknown(self, name: str) -> _Unsupported:
