@@ -21,20 +21,21 @@ from __future__ import annotations
 
 import bisect
 import copy
+import functools
 import math
 import statistics
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from .._progress import phase
 from ._capture import Entry, ReplayDivergenceError, capture, check_model_input, run_captured
+from ._windows import pool_windows
 
 __all__ = ["SegmentRegions", "regions_on_segment"]
 
@@ -71,51 +72,109 @@ class SegmentRegions:
     t_reached: float = 1.0
 
 
-def _tangent(t: Tensor) -> tuple[Tensor, Tensor]:
-    primal, tangent = fwAD.unpack_dual(t)
-    return primal, torch.zeros_like(primal) if tangent is None else tangent
+def _first_crossing(s: Tensor) -> Tensor:
+    """Per sample, the smallest of the steps ``s`` (N, *units) of one layer, clamped at 0: float64 (N,)."""
+    if not s.numel():
+        return torch.full(s.shape[:1], math.inf, dtype=torch.float64)
+    return s.flatten(1).amin(1).clamp_min(0)
 
 
-def _step(entry: Entry) -> Tensor:  # noqa: C901 - one rule per kind
-    """Per sample of the batch, the smallest step s >= 0 (in t) until a unit of this layer changes piece, given value
-    and derivative: float64 (N,)."""
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
-    if entry.kind == "binary":
-        u, du = _tangent(entry.probe["u"])
-        active = entry.states
-        moving = torch.where(active, du < 0, du > 0)
-        s = torch.where(moving, -u / torch.where(du == 0, torch.ones_like(du), du), inf)
-    elif entry.kind == "ternary":
-        h, dh = _tangent(entry.probe["h"])
-        lo, hi = entry.probe["lo"], entry.probe["hi"]
-        state = entry.states
-        safe = torch.where(dh == 0, torch.ones_like(dh), dh)
-        to_lo = (lo - h) / safe
-        to_hi = (hi - h) / safe
-        s = torch.full_like(h, float("inf"))
-        s = torch.where((state == 0) & (dh > 0), to_lo, s)
-        s = torch.where((state == 2) & (dh < 0), to_hi, s)
-        s = torch.where((state == 1) & (dh > 0), to_hi, s)
-        s = torch.where((state == 1) & (dh < 0), to_lo, s)
-    elif entry.kind == "piecewise":  # the breakpoints below and above every unit's piece
-        h, dh = _tangent(entry.probe["h"])
-        lo, hi = entry.probe["pieces"].bounds(entry.states.long(), h.dtype)
-        safe = torch.where(dh == 0, torch.ones_like(dh), dh)
-        s = torch.where(dh > 0, (hi - h) / safe, torch.where(dh < 0, (lo - h) / safe, inf))
-    else:  # argmax, rank: the selected element meets another element of its window
-        h, dh = _tangent(entry.probe["h"])
-        windows = entry.probe["windows"]
-        v = windows(h, fill=float("-inf"))
-        dv = windows(dh, fill=0.0)
-        sel = entry.states.long().unsqueeze(-1)
-        v_sel, dv_sel = v.gather(-1, sel), dv.gather(-1, sel)
-        gain = dv - dv_sel
-        if entry.kind == "argmax":  # only elements below the maximum that rise faster can overtake it
-            s = torch.where(gain > 0, (v_sel - v) / torch.where(gain > 0, gain, torch.ones_like(gain)), inf)
-        else:  # any element crossing the selected one changes its rank
-            meet = (v_sel - v) / torch.where(gain == 0, torch.ones_like(gain), gain)
-            s = torch.where((gain != 0) & (meet >= 0), meet, inf)
-    return s.clamp_min(0).flatten(1).amin(1) if s.numel() else inf.expand(s.shape[:1])
+def _binary_step(active: Tensor, u: Tensor, ahead: Tensor) -> Tensor:
+    """Steps of two-piece units to their zero crossing (the piece is ``u > 0``, eq. 14 of 000).
+
+    With ``d = u - ahead`` (minus the slope, in units of the replay offset), the step is ``t = u / d`` where the
+    unit moves towards its boundary: active (``u > 0``) and falling, or inactive and rising. For ``u != 0`` that is
+    exactly where ``t > 0`` (``d == 0`` gives ``t = ±inf`` or NaN, never a crossing), so one comparison replaces
+    the rule by pieces; only ``t == 0`` (``u`` exactly zero, or an underflow) needs the pieces, and the layers
+    where a sample's minimum is zero (rare) are recomputed with them.
+    """
+    t = torch.sub(u, ahead)
+    t = torch.div(u, t, out=t)
+    s = _first_crossing(torch.where(t >= 0, t, math.inf))
+    if not bool((s == 0).any()):
+        return s
+    d = u - ahead
+    return _first_crossing(torch.where(torch.where(active, d > 0, d < 0), t, math.inf))
+
+
+def _pool_blocks(entry: Entry) -> tuple[int, ...] | None:
+    """The kernel of a max-pooling layer whose windows tile its input (stride = kernel, no padding or dilation, no
+    partial window), else None: then every input element lies in at most one window."""
+    windows = entry.probe["windows"]
+    if not isinstance(windows, functools.partial) or windows.func is not pool_windows:
+        return None
+    kw = windows.keywords
+    k = kw["k"]
+    if kw["s"] != k or any(kw["p"]) or any(v != 1 for v in kw["dil"]):
+        return None
+    spatial = entry.probe["h"].shape[2:]
+    if tuple(entry.shape[1:]) != tuple(n // ki for n, ki in zip(spatial, k, strict=True)):
+        return None
+    return k
+
+
+def _argmax_blocks_step(entry: Entry, h: Tensor, dh: Tensor, k: tuple[int, ...]) -> Tensor:
+    """The argmax rule of :func:`_step` for max-pooling windows that tile the input, without building windows.
+
+    Every element of a window is compared with the window's selected element, broadcast over the window as a view
+    (N, C, o_1, 1, o_2, 1, ...) against the input viewed as (N, C, o_1, k_1, o_2, k_2, ...); only the per-sample
+    minimum is needed, so which window a step belongs to does not matter.
+    """
+    n, c, *out = entry.selector.shape
+    idx = entry.selector.reshape(n, c, -1)
+    blocks = [n, c]
+    sel_shape = [n, c]
+    for o, ki in zip(out, k, strict=True):
+        blocks += [o, ki]
+        sel_shape += [o, 1]
+    crop = h.shape[2:] != tuple(o * ki for o, ki in zip(out, k, strict=True))
+    if crop:  # floor mode drops the last rows/columns that fill no window
+        cut = (slice(None), slice(None), *(slice(0, o * ki) for o, ki in zip(out, k, strict=True)))
+        h_in, dh_in = h[cut], dh[cut]
+    else:
+        h_in, dh_in = h, dh
+    v_sel = h.reshape(n, c, -1).gather(2, idx).view(sel_shape)
+    dv_sel = dh.reshape(n, c, -1).gather(2, idx).view(sel_shape)
+    gain = dh_in.view(blocks) - dv_sel
+    num = v_sel - h_in.view(blocks)
+    return _first_crossing(torch.where(gain > 0, num.div_(gain), math.inf))
+
+
+def _step(here: Entry, ahead: Entry) -> Tensor:
+    """Per sample of the batch, the smallest step s >= 0 until a unit of this layer changes piece: float64 (N,).
+
+    ``here`` is the record of the points (its pieces are the points' own: ``u > 0`` for binary units, the argmax
+    for max-like ones) and ``ahead`` the replay of the same pieces at the points plus the replay offset; steps are
+    in units of that offset (the caller scales them), the slope of every value being ``ahead - here``.
+    """
+    if here.kind == "binary":
+        return _binary_step(here.states, here.probe["u"], ahead.probe["u"])
+    h = here.probe["h"]
+    dh = ahead.probe["h"] - h
+    if here.kind == "ternary":
+        lo, hi = here.probe["lo"], here.probe["hi"]
+        state = here.states
+        to_lo = (lo - h) / dh
+        to_hi = (hi - h) / dh
+        up, down = dh > 0, dh < 0
+        s = torch.where(up & (state != 2), torch.where(state == 0, to_lo, to_hi), math.inf)
+        return _first_crossing(torch.where(down & (state != 0), torch.where(state == 2, to_hi, to_lo), s))
+    if here.kind == "piecewise":  # the breakpoints below and above every unit's piece
+        lo, hi = here.probe["pieces"].bounds(here.states.long(), h.dtype)
+        return _first_crossing(torch.where(dh > 0, (hi - h) / dh, torch.where(dh < 0, (lo - h) / dh, math.inf)))
+    # argmax, rank: the selected element meets another element of its window
+    if here.kind == "argmax" and (k := _pool_blocks(here)) is not None:
+        return _argmax_blocks_step(here, h, dh, k)
+    windows = here.probe["windows"]
+    v = windows(h, fill=float("-inf"))
+    dv = windows(dh, fill=0.0)
+    sel = here.states.long().unsqueeze(-1)
+    gain = dv - dv.gather(-1, sel)
+    num = v.gather(-1, sel) - v
+    if here.kind == "argmax":  # only elements below the maximum that rise faster can overtake it
+        return _first_crossing(torch.where(gain > 0, num / gain, math.inf))
+    meet = num / gain  # rank: any element crossing the selected one changes its rank
+    return _first_crossing(torch.where((gain != 0) & (meet >= 0), meet, math.inf))
 
 
 @dataclass
@@ -147,29 +206,15 @@ class _Front:
         return self.ends if not self.done or self.ends[-1] < 1.0 else self.ends[:-1]
 
 
-def _with_slopes(here: Entry, ahead: Entry, scale: float) -> Entry:
-    """``here`` with every probed value carrying its derivative along the path as a forward-mode tangent.
-
-    With the pieces of ``here`` held fixed the values are affine in t, so the derivative is exactly the value read
-    ``scale`` units of t ahead with the same pieces, minus the value here, over ``scale``.
-    """
-    probe = {}
-    for key, value in here.probe.items():
-        other = ahead.probe[key]
-        if isinstance(value, Tensor) and value.is_floating_point() and value.shape == other.shape:
-            value = fwAD.make_dual(value, (other - value) / scale)
-        probe[key] = value
-    return replace(here, probe=probe)
-
-
 def _read_regions(model: Callable[[Tensor], Tensor], a: Tensor, direction: Tensor, t: list[float]
                   ) -> tuple[list[float], list[int], list[str]]:
     """For each point ``a + t_i direction``: the step to the nearest boundary ahead and the index of its layer.
 
     Two batched passes: one records the pieces and values at the points, one replays those pieces further along the
-    path (:func:`_with_slopes`); the slopes come out exact up to rounding, as from forward-mode differentiation, at
-    about two thirds of its cost. The step is taken ``scale`` = a power of two >= |a| / |direction| ahead, so that
-    the input difference ``(x + scale d) - x`` keeps the direction's precision even on short segments.
+    path, so that every value's slope along the path is its replayed value minus its value (exact up to rounding,
+    as from forward-mode differentiation, at about two thirds of its cost; :func:`_step`). The step is taken
+    ``scale`` = a power of two >= |a| / |direction| ahead, so that the input difference
+    ``(x + scale d) - x`` keeps the direction's precision even on short segments.
     """
     ts = torch.tensor(t, dtype=torch.float64).view(-1, *([1] * (a.dim() - 1)))
     x = a + ts * direction
@@ -188,9 +233,8 @@ def _read_regions(model: Callable[[Tensor], Tensor], a: Tensor, direction: Tenso
             raise ReplayDivergenceError(f"regions_on_segment reads the slopes along the path by replaying the "
                                         f"regions of each point further along it, which this model does not allow: "
                                         f"{err}") from err
-        with fwAD.dual_level():
-            steps = torch.stack([_step(_with_slopes(e, f, scale)) for e, f in zip(here.entries, ahead.entries,
-                                                                                   strict=True)])
+        # steps in units of t: the replay offset is ``scale`` (a power of two, so the scaling is exact)
+        steps = torch.stack([_step(e, f) for e, f in zip(here.entries, ahead.entries, strict=True)]).mul_(scale)
     best = steps.min(0).values
     # the first layer in forward order among those crossing there: boundaries of two layers that coincide (a ReLU
     # after a leaky ReLU) differ by rounding only
