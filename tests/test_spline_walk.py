@@ -5,6 +5,7 @@ is accepted as one input, and the progress bar is harmless."""
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from rich.console import Console
 from torch import nn
 
 from cnnlens.spline import ReplayDivergenceError, SegmentRegions, partition_codes, regions_on_segment
+from cnnlens.spline._capture import Entry, capture, run_captured
+from cnnlens.spline._segment import _step
+from cnnlens.spline._windows import pool_windows
 from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
 
 
@@ -187,3 +191,68 @@ def test_a_model_in_training_mode_is_refused_before_any_forward_pass():
     with pytest.raises(ValueError, match="training mode"):
         regions_on_segment(net, torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), progress=False)
     assert torch.equal(net[1].running_mean, before)  # no forward pass updated the statistics
+
+
+# --- the fast step rules against the rules by pieces -----------------------------------------------------------
+#: values where the sign tests of the step rules are decided: exact zeros of both signs, the smallest subnormal (its
+#: quotients underflow to zero), huge values (their quotients overflow) and ordinary numbers (finite: a network's
+#: values on finite inputs are)
+_EDGES = (0.0, -0.0, 5e-324, -5e-324, 1e300, -1e300, 1.0, -1.0, 0.5, -2.0, 3.0)
+
+
+def _by_pieces_binary(u: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
+    """The step of binary units written out from their pieces: a unit crosses zero when its active piece (u > 0)
+    and its slope have opposite signs (the rule the walk had before it was fused)."""
+    du = ahead - u
+    moving = torch.where(u > 0, du < 0, du > 0)
+    s = torch.where(moving, -u / torch.where(du == 0, torch.ones_like(du), du), math.inf)
+    return s.clamp_min(0).flatten(1).amin(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_EDGES) | st.floats(-4, 4), st.sampled_from(_EDGES) | st.floats(-4, 4)),
+                min_size=3, max_size=24))
+def test_binary_step_equals_the_rule_by_pieces(pairs):
+    """Bit for bit (a zero step of either sign counts as 0) on units at and near every sign edge, 3 per sample."""
+    n = len(pairs) // 3
+    u = torch.tensor([p[0] for p in pairs[:3 * n]], dtype=torch.float64).view(n, 3)
+    ahead = torch.tensor([p[1] for p in pairs[:3 * n]], dtype=torch.float64).view(n, 3)
+    here = Entry("relu", "binary", (3,), 2, u > 0, u > 0, {"u": u})
+    got = _step(here, Entry("relu", "binary", (3,), 2, u > 0, u > 0, {"u": ahead}))
+    assert torch.equal(got, _by_pieces_binary(u, ahead)), (u, ahead)
+
+
+def _by_windows_argmax(h: torch.Tensor, ahead: torch.Tensor, states: torch.Tensor, windows) -> torch.Tensor:
+    """The argmax step read off explicit windows: elements of a window that rise faster than its maximum."""
+    v, dv = windows(h, fill=-math.inf), windows(ahead - h, fill=0.0)
+    sel = states.long().unsqueeze(-1)
+    gain = dv - dv.gather(-1, sel)
+    s = torch.where(gain > 0, (v.gather(-1, sel) - v) / torch.where(gain > 0, gain, torch.ones_like(gain)), math.inf)
+    return s.clamp_min(0).flatten(1).amin(1)
+
+
+@pytest.mark.parametrize(("pool", "size"), [(nn.MaxPool2d(2), (6, 6)), (nn.MaxPool2d(2), (7, 5)),
+                                            (nn.MaxPool2d(3, 2, 1), (7, 7)), (nn.MaxPool2d(2, ceil_mode=True), (5, 5)),
+                                            (nn.MaxPool1d(3), (10,)), (nn.MaxPool3d(2), (4, 4, 5))])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), ties=st.booleans())
+def test_max_pool_step_equals_the_rule_on_explicit_windows(pool, size, seed, ties):
+    """Windows that tile the input (compared as broadcast views), overlapping ones, a partial window and cropped
+    borders: the same steps as comparing every element of every explicit window with its maximum, also with ties
+    (values and slopes drawn from a few integers)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (4, 2, *size)
+    if ties:
+        h = torch.randint(-2, 3, shape, generator=g).double()
+        slope = torch.randint(-2, 3, shape, generator=g).double()
+    else:
+        h, slope = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g,
+                                                                                       dtype=torch.float64)
+    with torch.no_grad(), capture(pool, probe=True) as here:
+        run_captured(here, pool, h)
+    with torch.no_grad(), capture(pool, probe=True, forced=here.entries) as ahead:
+        run_captured(ahead, pool, h + slope)
+    e, f = here.entries[0], ahead.entries[0]
+    assert isinstance(e.probe["windows"].func, type(pool_windows)) and e.probe["windows"].func is pool_windows
+    expected = _by_windows_argmax(e.probe["h"], f.probe["h"], e.states, e.probe["windows"])
+    assert torch.equal(_step(e, f), expected)

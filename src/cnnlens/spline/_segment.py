@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .._progress import phase
 from ._capture import Entry, ReplayDivergenceError, capture, check_model_input, run_captured
-from ._windows import pool_windows
+from ._windows import pool_window_view, pool_windows
 
 __all__ = ["SegmentRegions", "regions_on_segment"]
 
@@ -93,7 +93,8 @@ def _least_nonnegative(q: Tensor) -> Tensor:
     """
     if not q.numel():
         return torch.full(q.shape[:1], math.inf, dtype=torch.float64)
-    low = q.reshape(q.shape[0], -1).view(torch.int64).bitwise_xor_(_SIGN_BIT).amin(1)
+    bits = q.view(torch.int64).bitwise_xor_(_SIGN_BIT)
+    low = bits.amin(tuple(range(1, q.dim()))) if q.dim() > 1 else bits  # in any memory layout, without a copy
     value = (low ^ _SIGN_BIT).view(torch.float64)
     return torch.where((low < 0) & ~value.isnan(), value, math.inf)
 
@@ -116,47 +117,25 @@ def _binary_step(active: Tensor, u: Tensor, ahead: Tensor) -> Tensor:
     return _first_crossing(torch.where(torch.where(active, d > 0, d < 0), u / d, math.inf))
 
 
-def _pool_blocks(entry: Entry) -> tuple[int, ...] | None:
-    """The kernel of a max-pooling layer whose windows tile its input (stride = kernel, no padding or dilation, no
-    partial window), else None: then every input element lies in at most one window."""
-    windows = entry.probe["windows"]
-    if not isinstance(windows, functools.partial) or windows.func is not pool_windows:
-        return None
-    kw = windows.keywords
-    k = kw["k"]
-    if kw["s"] != k or any(kw["p"]) or any(v != 1 for v in kw["dil"]):
-        return None
-    spatial = entry.probe["h"].shape[2:]
-    if tuple(entry.shape[1:]) != tuple(n // ki for n, ki in zip(spatial, k, strict=True)):
-        return None
-    return k
+def _max_pool_step(windows: functools.partial, h: Tensor, dh: Tensor, idx: Tensor) -> Tensor:
+    """The argmax rule of :func:`_step` for max-pooling, on the windows as a strided view (no copy of overlapping
+    windows; :func:`pool_window_view`), the window dimensions first so that the selected element of every window
+    broadcasts over them; only the per-sample minimum is needed, not which window a step belongs to.
 
-
-def _argmax_blocks_step(entry: Entry, h: Tensor, dh: Tensor, k: tuple[int, ...]) -> Tensor:
-    """The argmax rule of :func:`_step` for max-pooling windows that tile the input, without building windows.
-
-    Every element of a window is compared with the window's selected element, broadcast over the window as a view
-    (N, C, o_1, 1, o_2, 1, ...) against the input viewed as (N, C, o_1, k_1, o_2, k_2, ...); only the per-sample
-    minimum is needed, so which window a step belongs to does not matter.
+    ``idx`` is PyTorch's flat per-channel index of every window's maximum (the entry's selector).
     """
-    n, c, *out = entry.selector.shape
-    idx = entry.selector.reshape(n, c, -1)
-    blocks = [n, c]
-    sel_shape = [n, c]
-    for o, ki in zip(out, k, strict=True):
-        blocks += [o, ki]
-        sel_shape += [o, 1]
-    crop = h.shape[2:] != tuple(o * ki for o, ki in zip(out, k, strict=True))
-    if crop:  # floor mode drops the last rows/columns that fill no window
-        cut = (slice(None), slice(None), *(slice(0, o * ki) for o, ki in zip(out, k, strict=True)))
-        h_in, dh_in = h[cut], dh[cut]
-    else:
-        h_in, dh_in = h, dh
-    v_sel = h.reshape(n, c, -1).gather(2, idx).view(sel_shape)
-    dv_sel = dh.reshape(n, c, -1).gather(2, idx).view(sel_shape)
-    gain = dh_in.view(blocks) - dv_sel
-    num = v_sel - h_in.view(blocks)
-    return _least_nonnegative(num.div_(gain))  # see _step
+    d = idx.dim() - 2
+    n, c, *out = idx.shape
+    kw = windows.keywords
+    args = (kw["k"], kw["s"], kw["p"], kw["dil"], kw["ceil_mode"])
+    order = (0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d))  # (N, C, *k, *out)
+    v = pool_window_view(h, *args, fill=-math.inf).permute(order)
+    dv = pool_window_view(dh, *args, fill=0.0).permute(order)
+    flat = idx.reshape(n, c, -1)
+    sel_shape = (n, c, *[1] * d, *out)
+    v_sel = h.reshape(n, c, -1).gather(2, flat).view(sel_shape)
+    dv_sel = dh.reshape(n, c, -1).gather(2, flat).view(sel_shape)
+    return _least_nonnegative((v_sel - v).div_(dv - dv_sel))  # see the argmax rule of _step
 
 
 def _step(here: Entry, ahead: Entry) -> Tensor:
@@ -182,9 +161,9 @@ def _step(here: Entry, ahead: Entry) -> Tensor:
         lo, hi = here.probe["pieces"].bounds(here.states.long(), h.dtype)
         return _first_crossing(torch.where(dh > 0, (hi - h) / dh, torch.where(dh < 0, (lo - h) / dh, math.inf)))
     # argmax, rank: the selected element meets another element of its window
-    if here.kind == "argmax" and (k := _pool_blocks(here)) is not None:
-        return _argmax_blocks_step(here, h, dh, k)
     windows = here.probe["windows"]
+    if here.kind == "argmax" and isinstance(windows, functools.partial) and windows.func is pool_windows:
+        return _max_pool_step(windows, h, dh, here.selector)
     v = windows(h, fill=float("-inf"))
     dv = windows(dh, fill=0.0)
     sel = here.states.long().unsqueeze(-1)

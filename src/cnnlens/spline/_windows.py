@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Windows", "adaptive_code", "adaptive_layout", "adaptive_windows", "fiber_windows", "pool_windows",
-           "prefix_windows", "reduction_windows", "selected_positions"]
+__all__ = ["Windows", "adaptive_code", "adaptive_layout", "adaptive_windows", "fiber_windows", "pool_window_view",
+           "pool_windows", "prefix_windows", "reduction_windows", "selected_positions"]
 
 #: windows(t, fill) -> (N, *out_shape, K)
 Windows = Callable[[Tensor, float], Tensor]
@@ -33,6 +33,14 @@ def pool_windows(h: Tensor, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int
     Padding (and the extra right border of ``ceil_mode``) is filled with ``fill`` (-inf for values, 0 for
     tangents), so the window-relative index equals the one of :func:`torch.nn.functional.max_pool2d`.
     """
+    view = pool_window_view(h, k, s, p, dil, ceil_mode, fill)
+    return view.reshape(*view.shape[: 2 + len(k)], -1)
+
+
+def pool_window_view(h: Tensor, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...],
+                     ceil_mode: bool, fill: float) -> Tensor:
+    """The windows of :func:`pool_windows` as a strided view (N, C, *out, *k) of a padded copy of ``h``: overlapping
+    windows are not copied."""
     d = len(k)
     spatial = h.shape[2:]
     outs = []
@@ -53,7 +61,7 @@ def pool_windows(h: Tensor, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int
         if dil[i] > 1:
             hp = hp[..., ::dil[i]]
         hp = hp.narrow(2 + i, 0, outs[i])
-    return hp.reshape(*hp.shape[: 2 + d], -1)
+    return hp
 
 
 @functools.lru_cache(maxsize=64)
