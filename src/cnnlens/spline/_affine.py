@@ -14,11 +14,20 @@ at DEBUG level on the logger ``cnnlens.spline``): ``"transposed"``, one reverse 
 network (:mod:`._transpose`), and ``"autograd"``, batched autograd over the captured masked graph, taken when some
 operation has no exact transpose rule (the reason names it and its module) and always for ``approximate=True``.
 Both give the same A up to rounding.
+
+Memory (:func:`affine_map`'s ``max_memory``). A itself takes N * C * D * itemsize bytes (0.6 GB for ResNet-18 at
+3x224x224 with 1000 classes in float32); it is allocated once and every chunk writes its rows into it. The
+working memory on top of A is bounded by a budget: after the recording forward pass of a chunk of samples, the
+sweep's peak per requested row is known (:func:`._transpose.sweep_bytes`), so the classes are swept in chunks of
+as many rows as fit; when even one row of a chunk of samples does not fit, the samples are recorded in smaller
+chunks. The result is the same whatever the chunking (up to rounding); ``.chunking`` says which one ran.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,14 +37,36 @@ import torch
 from torch import Tensor
 
 from ._capture import Capture, Entry, ReplayDivergenceError, capture, check_model_input, run_captured
-from ._transpose import Tape, transpose_rows
+from ._transpose import Tape, sweep_bytes, tape_bytes, transpose_rows
 
-__all__ = ["AffineMap", "Templates", "affine_map", "templates"]
+__all__ = ["AffineMap", "Chunking", "Templates", "affine_map", "templates"]
 
 _log = logging.getLogger("cnnlens.spline")
 
 TRANSPOSED = "transposed"
 AUTOGRAD = "autograd"
+
+
+class Chunking(NamedTuple):
+    """How :func:`affine_map` / :func:`templates` split the work to stay within the memory budget.
+
+    Attributes
+    ----------
+    samples : int
+        Samples per recorded forward pass (the last chunk may be smaller).
+    classes : int
+        Class rows per reverse sweep (the last chunk may be smaller).
+    budget : int
+        The memory budget in bytes (``max_memory``, or the default of :func:`affine_map`).
+    estimate : int
+        The estimated peak in bytes of the largest chunk: A, plus the recorded pass and the sweep's working memory
+        (an upper bound on the transposed path; a rough estimate on the autograd path).
+    """
+
+    samples: int
+    classes: int
+    budget: int
+    estimate: int
 
 
 class _AffineMapFields(NamedTuple):
@@ -49,7 +80,8 @@ class AffineMap(_AffineMapFields):
     Attributes
     ----------
     A : Tensor (N, C, D)
-        Slopes: row c of ``A[n]`` is the template of class c for sample n (D = input size flattened).
+        Slopes: row c of ``A[n]`` is the template of class c for sample n (D = input size flattened). With
+        ``classes``, C = len(classes) and row i belongs to class ``classes[i]``.
     B : Tensor (N, C)
         Offsets ``B[x] = f(x) - A[x] x`` (sec. 5.2 of 000).
     approximate : bool
@@ -62,35 +94,157 @@ class AffineMap(_AffineMapFields):
         ``"autograd"`` (batched autograd over the captured masked graph; same A, slower).
     fallback_reason : str or None
         None on the transposed path; otherwise why it was not taken: the operation without a transpose rule and
-        the module it was called in, or ``approximate=True``. With ``chunk_size``, the reasons of all chunks that
-        fell back.
+        the module it was called in, or ``approximate=True``. With several chunks of samples, the reasons of all
+        chunks that fell back.
+    chunking : Chunking or None
+        How the work was split to stay within the memory budget (samples per chunk, classes per sweep, budget).
     """
 
     approximate: bool
     linearised: tuple[str, ...]
     path: str
     fallback_reason: str | None
+    chunking: Chunking | None
 
     def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False, linearised: Sequence[str] = (),
-                path: str = TRANSPOSED, fallback_reason: str | None = None) -> AffineMap:
+                path: str = TRANSPOSED, fallback_reason: str | None = None,
+                chunking: Chunking | None = None) -> AffineMap:
         self = super().__new__(cls, A, B)
         self.approximate = approximate
         self.linearised = tuple(linearised)
         self.path = path
         self.fallback_reason = fallback_reason
+        self.chunking = chunking
         return self
 
 
 def _validate_chunk(chunk_size: int | None) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None; received {chunk_size!r}.")
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_GIB = 2**30
+
+
+def _parse_memory(value: int | str | None) -> int | None:
+    """A memory size in bytes from an int or a string such as ``"2GB"``, ``"1.5 GiB"`` or ``"512MB"`` (kB/MB/GB/TB
+    are powers of 1000, KiB/MiB/GiB/TiB powers of 1024, case-insensitive); None stays None."""
+    if value is None:
+        return None
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([a-zA-Z]*)\s*", value)
+        if match and match.group(3).lower() in _UNITS:
+            size = float(match.group(1)) * 10 ** int(match.group(2) or 0) * _UNITS[match.group(3).lower()]
+    if size is None or not math.isfinite(size) or size < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes (an int) or a string such as '2GB', "
+                         f"'1.5GiB' or '512MB'; received {value!r}.")
+    return int(size)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Memory the system can still give this process (bytes): MemAvailable on Linux, free device memory on CUDA;
+    None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _default_budget(a_bytes: int, device: torch.device) -> int:
+    """The default ``max_memory``: twice the size of A and at least 1 GiB, but at most A plus 3/4 of the free
+    memory (:func:`_free_memory`)."""
+    budget = max(2 * a_bytes, _GIB)
+    free = _free_memory(device)
+    return budget if free is None else min(budget, a_bytes + free * 3 // 4)
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes < _GIB else f"{nbytes / _GIB:.2f} GiB"
+
+
+@dataclass
+class _Memory:
+    """The output A of one call and the memory plan every chunk follows (module docstring).
+
+    ``limit`` is the user's ``max_memory`` (None: :func:`_default_budget`, set when the first chunk has told the
+    number of outputs); ``fixed`` is True when the samples per chunk are the caller's (``chunk_size``) and may not
+    be reduced; ``samples`` is the number of samples per chunk that fit with all classes in one sweep, as measured
+    on the last chunk; ``shrink_to`` is set when a chunk of samples does not fit, to the samples per chunk that do.
+    """
+
+    total: int
+    limit: int | None = None
+    fixed: bool = True
+    a: Tensor | None = None
+    budget: int = 0
+    shrink_to: int | None = None
+    samples: int = 1
+    chunking: Chunking | None = None
+
+    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], per_row: int) -> int | None:
+        """Class rows per sweep for the chunk ``x`` of samples, whose recorded pass holds ``held`` bytes (a part
+        that grows with the samples, a part that does not) and whose sweep needs ``per_row`` bytes per row (all its
+        samples); None when the chunk must be split (``shrink_to``). The first call allocates A (N, k, D)."""
+        n = x.shape[0]
+        a_bytes = self.total * k * x[0].numel() * x.element_size()
+        per_sample, fixed = held
+        one = fixed + (per_sample + per_row) // n  # one class of one sample (costs taken as linear in the samples)
+        if self.a is None:
+            self.budget = self.limit if self.limit is not None else max(_default_budget(a_bytes, x.device),
+                                                                        a_bytes + one)
+            if a_bytes + one > self.budget:
+                raise ValueError(
+                    f"max_memory={_size(self.budget)} is too small: A alone takes {_size(a_bytes)} ({self.total} "
+                    f"samples x {k} classes x {x[0].numel()} inputs x {x.element_size()} bytes) and one class of one "
+                    f"sample needs about {_size(one)} more. Raise max_memory to at least {_size(a_bytes + one)}, "
+                    "or ask for fewer classes (classes=...) or pass fewer samples.")
+            self.a = x.new_empty(self.total, k, x[0].numel())
+        free = self.budget - a_bytes - per_sample - fixed
+        if free < per_row:
+            if self.fixed or n == 1:
+                what = f"chunk_size={n}" if self.fixed else "one sample"
+                raise ValueError(
+                    f"max_memory={_size(self.budget)} is too small for {what}: A takes {_size(a_bytes)}, the recorded "
+                    f"pass {_size(per_sample + fixed)} and one class of the sweep {_size(per_row)}. Raise max_memory"
+                    f"{', or pass a smaller chunk_size (or none, to let the budget choose it)' if self.fixed else ''}.")
+            self.shrink_to = max(1, min(n - 1, int((self.budget - a_bytes - fixed) * n // (per_sample + per_row))))
+            return None
+        most = min(k, int(free // per_row))
+        rows = math.ceil(k / math.ceil(k / most))  # equal chunks: no small last sweep
+        # the next chunks: as many samples as fit with all k classes in one sweep (at least one)
+        self.samples = max(1, int((self.budget - a_bytes - fixed) * n // (per_sample + k * per_row)))
+        estimate = a_bytes + per_sample + fixed + rows * per_row
+        if self.chunking is None or estimate > self.chunking.estimate:
+            self.chunking = Chunking(n, rows, self.budget, estimate)
+        return rows
+
+
+def _entries_bytes(entries: list[Entry]) -> int:
+    """Memory held by the recorded region codes (masks, argmax indices), each storage counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for e in entries for t in (e.states, e.selector)}
+    return sum(storages.values())
 
 
 def _rows_of(classes: Sequence[int] | Tensor | None, num_outputs: int) -> Tensor:
     if classes is None:
         return torch.arange(num_outputs)
-    rows = torch.as_tensor(classes).reshape(-1)
-    if rows.is_floating_point() or rows.numel() == 0:
+    try:
+        rows = torch.as_tensor(classes).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"classes must be a non-empty sequence of int class indices; received {classes!r}.") from None
+    if rows.is_floating_point() or rows.is_complex() or rows.dtype == torch.bool or rows.numel() == 0:
         raise ValueError(f"classes must be a non-empty sequence of int class indices; received {classes!r}.")
     rows = rows.long()
     if bool(((rows < 0) | (rows >= num_outputs)).any()):
@@ -113,13 +267,16 @@ class _Chunk:
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-               approximate: bool) -> _Chunk:
-    """One recording forward + one batched backward of all requested rows (no Python loop over classes).
+               approximate: bool, memory: _Memory | None = None, start: int = 0) -> _Chunk | None:
+    """One recording forward + batched backward sweeps of the requested rows, as many rows per sweep as
+    ``memory`` allows (no Python loop over single classes); A is written into ``memory.a[start:start + N]``.
 
-    Fast path: a plain forward that records the tape, then one sweep of R*N cotangents through the transposed
+    Fast path: a plain forward that records the tape, then sweeps of R*N cotangents through the transposed
     masked network (:mod:`._transpose`). Fallback (an op without an exact transpose rule, or approximate=True):
-    batched autograd (``is_grads_batched``) over the captured masked graph.
+    batched autograd (``is_grads_batched``) over the captured masked graph. Returns None when the chunk's samples
+    do not fit in the budget (``memory.shrink_to`` then says how many do).
     """
+    memory = memory if memory is not None else _Memory(x.shape[0])
     if not approximate:
         tape = Tape()
         with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
@@ -127,10 +284,19 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
             y = run_captured(cap, model, xt)
         n, c = y.shape
         rows = _rows_of(classes, c)
-        a = transpose_rows(tape, xt, y, rows)
-        if a is not None:
+        if tape.ok:
+            held, weights = tape_bytes(tape)
+            step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
+                                         sweep_bytes(tape, xt, y))
+            if step is None:
+                return None
+            a = memory.a[start:start + n]
+            for j in range(0, rows.numel(), step):
+                if transpose_rows(tape, xt, y, rows[j:j + step], out=a[:, j:j + step]) is None:
+                    break  # an operation without a transpose rule: the tape is off, with the reason
+        if tape.ok:
             b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1))
-            return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None)
+            return _Chunk(a, b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None)
         reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "
                   "masked graph instead (same A, slower)")
     else:
@@ -142,28 +308,49 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     rows = _rows_of(classes, c)
     r = rows.numel()
     d = x[0].numel()
+    # the autograd graph keeps about two tensors per nonlinearity; a batched backward about four of the largest
+    units = [math.prod(e.shape) for e in cap.entries] or [d]
+    step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size(), 0),
+                                 n * (4 * max(max(units), c) + 2 * d) * x.element_size())
+    if step is None:
+        return None
+    a = memory.a[start:start + n]
     if not y.requires_grad:  # the output does not depend on x at all
-        a = x.new_zeros(n, r, d)
-    else:
-        cot = y.new_zeros(r, n, c)
-        cot[torch.arange(r), :, rows] = 1
-        (g,) = torch.autograd.grad(y, xi, cot, is_grads_batched=True, allow_unused=True)
-        a = x.new_zeros(n, r, d) if g is None else g.reshape(r, n, d).transpose(0, 1)
+        a.zero_()
+    for j in range(0, r if y.requires_grad else 0, step):
+        part = rows[j:j + step]
+        cot = y.new_zeros(part.numel(), n, c)
+        cot[torch.arange(part.numel()), :, part] = 1
+        (g,) = torch.autograd.grad(y, xi, cot, is_grads_batched=True, allow_unused=True, retain_graph=True)
+        a[:, j:j + step] = 0 if g is None else g.reshape(part.numel(), n, d).transpose(0, 1)
     y = y.detach()
     b = y[:, rows] - torch.einsum("nrd,nd->nr", a, x.reshape(n, d))
-    return _Chunk(a.contiguous(), b, y[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason)
+    return _Chunk(a, b, y[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason)
 
 
 def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-                 chunk_size: int | None, approximate: bool, caller: str) -> _Chunk:
-    """The :class:`_Chunk` of all of ``x``, ``chunk_size`` samples at a time; warns when linearised.
+                 chunk_size: int | None, approximate: bool, caller: str,
+                 max_memory: int | str | None = None) -> tuple[_Chunk, Chunking | None]:
+    """The :class:`_Chunk` of all of ``x`` within the memory budget (module docstring), and the chunking used;
+    warns when linearised.
 
     The path is "autograd" when any chunk fell back; the reason lists the distinct reasons of those chunks.
     """
     check_model_input(model, x)
     _validate_chunk(chunk_size)
-    step = chunk_size or x.shape[0]
-    parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
+    memory = _Memory(x.shape[0], _parse_memory(max_memory), fixed=chunk_size is not None)
+    step = chunk_size or 1  # without chunk_size, the first sample tells the memory per sample (then as many as fit)
+    parts: list[_Chunk] = []
+    start = 0
+    while start < x.shape[0]:
+        part = _chunk_map(model, x[start:start + step], classes, approximate, memory, start)
+        if part is None:  # its samples do not fit in the budget: record fewer at a time
+            step = memory.shrink_to or 1
+            continue
+        part.entries = []  # the region codes of a chunk are not kept (memory)
+        parts.append(part)
+        start += part.a.shape[0]
+        step = chunk_size or memory.samples
     linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
         warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
@@ -175,18 +362,21 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
         if len(fell_back) < len(parts):
             reason = f"{len(fell_back)} of {len(parts)} chunks: {reason}"
     path = AUTOGRAD if fell_back else TRANSPOSED
-    _log.debug("%s on %d samples: path %s%s", caller, x.shape[0], path, f" ({reason})" if reason else "")
-    return _Chunk(torch.cat([p.a for p in parts]), torch.cat([p.b for p in parts]),
-                  torch.cat([p.outputs for p in parts]), linearised, [], path, reason)
+    _log.debug("%s on %d samples: path %s%s, %s", caller, x.shape[0], path, f" ({reason})" if reason else "",
+               memory.chunking)
+    return _Chunk(memory.a, torch.cat([p.b for p in parts]), torch.cat([p.outputs for p in parts]), linearised, [],
+                  path, reason), memory.chunking
 
 
-def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None,
+def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
+               chunk_size: int | None = None, max_memory: int | str | None = None,
                approximate: bool = False) -> AffineMap:
     """Exact input-dependent affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model (eqs. 5-9 of 000).
 
-    All C output rows are computed in one vectorised call: one forward pass records the region of x (ReLU masks,
-    max-pool argmaxes, ...; tie rule in :mod:`cnnlens.spline._capture`), then a batch of N*C one-hot cotangents is
-    propagated through the masked linear network in one backward pass (input gradients only, no weight gradients).
+    The requested output rows are computed in batches, not one class at a time: one forward pass records the region
+    of x (ReLU masks, max-pool argmaxes, ...; tie rule in :mod:`cnnlens.spline._capture`), then batches of one-hot
+    cotangents (as many rows as the memory budget allows, all of them when they fit) are propagated through the
+    masked linear network in reverse sweeps (input gradients only, no weight gradients).
 
     Parameters
     ----------
@@ -194,8 +384,19 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
         A model built from piecewise-affine parts (modules or functional calls), in eval mode, returning (N, C).
     x : Tensor (N, *in_shape)
         Finite floating-point inputs with the model's dtype.
+    classes : sequence of int or LongTensor, optional
+        Output rows to compute (default all C); only these cotangents are propagated, so fewer classes cost less.
+        Row i of the result belongs to class ``classes[i]`` (repeats allowed).
     chunk_size : int, optional
-        Process at most this many samples at a time (bounds memory; the result does not change).
+        Record at most this many samples per forward pass (default: all, or fewer when they do not fit in
+        ``max_memory``). The result does not change.
+    max_memory : int or str, optional
+        Memory budget in bytes for the result and the working memory together (an int, or a string such as
+        ``"2GB"``, ``"1.5GiB"``, ``"512MB"``). Default: twice the size of A (N * len(classes) * D * itemsize) and
+        at least 1 GiB, at most A plus 3/4 of the free memory. The classes are swept in chunks of as many rows as
+        fit, the samples recorded in smaller chunks when one row does not fit; too small a budget (less than A
+        plus one class of one sample) raises ValueError saying how much is needed. The result does not depend on
+        the budget (up to rounding); ``result.chunking`` says which chunking ran.
     approximate : bool
         If True, parts that are not piecewise affine (sigmoid, GELU, ...) are linearised at x and the result is the
         local linearisation, flagged ``result.approximate`` with a warning. If False they raise
@@ -204,18 +405,20 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     Returns
     -------
     AffineMap
-        ``A`` (N, C, D) and ``B`` (N, C) with ``A[n] @ x[n].flatten() + B[n] == model(x)[n]`` up to rounding;
-        ``.path`` and ``.fallback_reason`` say how A was computed (module docstring).
+        ``A`` (N, C', D) and ``B`` (N, C') with C' = len(classes) (default C), and
+        ``A[n] @ x[n].flatten() + B[n] == model(x)[n, classes]`` up to rounding; ``.path`` and
+        ``.fallback_reason`` say how A was computed (module docstring), ``.chunking`` how the work was split.
 
     Examples
     --------
     >>> A, B = affine_map(model, x)  # doctest: +SKIP
     >>> torch.allclose(torch.einsum("ncd,nd->nc", A, x.flatten(1)) + B, model(x))  # doctest: +SKIP
     True
+    >>> top = affine_map(model, x, classes=[3, 7], max_memory="2GB")  # doctest: +SKIP
     """
-    res = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
+    res, chunking = _chunked_map(model, x, classes, chunk_size, approximate, "affine_map", max_memory)
     return AffineMap(res.a, res.b, approximate=bool(res.linearised), linearised=res.linearised, path=res.path,
-                     fallback_reason=res.reason)
+                     fallback_reason=res.reason, chunking=chunking)
 
 
 @dataclass(frozen=True)
@@ -240,6 +443,8 @@ class Templates:
         ``"transposed"`` or ``"autograd"``, as :attr:`AffineMap.path`.
     fallback_reason : str or None
         As :attr:`AffineMap.fallback_reason`.
+    chunking : Chunking or None
+        As :attr:`AffineMap.chunking`.
     """
 
     templates: Tensor
@@ -250,18 +455,18 @@ class Templates:
     approximate: bool = False
     path: str = TRANSPOSED
     fallback_reason: str | None = None
+    chunking: Chunking | None = None
 
 
 def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
-              chunk_size: int | None = None, approximate: bool = False) -> Templates:
+              chunk_size: int | None = None, max_memory: int | str | None = None,
+              approximate: bool = False) -> Templates:
     """Class templates ``A[x]_c`` of eq. 8 of 000, with biases and the inner products of eq. 12 / Fig. 1.
 
     Parameters
     ----------
-    model, x, chunk_size, approximate
+    model, x, classes, chunk_size, max_memory, approximate
         As in :func:`affine_map`.
-    classes : sequence of int or LongTensor, optional
-        Output rows to compute (default all); only these cotangents are propagated, so fewer classes cost less.
 
     Returns
     -------
@@ -269,13 +474,13 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[in
         Templates shaped like the input, biases, inner products, outputs and the class indices, with the path
         that computed them (``.path``, ``.fallback_reason``).
     """
-    res = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
+    res, chunking = _chunked_map(model, x, classes, chunk_size, approximate, "templates", max_memory)
     n, r, _ = res.a.shape
     inner = torch.einsum("nrd,nd->nr", res.a, x.reshape(n, -1))
     rows = torch.arange(r) if classes is None else torch.as_tensor(classes).reshape(-1).long()  # validated above
     return Templates(templates=res.a.reshape(n, r, *x.shape[1:]), biases=res.b, inner_products=inner,
                      outputs=res.outputs, classes=rows, approximate=bool(res.linearised), path=res.path,
-                     fallback_reason=res.reason)
+                     fallback_reason=res.reason, chunking=chunking)
 
 
 def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
