@@ -180,7 +180,8 @@ class _Memory:
     ``limit`` is the user's ``max_memory`` (None: :func:`_default_budget`, set when the first chunk has told the
     number of outputs); ``fixed`` is True when the samples per chunk are the caller's (``chunk_size``) and may not
     be reduced; ``samples`` is the number of samples per chunk that fit with all classes in one sweep, as measured
-    on the last chunk; ``shrink_to`` is set when a chunk of samples does not fit, to the samples per chunk that do.
+    on a recording pass of one sample; ``shrink_to`` is set when a chunk of samples does not fit, to the samples per
+    chunk that do.
     """
 
     total: int
@@ -189,7 +190,7 @@ class _Memory:
     a: Tensor | None = None
     budget: int = 0
     shrink_to: int | None = None
-    samples: int = 1
+    samples: int = 0
     chunking: Chunking | None = None
 
     def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], per_row: int) -> int | None:
@@ -222,7 +223,7 @@ class _Memory:
             return None
         most = min(k, int(free // per_row))
         rows = math.ceil(k / math.ceil(k / most))  # equal chunks: no small last sweep
-        # the next chunks: as many samples as fit with all k classes in one sweep (at least one)
+        # chunks without chunk_size: as many samples as fit with all k classes in one sweep (at least one)
         self.samples = max(1, int((self.budget - a_bytes - fixed) * n // (per_sample + k * per_row)))
         estimate = a_bytes + per_sample + fixed + rows * per_row
         if self.chunking is None or estimate > self.chunking.estimate:
@@ -267,28 +268,34 @@ class _Chunk:
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-               approximate: bool, memory: _Memory | None = None, start: int = 0) -> _Chunk | None:
+               approximate: bool, memory: _Memory | None = None, start: int = 0, probe: bool = False) -> _Chunk | None:
     """One recording forward + batched backward sweeps of the requested rows, as many rows per sweep as
     ``memory`` allows (no Python loop over single classes); A is written into ``memory.a[start:start + N]``.
 
     Fast path: a plain forward that records the tape, then sweeps of R*N cotangents through the transposed
     masked network (:mod:`._transpose`). Fallback (an op without an exact transpose rule, or approximate=True):
     batched autograd (``is_grads_batched``) over the captured masked graph. Returns None when the chunk's samples
-    do not fit in the budget (``memory.shrink_to`` then says how many do).
+    do not fit in the budget (``memory.shrink_to`` then says how many do), and with ``probe`` after the recording
+    pass (which sets ``memory.samples``).
     """
     memory = memory if memory is not None else _Memory(x.shape[0])
     if not approximate:
         tape = Tape()
         with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
             xt = x.detach()
-            y = run_captured(cap, model, xt)
+            try:
+                y = run_captured(cap, model, xt)
+            except Exception:
+                if probe:  # the chunks that follow meet the same error and report it for their own batch
+                    return None
+                raise
         n, c = y.shape
         rows = _rows_of(classes, c)
         if tape.ok:
             held, weights = tape_bytes(tape)
             step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
                                          sweep_bytes(tape, xt, y))
-            if step is None:
+            if step is None or probe:
                 return None
             a = memory.a[start:start + n]
             for j in range(0, rows.numel(), step):
@@ -303,7 +310,12 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         reason = "approximate=True computes A by batched autograd over the captured graph"
     xi = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), capture(model, graph=True, approximate=approximate) as cap:
-        y = run_captured(cap, model, xi)
+        try:
+            y = run_captured(cap, model, xi)
+        except Exception:
+            if probe:  # as above
+                return None
+            raise
     n, c = y.shape
     rows = _rows_of(classes, c)
     r = rows.numel()
@@ -312,7 +324,7 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     units = [math.prod(e.shape) for e in cap.entries] or [d]
     step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size(), 0),
                                  n * (4 * max(max(units), c) + 2 * d) * x.element_size())
-    if step is None:
+    if step is None or probe:
         return None
     a = memory.a[start:start + n]
     if not y.requires_grad:  # the output does not depend on x at all
@@ -339,7 +351,10 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
     check_model_input(model, x)
     _validate_chunk(chunk_size)
     memory = _Memory(x.shape[0], _parse_memory(max_memory), fixed=chunk_size is not None)
-    step = chunk_size or 1  # without chunk_size, the first sample tells the memory per sample (then as many as fit)
+    if chunk_size is None and x.shape[0] > 1:  # a recording pass on one sample tells how many fit per chunk
+        _chunk_map(model, x[:1], classes, approximate, memory, probe=True)
+        memory.chunking = None  # the chunking reported is that of the chunks that ran
+    step = chunk_size or memory.samples or x.shape[0]
     parts: list[_Chunk] = []
     start = 0
     while start < x.shape[0]:
@@ -350,7 +365,6 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
         part.entries = []  # the region codes of a chunk are not kept (memory)
         parts.append(part)
         start += part.a.shape[0]
-        step = chunk_size or memory.samples
     linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
         warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
