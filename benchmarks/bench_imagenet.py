@@ -138,7 +138,8 @@ def main() -> None:
         del ref
         t = interleaved({"loop": lambda k=k: autograd_loop(model, x, k),
                          "cnnlens": lambda k=k: cnnlens_map(model, x, k)}, 1 if k >= 1000 else args.repeats)
-        line = f"  {k:>5} | {t['loop']:>8.3f} | {t['cnnlens']:>9.3f} | {t['cnnlens'] / t['loop']:>11.2f}x | {diff:>12.1e}"
+        ratio = t["cnnlens"] / t["loop"]
+        line = f"  {k:>5} | {t['loop']:>8.3f} | {t['cnnlens']:>9.3f} | {ratio:>11.2f}x | {diff:>12.1e}"
         if not args.no_memory:
             a_mb = k * d * 4 / 1e6
             loop_mb = peak("loop", k, "float32", args.threads)["peak_extra"] / 1e6
@@ -151,7 +152,8 @@ def main() -> None:
         print(f"  float64 full map (K=1000): {run['seconds']:.1f} s, peak extra {run['peak_extra'] / 1e6:.0f} MB = "
               f"{run['peak_extra'] / 1e6 / a_mb:.2f}x A ({a_mb:.0f} MB)")
         loop = peak("loop", 1000, "float64", args.threads)
-        print(f"  float64 autograd loop (K=1000): {loop['seconds']:.1f} s, peak extra {loop['peak_extra'] / 1e6:.0f} MB")
+        print(f"  float64 autograd loop (K=1000): {loop['seconds']:.1f} s, "
+              f"peak extra {loop['peak_extra'] / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -53,20 +53,24 @@ class Chunking(NamedTuple):
     Attributes
     ----------
     samples : int
-        Samples per recorded forward pass (the last chunk may be smaller).
+        The most samples per recorded forward pass.
     classes : int
-        Class rows per reverse sweep (the last chunk may be smaller).
+        The fewest class rows per reverse sweep (over the chunks of samples; the last sweep may have fewer).
     budget : int
         The memory budget in bytes (``max_memory``, or the default of :func:`affine_map`).
     estimate : int
-        The estimated peak in bytes of the largest chunk: A, plus the recorded pass and the sweep's working memory
+        The estimated peak in bytes, over the chunks: A, plus the recorded pass and the sweep's working memory
         (an upper bound on the transposed path; a rough estimate on the autograd path).
+    minimum : int
+        The smallest budget that would do (bytes): A plus one class of one sample (of ``chunk_size`` samples when
+        given).
     """
 
     samples: int
     classes: int
     budget: int
     estimate: int
+    minimum: int
 
 
 class _AffineMapFields(NamedTuple):
@@ -170,7 +174,10 @@ def _default_budget(a_bytes: int, device: torch.device) -> int:
 
 
 def _size(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes < _GIB else f"{nbytes / _GIB:.2f} GiB"
+    for unit, scale in (("GiB", _GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
 
 
 @dataclass
@@ -189,6 +196,7 @@ class _Memory:
     fixed: bool = True
     a: Tensor | None = None
     budget: int = 0
+    minimum: int = 0
     shrink_to: int | None = None
     samples: int = 0
     chunking: Chunking | None = None
@@ -200,16 +208,18 @@ class _Memory:
         n = x.shape[0]
         a_bytes = self.total * k * x[0].numel() * x.element_size()
         per_sample, fixed = held
-        one = fixed + (per_sample + per_row) // n  # one class of one sample (costs taken as linear in the samples)
-        if self.a is None:
+        if self.a is None:  # the first chunk: one sample (the probe, or N = 1) or chunk_size samples
+            self.minimum = a_bytes + per_sample + fixed + per_row
             self.budget = self.limit if self.limit is not None else max(_default_budget(a_bytes, x.device),
-                                                                        a_bytes + one)
-            if a_bytes + one > self.budget:
+                                                                        self.minimum)
+            if self.minimum > self.budget:
+                what = "one sample" if n == 1 else f"chunk_size={n} samples"
                 raise ValueError(
                     f"max_memory={_size(self.budget)} is too small: A alone takes {_size(a_bytes)} ({self.total} "
-                    f"samples x {k} classes x {x[0].numel()} inputs x {x.element_size()} bytes) and one class of one "
-                    f"sample needs about {_size(one)} more. Raise max_memory to at least {_size(a_bytes + one)}, "
-                    "or ask for fewer classes (classes=...) or pass fewer samples.")
+                    f"samples x {k} classes x {x[0].numel()} inputs x {x.element_size()} bytes) and one class of "
+                    f"{what} needs {_size(self.minimum - a_bytes)} more. Raise max_memory to at least "
+                    f"{_size(self.minimum)}, or ask for fewer classes (classes=...)"
+                    f"{' or pass a smaller chunk_size' if n > 1 else ''}.")
             self.a = x.new_empty(self.total, k, x[0].numel())
         free = self.budget - a_bytes - per_sample - fixed
         if free < per_row:
@@ -226,9 +236,12 @@ class _Memory:
         # chunks without chunk_size: as many samples as fit with all k classes in one sweep (at least one)
         self.samples = max(1, int((self.budget - a_bytes - fixed) * n // (per_sample + k * per_row)))
         estimate = a_bytes + per_sample + fixed + rows * per_row
-        if self.chunking is None or estimate > self.chunking.estimate:
-            self.chunking = Chunking(n, rows, self.budget, estimate)
-        return rows
+        step = rows
+        if self.chunking is not None:
+            n, rows, estimate = (max(n, self.chunking.samples), min(rows, self.chunking.classes),
+                                 max(estimate, self.chunking.estimate))
+        self.chunking = Chunking(n, rows, self.budget, estimate, self.minimum)
+        return step
 
 
 def _entries_bytes(entries: list[Entry]) -> int:

@@ -649,7 +649,7 @@ def tape_bytes(tape: Tape) -> tuple[int, int]:
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = (storage.nbytes(), fixed)
 
-    for node in tape.plan():
+    for node in (*tape.nodes, *tape.plan()):  # the recorded nodes keep the tensors the fusions bypass alive
         for t in (*node.ins, node.out, *node.data.get("outs", ())):
             add(t, False)
         for key, value in node.data.items():
