@@ -78,24 +78,31 @@ def test_imagenet_models_equal_jacrev(name: str, dtype: torch.dtype) -> None:
     assert _rel(torch.einsum("ncd,nd->nc", res.A, x.flatten(1)) + res.B, out) <= tol(dtype)
 
 
-def _conv_forms(model: nn.Module, x: torch.Tensor) -> set[str]:
+def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
     tape = Tape()
     with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
         run_captured(cap, model, x)
-    assert not any(n.kind == "channel_scale" for n in tape.plan())  # every batch-norm folded into its conv
-    return {_conv_form(n.out.shape, n.ins[0].shape, n.data["args"][1].shape,
+    cotangent = lambda t: (rows * t.shape[0], *t.shape[1:])  # noqa: E731 - R rows of every sample
+    return {_conv_form(cotangent(n.out), n.ins[0].shape, n.data["args"][1].shape,
                        _conv_params(n.data["func"], n.data["args"]), _onednn(x))
-            for n in tape.plan() if n.kind == "conv"}
+            for n in tape.plan(rows) if n.kind == "conv"}
 
 
-def test_float32_resnet_uses_the_fast_conv_forms() -> None:
+def test_fast_conv_forms_and_batch_norm_folding() -> None:
     """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase and channels-last forms (so the jacrev test
-    above exercises them); float64 takes neither."""
+    above exercises them) once R*N >= 4, and float64 takes neither. Batch-norm is folded into a convolution's weight
+    when that is cheaper than scaling the R cotangents: all of them for 1000 rows, not the wide layers for one."""
     model = resnet18(num_classes=10, width=8).eval()
     x = torch.randn(1, 3, 32, 32)
     if _onednn(x):
-        assert {"phases", "channels_last"} <= _conv_forms(model, x)
-    assert not {"phases", "channels_last"} & _conv_forms(model.double(), x.double())
+        assert {"phases", "channels_last"} <= _conv_forms(model, x, rows=10)
+        assert "channels_last" not in _conv_forms(model, x, rows=1)
+    assert not {"phases", "channels_last"} & _conv_forms(model.double(), x.double(), rows=10)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x.double())
+    assert not any(n.kind == "channel_scale" for n in tape.plan(1000))
+    assert 0 < sum(n.kind == "channel_scale" for n in tape.plan(1)) < 20
 
 
 @settings(max_examples=60, **_SETTINGS)

@@ -305,6 +305,7 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         n, c = y.shape
         rows = _rows_of(classes, c)
         if tape.ok:
+            tape.plan(rows.numel())  # the fusions worth it for this many rows
             held, weights = tape_bytes(tape)
             step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
                                          sweep_bytes(tape, xt, y))

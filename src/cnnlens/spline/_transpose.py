@@ -80,12 +80,14 @@ class Tape:
     _groups: dict[int, set[int]] = field(default_factory=dict)  # id -> ids of the tensors sharing its memory
     _stale: dict[int, str] = field(default_factory=dict)  # id -> the in-place write that changed it
     _plan: list[Node] | None = field(default=None, repr=False)
+    _plan_rows: int = field(default=0, repr=False)
 
-    def plan(self) -> list[Node]:
-        """The nodes the sweep runs, with the fusions of :func:`_fuse` (computed once, reused by every chunk of
-        rows)."""
-        if self._plan is None:
-            self._plan = _fuse(self.nodes)
+    def plan(self, rows: int | None = None) -> list[Node]:
+        """The nodes the sweep runs for ``rows`` requested rows in all, with the fusions of :func:`_fuse`
+        (computed once and reused by every chunk of rows; ``rows=None``: the last plan, or one row)."""
+        if self._plan is None or (rows is not None and rows != self._plan_rows):
+            self._plan_rows = rows or self._plan_rows or 1
+            self._plan = _fuse(self.nodes, self._plan_rows)
         return self._plan
 
     def switch_off(self, reason: str) -> None:
@@ -288,7 +290,8 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
     MobileNet-v1, LeNet-5): a GEMM when the output is 1x1 ("matmul"); on oneDNN, a strided convolution onto fewer
     than 16 input channels as one stride-1 convolution per output phase ("phases", 1.7x faster than the transposed
     convolution for ResNet-18's stem) and layers with 16 or more channels as transposed convolutions in
-    channels-last layout ("channels_last", 1.5x faster than in NCHW); one input channel and stride 1 (LeNet's
+    channels-last layout ("channels_last", 1.2-1.5x faster than in NCHW from R*N = 4 on, slower below, where
+    they take PyTorch's input-gradient kernel as autograd does); one input channel and stride 1 (LeNet's
     first layer) as GEMM + shifted adds ("planes"); otherwise stride 1 as a convolution with the flipped kernel
     ("flipped") and the rest with PyTorch's input-gradient kernel ("backward", also the fastest in float64)."""
     stride, padding, dilation, groups = params
@@ -300,7 +303,7 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
         if groups == 1 and plain and any(s > 1 for s in stride) and x_shape[1] < 16:
             return "phases"
         if min(x_shape[1], g_shape[1]) >= 16:
-            return "channels_last"
+            return "channels_last" if g_shape[0] >= 4 else "backward"
     if groups == 1 and all(s == 1 for s in stride) and plain and \
             all(p <= k - 1 for p, k in zip(padding, weight_shape[2:], strict=True)):
         return "planes" if weight_shape[1] == 1 else "flipped"
@@ -414,12 +417,14 @@ def _rows(g: Tensor, r: int) -> Tensor:
     return g.view(r, -1, *g.shape[1:])
 
 
-def _scaled(g: Tensor, coef: Tensor, r: int, own: bool) -> Tensor:
-    """``g`` times ``coef`` (a constant shaped like one row's tensor, broadcast over the R rows); in place when the
-    sweep owns ``g``. A 4-d coefficient takes ``g``'s channels-last layout (a mixed-layout product is 1.6x slower)."""
+def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
+    """``g`` times the node's ``coef`` (a constant shaped like one row's tensor, broadcast over the R rows); in
+    place when the sweep owns ``g``. A 4-d coefficient takes ``g``'s channels-last layout (a mixed-layout product
+    is 1.6x slower), converted once: the node keeps the converted one."""
+    coef = node.data["coef"]
     if coef.dim() == 4 and g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last) and \
             not g.is_contiguous():
-        coef = coef.contiguous(memory_format=torch.channels_last)
+        coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
     rows = _rows(g, r)
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
@@ -429,7 +434,7 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
     cotangent shares its memory), so it may be overwritten."""
     kind = node.kind
     if kind == "scale":
-        return [_scaled(g, node.data["coef"], r, own)]
+        return [_scaled(g, node, r, own)]
     if kind == "channel_scale":
         scale = node.data["scale"].view(1, -1, *[1] * (g.dim() - 2))
         return [g.mul_(scale) if own else g * scale]
@@ -449,7 +454,7 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
         if "coef" in node.data:
-            g = _scaled(g, node.data["coef"], r, own)
+            g = _scaled(g, node, r, own)
         out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
     if kind == "select":  # maximum(a, b) / minimum(a, b): the cotangent goes to the selected operand
@@ -485,12 +490,14 @@ def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> list[Tensor]:
     return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)]
 
 
-def _fuse(nodes: list[Node]) -> list[Node]:
-    """The nodes the sweep runs: the recorded ones with two exact rewrites (same numbers up to rounding).
+def _fuse(nodes: list[Node], rows: int) -> list[Node]:
+    """The nodes the sweep runs for ``rows`` rows: the recorded ones with two exact rewrites (same numbers up to
+    rounding).
 
     * A per-channel scale (batch-norm in eval mode) whose input is only read by it and was made by a convolution
       (or a linear layer on (N, C) tensors) is folded into that layer's weight: ``W^T (s * g) = (s W)^T g``, one
-      pass over the cotangents fewer per batch-norm.
+      pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
+      cotangents of the layer's output it saves a pass over.
     * A ReLU-like mask followed only by a max-pool is applied at the argmax positions (pooled size) instead of on
       the whole pre-pool tensor (~window-size fewer multiplications).
     """
@@ -504,7 +511,8 @@ def _fuse(nodes: list[Node]) -> list[Node]:
         source = fused[made_by[id(node.ins[0])]] if node.ins and id(node.ins[0]) in made_by else None
         prev = fused[-1] if fused else None
         if node.kind == "channel_scale" and source is not None and uses.get(id(node.ins[0]), 0) == 1 and \
-                (source.kind == "conv" or (source.kind == "linear" and source.out.dim() == 2)):
+                (source.kind == "conv" or (source.kind == "linear" and source.out.dim() == 2)) and \
+                source.data["args"][1].numel() <= rows * node.out.numel():
             weight = source.data.get("weight", source.data["args"][1]).detach()
             scale = node.data["scale"].to(weight.dtype).view(-1, *[1] * (weight.dim() - 1))
             fused[made_by[id(node.ins[0])]] = Node(source.kind, source.ins, node.out,
