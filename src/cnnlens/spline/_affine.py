@@ -201,13 +201,16 @@ class _Memory:
     samples: int = 0
     chunking: Chunking | None = None
 
-    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], per_row: int) -> int | None:
+    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], work: tuple[int, int]) -> int | None:
         """Class rows per sweep for the chunk ``x`` of samples, whose recorded pass holds ``held`` bytes (a part
-        that grows with the samples, a part that does not) and whose sweep needs ``per_row`` bytes per row (all its
-        samples); None when the chunk must be split (``shrink_to``). The first call allocates A (N, k, D)."""
+        that grows with the samples, a part that does not) and whose sweep needs ``work`` bytes (per row of all its
+        samples, and a bounded part); None when the chunk must be split (``shrink_to``). The first call allocates
+        A (N, k, D)."""
         n = x.shape[0]
         a_bytes = self.total * k * x[0].numel() * x.element_size()
         per_sample, fixed = held
+        per_row, bounded = work
+        fixed += bounded
         if self.a is None:  # the first chunk: one sample (the probe, or N = 1) or chunk_size samples
             self.minimum = a_bytes + per_sample + fixed + per_row
             self.budget = self.limit if self.limit is not None else max(_default_budget(a_bytes, x.device),
@@ -308,7 +311,7 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
             tape.plan(rows.numel())  # the fusions worth it for this many rows
             held, weights = tape_bytes(tape)
             step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
-                                         sweep_bytes(tape, xt, y))
+                                         sweep_bytes(tape, xt, y, rows.numel()))
             if step is None or probe:
                 return None
             a = memory.a[start:start + n]
@@ -337,7 +340,7 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     # the autograd graph keeps about two tensors per nonlinearity; a batched backward about four of the largest
     units = [math.prod(e.shape) for e in cap.entries] or [d]
     step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size(), 0),
-                                 n * (4 * max(max(units), c) + 2 * d) * x.element_size())
+                                 (n * (4 * max(max(units), c) + 2 * d) * x.element_size(), 0))
     if step is None or probe:
         return None
     a = memory.a[start:start + n]

@@ -337,22 +337,24 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tens
                                                [True, False, False])[0]
 
 
-def _conv_workspace(node: Node, onednn: bool) -> int:
-    """Temporary elements per row of :func:`_conv_t` beyond its result (layout copies, padding, im2col buffers)."""
+def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
+    """Temporary elements of :func:`_conv_t` beyond its result for ``batch`` = R * N cotangents, as (per row, in
+    all): layout copies and im2col buffers grow with the rows, the chunked forms' buffers are bounded."""
     g, x = node.out, node.ins[0]
     weight = node.data.get("weight", node.data["args"][1])
     params = _conv_params(node.data["func"], node.data["args"])
-    form = _conv_form(g.shape, x.shape, weight.shape, params, onednn)
-    spatial = math.prod(x.shape[2:]) * x.shape[0]
-    if form == "phases":
+    form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn)
+    n = g.shape[0]
+    if form == "phases":  # per chunk of cotangents: the padded cotangents and the phases
         stride, taps = params[0], [-(-k // s) for k, s in zip(weight.shape[2:], params[0], strict=True)]
-        padded = math.prod(n + t + s for n, t, s in zip(g.shape[2:], taps, stride, strict=True))
-        return g.shape[0] * (g.shape[1] + math.prod(stride) * x.shape[1]) * padded
-    if form == "planes":  # the cotangents in (C, B) order and one plane per kernel offset, padded output
-        return g.numel() + math.prod(weight.shape[2:]) * g.shape[0] * math.prod(g.shape[2:]) + 2 * x.numel()
+        padded = math.prod(m + t + s for m, t, s in zip(g.shape[2:], taps, stride, strict=True))
+        return 0, min(batch, _PHASE_CHUNK) * (g.shape[1] + math.prod(stride) * x.shape[1]) * padded
+    if form == "planes":  # per chunk: the cotangents in (C, B) order and one plane per kernel offset
+        per = g[0].numel() + math.prod(weight.shape[2:]) * math.prod(g.shape[2:])
+        return 2 * x.numel(), min(batch, _PLANES_CHUNK) * per
     if form == "flipped" and not onednn:  # PyTorch's own im2col forward convolution: the whole batch's columns
-        return g.shape[1] * math.prod(weight.shape[2:]) * spatial + x.numel()
-    return g.numel() + x.numel()  # a layout copy of g, the result in the backend's layout
+        return g.shape[1] * math.prod(weight.shape[2:]) * math.prod(x.shape[2:]) * n + x.numel(), 0
+    return g.numel() + x.numel(), 0  # a layout copy of g, the result in the backend's layout
 
 
 def _conv_t_phases(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
@@ -378,20 +380,34 @@ def _conv_t_phases(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: 
     counts = [[-(-(n - a) // s) for a in range(s)] for n, s in zip(x_shape[2:], stride, strict=True)]
     right = [max(0, max(q + m for q, m in zip(qs, ms, strict=True)) - n)
              for qs, ms, n in zip(starts, counts, g.shape[2:], strict=True)]
-    pad = [v for t, r in zip(reversed(taps), reversed(right), strict=True) for v in (t - 1, r)]
     conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
-    out = conv(F.pad(g, pad), sub.reshape(len(phases) * cin, cout, *taps))
+    kernel = sub.reshape(len(phases) * cin, cout, *taps)
+    layout = torch.channels_last if d == 2 else torch.contiguous_format  # oneDNN's own: no reorder copies
+    inner = (slice(None), slice(None), *(slice(t - 1, t - 1 + n) for t, n in zip(taps, g.shape[2:], strict=True)))
     res = g.new_empty(g.shape[0], cin, *x_shape[2:])
-    for i, phase in enumerate(phases):
-        dst = (slice(None), slice(None), *(slice(a, None, s) for a, s in zip(phase, stride, strict=True)))
-        src = (slice(None), slice(i * cin, (i + 1) * cin),
-               *(slice(qs[a], qs[a] + ms[a]) for a, qs, ms in zip(phase, starts, counts, strict=True)))
-        res[dst] = out[src]
+    for start in range(0, g.shape[0], _PHASE_CHUNK):  # bounded temporaries: the padded cotangents, the phases
+        part = g[start:start + _PHASE_CHUNK]
+        padded = torch.empty((part.shape[0], cout, *[t - 1 + n + r for t, n, r in zip(taps, g.shape[2:], right,
+                                                                                        strict=True)]),
+                             dtype=g.dtype, device=g.device, memory_format=layout).zero_()
+        padded[inner] = part
+        out = conv(padded, kernel)
+        del padded
+        for i, phase in enumerate(phases):
+            dst = (slice(start, start + _PHASE_CHUNK), slice(None),
+                   *(slice(a, None, s) for a, s in zip(phase, stride, strict=True)))
+            src = (slice(None), slice(i * cin, (i + 1) * cin),
+                   *(slice(qs[a], qs[a] + ms[a]) for a, qs, ms in zip(phase, starts, counts, strict=True)))
+            res[dst] = out[src]
     return res
 
 
+_PHASE_CHUNK = 16  # cotangents per convolution call of the phase form
+_PLANES_CHUNK = 256  # and of the planes form
+
+
 def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape: torch.Size,
-                   chunk: int = 256) -> Tensor:
+                   chunk: int = _PLANES_CHUNK) -> Tensor:
     """Transposed stride-1 convolution onto ONE input channel: a GEMM per chunk, then one shifted add per kernel
     offset (col2im by slices). Measured faster on CPU than oneDNN, NNPACK and ``fold`` for first layers."""
     cout, ks, osz = weight.shape[0], tuple(weight.shape[2:]), tuple(g.shape[2:])
@@ -469,12 +485,12 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
     if kind == "cat":
         sizes = [p.shape[node.data["dim"]] for p in node.ins]
         return list(torch.split(g, sizes, dim=node.data["dim"]))
-    if kind == "generic":
+    if kind == "generic":  # a pooling: autograd's VJP at a broadcast zero (no input-sized buffer, no functorch)
         x = node.ins[0]
-        func, args, kwargs = node.data["func"], node.data["args"], node.data["kwargs"]
-        dummy = g.new_zeros(g.shape[0], *x.shape[1:])
-        _, vjp = torch.func.vjp(lambda z: func(z, *args, **kwargs), dummy)
-        return [vjp(g)[0]]
+        zero = torch.zeros((), dtype=g.dtype, device=g.device).expand(g.shape[0], *x.shape[1:]).requires_grad_()
+        with torch.enable_grad():
+            out = node.data["func"](zero, *node.data["args"], **node.data["kwargs"])
+        return list(torch.autograd.grad(out, zero, g))
     raise _NoRule(f"a recorded operation of kind {kind!r}")
 
 
@@ -498,8 +514,8 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
       (or a linear layer on (N, C) tensors) is folded into that layer's weight: ``W^T (s * g) = (s W)^T g``, one
       pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
       cotangents of the layer's output it saves a pass over.
-    * A ReLU-like mask followed only by a max-pool is applied at the argmax positions (pooled size) instead of on
-      the whole pre-pool tensor (~window-size fewer multiplications).
+    * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
+      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications).
     """
     uses: dict[int, int] = {}
     for node in nodes:
@@ -519,9 +535,9 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
                                                    {**source.data, "weight": weight * scale})
             made_by[id(node.out)] = made_by[id(node.ins[0])]
             continue
+        in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
-                uses.get(id(prev.out), 0) == 1 and prev.ins[0] is not prev.out and \
-                prev.data["coef"].shape == prev.out.shape:
+                uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape:
             idx = node.data["idx"]
             coef = prev.data["coef"].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
             fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": coef})
@@ -549,6 +565,22 @@ def _owned(node: Node, own: bool) -> list[bool]:
     return [False] * len(node.ins)
 
 
+def _accumulate(cot: dict[int, Tensor], owned: set[int], key: int, g: Tensor, new: bool) -> None:
+    """Add ``g`` (owned by the sweep when ``new``) to the cotangent ``cot[key]``: in place into whichever of the
+    two the sweep owns, else into a new tensor (no reference outlives the call: memory is freed on time)."""
+    prev = cot.get(key)
+    if prev is None:
+        cot[key] = g
+    elif key in owned:
+        prev.add_(g)
+        return
+    else:
+        cot[key] = g.add_(prev) if new else prev + g
+        new = True
+    if new:
+        owned.add(key)
+
+
 def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor | None:
     """Rows ``rows`` of A[x] for every sample: (N, R, D), or None when the tape holds an op without a rule.
 
@@ -573,6 +605,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     if all(g is None for g in gs):
                         continue
                     grads, fresh = _apply_vjp(node, gs, r), [False] * len(node.ins)
+                    del gs
                 else:
                     g = cot.pop(id(node.out), None)
                     if g is None:
@@ -581,22 +614,8 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     owned.discard(id(node.out))
                     grads, fresh = _apply(node, g, r, own), _owned(node, own)
                     del g  # freed as soon as its rule has run (unless a result is a view of it)
-                for inp, gi, new in zip(node.ins, grads, fresh, strict=True):
-                    key = id(inp)
-                    prev = cot.get(key)
-                    if prev is None:
-                        cot[key] = gi
-                        if new:
-                            owned.add(key)
-                    elif key in owned:
-                        prev.add_(gi)
-                    elif new:
-                        cot[key] = gi.add_(prev)
-                        owned.add(key)
-                    else:
-                        cot[key] = prev + gi
-                        owned.add(key)
-                del grads
+                for inp, new in zip(node.ins, fresh, strict=True):
+                    _accumulate(cot, owned, id(inp), grads.pop(0), new)
     except _NoRule as err:
         tape.switch_off(f"{err} (no transpose rule)")
         return None
@@ -609,41 +628,53 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     return out
 
 
-def _workspace(node: Node, onednn: bool) -> int:
-    """Temporary elements per row a rule needs beyond its results: a copy of the cotangent (layouts, the mask of a
-    max-pool), the per-input selections of ``select``, the zeros and internals of an op's own VJP."""
+def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
+    """Temporary elements a rule needs beyond its results, as (per row, in all): a copy of the cotangent (layouts,
+    the mask of a max-pool), the per-input selections of ``select``, the zeros and internals of an op's own VJP."""
     outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
     if node.kind == "conv":
-        return _conv_workspace(node, onednn)
+        return _conv_workspace(node, onednn, batch)
     if node.kind == "gather":
-        return node.out.numel()
+        return node.out.numel(), 0
     if node.kind in ("select", "generic", "vjp"):
-        return sum(t.numel() for t in (*node.ins, *outs))
-    return 0
+        return sum(t.numel() for t in (*node.ins, *outs)), 0
+    return 0, 0
 
 
-def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor) -> int:
-    """An upper bound of the memory :func:`transpose_rows` allocates per requested row (bytes), for the samples of
-    this tape: the same walk as the sweep on sizes only, with every rule out of place plus its workspace
-    (:func:`_workspace`) and accumulation through a temporary sum. Backend scratch memory (oneDNN) is not
-    counted."""
+def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, int]:
+    """The memory :func:`transpose_rows` allocates for ``rows`` rows at a time, for the samples of this tape, as
+    ``(per row, in all)`` bytes, an upper bound: the same walk as the sweep on sizes only, with every rule's
+    results (none when it works in place on a cotangent it owns), its workspace (:func:`_workspace`) and
+    accumulation through a temporary sum. Backend scratch memory (oneDNN) is not counted."""
     onednn = _onednn(x)
+    batch = rows * x.shape[0]
     live = {id(y_raw): y_raw.numel()}
-    total = peak = y_raw.numel()
+    owned = {id(y_raw)}
+    total = y_raw.numel()
+    peak = (total, 0)
     for node in reversed(tape.plan()):
         outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
         sizes = [live.pop(id(o), 0) for o in outs]
         if not any(sizes):
             continue
-        peak = max(peak, total + sum(t.numel() for t in node.ins) + _workspace(node, onednn))
+        own = node.kind != "vjp" and id(node.out) in owned
+        owned.difference_update(id(o) for o in outs)
+        results = 0 if own and node.kind in ("scale", "channel_scale") else sum(t.numel() for t in node.ins)
+        per_row, bounded = _workspace(node, onednn, batch)
+        peak = max(peak, (total + results + per_row, bounded), key=lambda p: p[0] * rows + p[1])
         total -= sum(sizes)
-        for t in node.ins:
+        fresh = [False] * len(node.ins) if node.kind == "vjp" else _owned(node, own)
+        for t, new in zip(node.ins, fresh, strict=True):
             if id(t) in live:
-                peak = max(peak, total + t.numel())
+                if id(t) not in owned:
+                    peak = max(peak, (total + t.numel(), 0), key=lambda p: p[0] * rows + p[1])
+                    owned.add(id(t))
             else:
                 live[id(t)] = t.numel()
                 total += t.numel()
-    return max(peak, total) * x.element_size()
+                if new:
+                    owned.add(id(t))
+    return peak[0] * x.element_size(), peak[1] * x.element_size()
 
 
 def tape_bytes(tape: Tape) -> tuple[int, int]:
