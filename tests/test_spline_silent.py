@@ -64,7 +64,7 @@ def _close(a: torch.Tensor, ref: torch.Tensor, rtol: float) -> bool:
 def force_autograd(monkeypatch):
     """Make every affine_map/templates call take the autograd fall-back (the tape reports no rule)."""
 
-    def no_rule(tape, *_args):
+    def no_rule(tape, *_args, **_kwargs):
         tape.switch_off("the test forcing the autograd path")
         return None
 
@@ -289,7 +289,7 @@ def test_detach_inside_forward_keeps_codes_and_the_segment_walk(mode):
 def test_property_detach_like_ops_are_identities(mode, double, seed, n, fallback, monkeypatch):
     dtype = F64 if double else torch.float32
     if fallback:
-        monkeypatch.setattr(affine_module, "transpose_rows", lambda tape, *_a: tape.switch_off("test") or None)
+        monkeypatch.setattr(affine_module, "transpose_rows", lambda tape, *_a, **_k: tape.switch_off("test") or None)
     model, plain = _twins(mode, dtype, seed)
     x = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     result = affine_map(model, x)
@@ -326,7 +326,7 @@ def test_custom_autograd_function_exact_on_the_tape_and_caught_on_autograd(monke
     x = torch.randn(4, 5, dtype=F64)
     result = affine_map(model, x)
     assert result.path == "transposed" and _close(result.A, _jacobian(plain, x), 1e-12)
-    monkeypatch.setattr(affine_module, "transpose_rows", lambda tape, *_a: tape.switch_off("test") or None)
+    monkeypatch.setattr(affine_module, "transpose_rows", lambda tape, *_a, **_k: tape.switch_off("test") or None)
     with pytest.raises(ExactnessError, match="torch.autograd.Function whose backward is not the derivative"):
         affine_map(model, x)
 
@@ -629,7 +629,7 @@ def test_property_b_is_the_offset_of_the_region(seed, double, n, fallback):
     x = torch.randn(n, 1, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     original = affine_module.transpose_rows
     if fallback:
-        affine_module.transpose_rows = lambda tape, *_a: tape.switch_off("test") or None
+        affine_module.transpose_rows = lambda tape, *_a, **_k: tape.switch_off("test") or None
     try:
         result = affine_map(net, x)
         t = templates(net, x, classes=[2, 0])
@@ -680,12 +680,12 @@ def test_assert_affine_exact_catches_a_wrong_a_that_the_identity_misses(monkeypa
     x = torch.randn(3, 1, 6, 6, dtype=F64)
     original = affine_module.transpose_rows
 
-    def corrupted(tape, xt, y, rows):
-        a = original(tape, xt, y, rows)
+    def corrupted(tape, xt, y, rows, out=None):
+        a = original(tape, xt, y, rows, out=out)
         flat = xt.reshape(xt.shape[0], 1, -1)
         noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(0), dtype=a.dtype)
         noise = noise - (noise * flat).sum(-1, keepdim=True) / (flat * flat).sum(-1, keepdim=True) * flat
-        return a + 0.01 * noise
+        return a.add_(0.01 * noise)  # in place: the rows are written into A's storage
 
     monkeypatch.setattr(affine_module, "transpose_rows", corrupted)
     assert affine_map(net, x).identity_error <= 1e-12  # the identity alone cannot tell

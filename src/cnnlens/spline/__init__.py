@@ -11,7 +11,7 @@ known operations, or not piecewise affine).
 """
 
 from ._activations import Activations, activations
-from ._affine import AffineMap, Templates, affine_map, templates
+from ._affine import AffineMap, Chunking, Templates, affine_map, templates
 from ._capture import ReplayDivergenceError
 from ._codes import LayerCode, PartitionCodes, boundary_units, partition_codes
 from ._distance import nearest_neighbors, partition_distance
@@ -42,6 +42,7 @@ from ._segment import SegmentRegions, regions_on_segment
 __all__ = [
     "Activations",
     "AffineMap",
+    "Chunking",
     "Composite",
     "ConvexityResult",
     "ElementwisePiecewise",

@@ -19,11 +19,20 @@ B is not ``f(x) - A x``: it is propagated through the masked network at input 0 
 pass, :mod:`._exactness`), and ``A x + B == f(x)`` is checked on every call. The measured error is on the result
 (``.identity_error``); a failed check raises :class:`cnnlens.ExactnessError` (or a ValueError for a model whose
 outputs mix the samples of the batch) saying what the capture missed.
+
+Memory (:func:`affine_map`'s ``max_memory``). A itself takes N * C * D * itemsize bytes (0.6 GB for ResNet-18 at
+3x224x224 with 1000 classes in float32); it is allocated once and every chunk writes its rows into it. The
+working memory on top of A is bounded by a budget: after the recording forward pass of a chunk of samples, the
+sweep's peak per requested row is known (:func:`._transpose.sweep_bytes`), so the classes are swept in chunks of
+as many rows as fit; when even one row of a chunk of samples does not fit, the samples are recorded in smaller
+chunks. The result is the same whatever the chunking (up to rounding); ``.chunking`` says which one ran.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,19 +40,46 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import Dataset
 
 from ._capture import Capture, Entry, capture, check_model_input, run_captured
 from ._distributed import dataset_templates, distributed_active
 from ._exactness import Offset, check_precision, offset_of, raise_inexact, replay_offset, tolerance
-from ._transpose import Tape, transpose_rows
+from ._transpose import Tape, sweep_bytes, tape_bytes, transpose_rows
 
-__all__ = ["AffineMap", "Templates", "affine_map", "templates"]
+__all__ = ["AffineMap", "Chunking", "Templates", "affine_map", "templates"]
 
 _log = logging.getLogger("cnnlens.spline")
 
 TRANSPOSED = "transposed"
 AUTOGRAD = "autograd"
+
+
+class Chunking(NamedTuple):
+    """How :func:`affine_map` / :func:`templates` split the work to stay within the memory budget.
+
+    Attributes
+    ----------
+    samples : int
+        The most samples per recorded forward pass.
+    classes : int
+        The fewest class rows per reverse sweep (over the chunks of samples; the last sweep may have fewer).
+    budget : int
+        The memory budget in bytes (``max_memory``, or the default of :func:`affine_map`).
+    estimate : int
+        The estimated peak in bytes, over the chunks: A, plus the recorded pass and the sweep's working memory
+        (an upper bound on the transposed path; a rough estimate on the autograd path).
+    minimum : int
+        The smallest budget that would do (bytes): A plus one class of one sample (of ``chunk_size`` samples when
+        given).
+    """
+
+    samples: int
+    classes: int
+    budget: int
+    estimate: int
+    minimum: int
 
 
 class _AffineMapFields(NamedTuple):
@@ -57,7 +93,8 @@ class AffineMap(_AffineMapFields):
     Attributes
     ----------
     A : Tensor (N, C, D)
-        Slopes: row c of ``A[n]`` is the template of class c for sample n (D = input size flattened).
+        Slopes: row c of ``A[n]`` is the template of class c for sample n (D = input size flattened). With
+        ``classes``, C = len(classes) and row i belongs to class ``classes[i]``.
     B : Tensor (N, C)
         Offsets ``B[x]``, propagated through the masked network at input 0 (eq. 7 of 000, sec. 5.2).
     approximate : bool
@@ -70,8 +107,8 @@ class AffineMap(_AffineMapFields):
         ``"autograd"`` (batched autograd over the captured masked graph; same A, slower).
     fallback_reason : str or None
         None on the transposed path; otherwise why it was not taken: the operation without a transpose rule and
-        the module it was called in, or ``approximate=True``. With ``chunk_size``, the reasons of all chunks that
-        fell back.
+        the module it was called in, or ``approximate=True``. With several chunks of samples, the reasons of all
+        chunks that fell back.
     identity_error : float or None
         The measured ``max |A x + B - f(x)|`` relative to ``max(|f(x)|, |A x|, |B|)`` of each sample, with B
         propagated independently of A and f(x): the check of eq. 9 of 000 that every call passes (<= 1e-10 in
@@ -79,6 +116,8 @@ class AffineMap(_AffineMapFields):
     bias_fallback : str or None
         None when B was propagated; otherwise why B is ``f(x) - A x`` (then the identity holds by construction and
         checks nothing): a linearised part (``approximate=True``) or a replay that took another path (warned).
+    chunking : Chunking or None
+        How the work was split to stay within the memory budget (samples per chunk, classes per sweep, budget).
     """
 
     approximate: bool
@@ -87,10 +126,11 @@ class AffineMap(_AffineMapFields):
     fallback_reason: str | None
     identity_error: float | None
     bias_fallback: str | None
+    chunking: Chunking | None
 
     def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False, linearised: Sequence[str] = (),
                 path: str = TRANSPOSED, fallback_reason: str | None = None, identity_error: float | None = None,
-                bias_fallback: str | None = None) -> AffineMap:
+                bias_fallback: str | None = None, chunking: Chunking | None = None) -> AffineMap:
         self = super().__new__(cls, A, B)
         self.approximate = approximate
         self.linearised = tuple(linearised)
@@ -98,19 +138,150 @@ class AffineMap(_AffineMapFields):
         self.fallback_reason = fallback_reason
         self.identity_error = identity_error
         self.bias_fallback = bias_fallback
+        self.chunking = chunking
         return self
 
 
 def _validate_chunk(chunk_size: int | None) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None; received {chunk_size!r}.")
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_GIB = 2**30
+
+
+def _parse_memory(value: int | str | None) -> int | None:
+    """A memory size in bytes from an int or a string such as ``"2GB"``, ``"1.5 GiB"`` or ``"512MB"`` (kB/MB/GB/TB
+    are powers of 1000, KiB/MiB/GiB/TiB powers of 1024, case-insensitive); None stays None."""
+    if value is None:
+        return None
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([a-zA-Z]*)\s*", value)
+        if match and match.group(3).lower() in _UNITS:
+            size = float(match.group(1)) * 10 ** int(match.group(2) or 0) * _UNITS[match.group(3).lower()]
+    if size is None or not math.isfinite(size) or size < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes (an int) or a string such as '2GB', "
+                         f"'1.5GiB' or '512MB'; received {value!r}.")
+    return int(size)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Memory the system can still give this process (bytes): MemAvailable on Linux, free device memory on CUDA;
+    None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _default_budget(a_bytes: int, device: torch.device) -> int:
+    """The default ``max_memory``: twice the size of A and at least 1 GiB, but at most A plus 3/4 of the free
+    memory (:func:`_free_memory`)."""
+    budget = max(2 * a_bytes, _GIB)
+    free = _free_memory(device)
+    return budget if free is None else min(budget, a_bytes + free * 3 // 4)
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GiB", _GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
+@dataclass
+class _Memory:
+    """The output A of one call and the memory plan every chunk follows (module docstring).
+
+    ``limit`` is the user's ``max_memory`` (None: :func:`_default_budget`, set when the first chunk has told the
+    number of outputs); ``fixed`` is True when the samples per chunk are the caller's (``chunk_size``) and may not
+    be reduced; ``samples`` is the number of samples per chunk that fit with all classes in one sweep, as measured
+    on a recording pass of one sample; ``shrink_to`` is set when a chunk of samples does not fit, to the samples per
+    chunk that do.
+    """
+
+    total: int
+    limit: int | None = None
+    fixed: bool = True
+    a: Tensor | None = None
+    budget: int = 0
+    minimum: int = 0
+    shrink_to: int | None = None
+    samples: int = 0
+    chunking: Chunking | None = None
+
+    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], work: tuple[int, int]) -> int | None:
+        """Class rows per sweep for the chunk ``x`` of samples, whose recorded pass holds ``held`` bytes (a part
+        that grows with the samples, a part that does not) and whose sweep needs ``work`` bytes (per row of all its
+        samples, and a bounded part); None when the chunk must be split (``shrink_to``). The first call allocates
+        A (N, k, D)."""
+        n = x.shape[0]
+        a_bytes = self.total * k * x[0].numel() * x.element_size()
+        per_sample, fixed = held
+        per_row, bounded = work
+        fixed += bounded
+        if self.a is None:  # the first chunk: one sample (the probe, or N = 1) or chunk_size samples
+            self.minimum = a_bytes + per_sample + fixed + per_row
+            self.budget = self.limit if self.limit is not None else max(_default_budget(a_bytes, x.device),
+                                                                        self.minimum)
+            if self.minimum > self.budget:
+                what = "one sample" if n == 1 else f"chunk_size={n} samples"
+                raise ValueError(
+                    f"max_memory={_size(self.budget)} is too small: A alone takes {_size(a_bytes)} ({self.total} "
+                    f"samples x {k} classes x {x[0].numel()} inputs x {x.element_size()} bytes) and one class of "
+                    f"{what} needs {_size(self.minimum - a_bytes)} more. Raise max_memory to at least "
+                    f"{_size(self.minimum)}, or ask for fewer classes (classes=...)"
+                    f"{' or pass a smaller chunk_size' if n > 1 else ''}.")
+            self.a = x.new_empty(self.total, k, x[0].numel())
+        free = self.budget - a_bytes - per_sample - fixed
+        if free < per_row:
+            if self.fixed or n == 1:
+                what = f"chunk_size={n}" if self.fixed else "one sample"
+                raise ValueError(
+                    f"max_memory={_size(self.budget)} is too small for {what}: A takes {_size(a_bytes)}, the recorded "
+                    f"pass {_size(per_sample + fixed)} and one class of the sweep {_size(per_row)}. Raise max_memory"
+                    f"{', or pass a smaller chunk_size (or none, to let the budget choose it)' if self.fixed else ''}.")
+            self.shrink_to = max(1, min(n - 1, int((self.budget - a_bytes - fixed) * n // (per_sample + per_row))))
+            return None
+        most = min(k, int(free // per_row))
+        rows = math.ceil(k / math.ceil(k / most))  # equal chunks: no small last sweep
+        # chunks without chunk_size: as many samples as fit with all k classes in one sweep (at least one)
+        self.samples = max(1, int((self.budget - a_bytes - fixed) * n // (per_sample + k * per_row)))
+        estimate = a_bytes + per_sample + fixed + rows * per_row
+        step = rows
+        if self.chunking is not None:
+            n, rows, estimate = (max(n, self.chunking.samples), min(rows, self.chunking.classes),
+                                 max(estimate, self.chunking.estimate))
+        self.chunking = Chunking(n, rows, self.budget, estimate, self.minimum)
+        return step
+
+
+def _entries_bytes(entries: list[Entry]) -> int:
+    """Memory held by the recorded region codes (masks, argmax indices), each storage counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for e in entries for t in tree_leaves((e.states, e.selector)) if isinstance(t, Tensor)}
+    return sum(storages.values())
 
 
 def _rows_of(classes: Sequence[int] | Tensor | None, num_outputs: int) -> Tensor:
     if classes is None:
         return torch.arange(num_outputs)
-    rows = torch.as_tensor(classes).reshape(-1)
-    if rows.is_floating_point() or rows.numel() == 0:
+    try:
+        rows = torch.as_tensor(classes).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"classes must be a non-empty sequence of int class indices; received {classes!r}.") from None
+    if rows.is_floating_point() or rows.is_complex() or rows.dtype == torch.bool or rows.numel() == 0:
         raise ValueError(f"classes must be a non-empty sequence of int class indices; received {classes!r}.")
     rows = rows.long()
     if bool(((rows < 0) | (rows >= num_outputs)).any()):
@@ -136,57 +307,104 @@ class _Chunk:
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-               approximate: bool) -> _Chunk:
-    """One recording forward + one batched backward of all requested rows (no Python loop over classes).
+               approximate: bool, memory: _Memory | None = None, start: int = 0, probe: bool = False) -> _Chunk | None:
+    """One recording forward + batched backward sweeps of the requested rows, as many rows per sweep as
+    ``memory`` allows (no Python loop over single classes); A is written into ``memory.a[start:start + N]``.
 
-    Fast path: a plain forward that records the tape, then one sweep of R*N cotangents through the transposed
+    Fast path: a plain forward that records the tape, then sweeps of R*N cotangents through the transposed
     masked network (:mod:`._transpose`). Fallback (an op without an exact transpose rule, or approximate=True):
-    batched autograd (``is_grads_batched``) over the captured masked graph.
+    batched autograd (``is_grads_batched``) over the captured masked graph. Returns None when the chunk's samples
+    do not fit in the budget (``memory.shrink_to`` then says how many do), and with ``probe`` after the recording
+    pass (which sets ``memory.samples``).
     """
+    memory = memory if memory is not None else _Memory(x.shape[0])
     if not approximate:
         tape = Tape()
         with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
             xt = x.detach()
-            y = run_captured(cap, model, xt)
+            try:
+                y = run_captured(cap, model, xt)
+            except Exception:
+                if probe:  # the chunks that follow meet the same error and report it for their own batch
+                    return None
+                raise
         n, c = y.shape
         rows = _rows_of(classes, c)
-        a = transpose_rows(tape, xt, y, rows)
-        if a is not None:
+        if tape.ok:
+            tape.plan(rows.numel())  # the fusions worth it for this many rows
+            held, weights = tape_bytes(tape)
+            step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
+                                         sweep_bytes(tape, xt, y, rows.numel()))
+            if step is None or probe:
+                return None
+            a = memory.a[start:start + n]
+            for j in range(0, rows.numel(), step):
+                if transpose_rows(tape, xt, y, rows[j:j + step], out=a[:, j:j + step]) is None:
+                    break  # an operation without a transpose rule: the tape is off, with the reason
+        if tape.ok:
             off = offset_of(model, xt, a, y, rows, cap)
-            return _Chunk(a.contiguous(), off.b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None, off)
+            return _Chunk(a, off.b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None, off)
         reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "
                   "masked graph instead (same A, slower)")
     else:
         reason = "approximate=True computes A by batched autograd over the captured graph"
     xi = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), capture(model, graph=True, approximate=approximate) as cap:
-        y = run_captured(cap, model, xi)
+        try:
+            y = run_captured(cap, model, xi)
+        except Exception:
+            if probe:  # as above
+                return None
+            raise
     n, c = y.shape
     rows = _rows_of(classes, c)
     r = rows.numel()
     d = x[0].numel()
+    # the autograd graph keeps about two tensors per nonlinearity; a batched backward about four of the largest
+    units = [math.prod(e.shape) for e in cap.entries] or [d]
+    step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size(), 0),
+                                 (n * (4 * max(max(units), c) + 2 * d) * x.element_size(), 0))
+    if step is None or probe:
+        return None
+    a = memory.a[start:start + n]
     if not y.requires_grad:  # the output does not depend on x at all
-        a = x.new_zeros(n, r, d)
-    else:
-        cot = y.new_zeros(r, n, c)
-        cot[torch.arange(r), :, rows] = 1
-        (g,) = torch.autograd.grad(y, xi, cot, is_grads_batched=True, allow_unused=True)
-        a = x.new_zeros(n, r, d) if g is None else g.reshape(r, n, d).transpose(0, 1)
+        a.zero_()
+    for j in range(0, r if y.requires_grad else 0, step):
+        part = rows[j:j + step]
+        cot = y.new_zeros(part.numel(), n, c)
+        cot[torch.arange(part.numel()), :, part] = 1
+        (g,) = torch.autograd.grad(y, xi, cot, is_grads_batched=True, allow_unused=True, retain_graph=True)
+        a[:, j:j + step] = 0 if g is None else g.reshape(part.numel(), n, d).transpose(0, 1)
     off = offset_of(model, x.detach(), a, y, rows, cap)
-    return _Chunk(a.contiguous(), off.b, y.detach()[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason, off)
+    return _Chunk(a, off.b, y.detach()[:, rows], cap.linearised, cap.entries, AUTOGRAD, reason, off)
 
 
 def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-                 chunk_size: int | None, approximate: bool, caller: str) -> _Chunk:
-    """The :class:`_Chunk` of all of ``x``, ``chunk_size`` samples at a time; warns when linearised.
+                 chunk_size: int | None, approximate: bool, caller: str,
+                 max_memory: int | str | None = None) -> tuple[_Chunk, Chunking | None]:
+    """The :class:`_Chunk` of all of ``x`` within the memory budget (module docstring), and the chunking used;
+    warns when linearised.
 
     The path is "autograd" when any chunk fell back; the reason lists the distinct reasons of those chunks.
     """
     check_model_input(model, x)
     check_precision(x, caller)
     _validate_chunk(chunk_size)
-    step = chunk_size or x.shape[0]
-    parts = [_chunk_map(model, x[i:i + step], classes, approximate) for i in range(0, x.shape[0], step)]
+    memory = _Memory(x.shape[0], _parse_memory(max_memory), fixed=chunk_size is not None)
+    if chunk_size is None and x.shape[0] > 1:  # a recording pass on one sample tells how many fit per chunk
+        _chunk_map(model, x[:1], classes, approximate, memory, probe=True)
+        memory.chunking = None  # the chunking reported is that of the chunks that ran
+    step = chunk_size or memory.samples or x.shape[0]
+    parts: list[_Chunk] = []
+    start = 0
+    while start < x.shape[0]:
+        part = _chunk_map(model, x[start:start + step], classes, approximate, memory, start)
+        if part is None:  # its samples do not fit in the budget: record fewer at a time
+            step = memory.shrink_to or 1
+            continue
+        part.entries = []  # the region codes of a chunk are not kept (memory)
+        parts.append(part)
+        start += part.a.shape[0]
     identity_error, bias_fallback = _checked(model, x, [p.offset for p in parts], caller)
     linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
@@ -199,10 +417,10 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
         if len(fell_back) < len(parts):
             reason = f"{len(fell_back)} of {len(parts)} chunks: {reason}"
     path = AUTOGRAD if fell_back else TRANSPOSED
-    _log.debug("%s on %d samples: path %s%s", caller, x.shape[0], path, f" ({reason})" if reason else "")
-    return _Chunk(torch.cat([p.a for p in parts]), torch.cat([p.b for p in parts]),
-                  torch.cat([p.outputs for p in parts]), linearised, [], path, reason, None, identity_error,
-                  bias_fallback)
+    _log.debug("%s on %d samples: path %s%s, %s", caller, x.shape[0], path, f" ({reason})" if reason else "",
+               memory.chunking)
+    return _Chunk(memory.a, torch.cat([p.b for p in parts]), torch.cat([p.outputs for p in parts]), linearised, [],
+                  path, reason, None, identity_error, bias_fallback), memory.chunking
 
 
 def _checked(model: Callable[[Tensor], Tensor], x: Tensor, offsets: list[Offset], caller: str
@@ -222,13 +440,15 @@ def _checked(model: Callable[[Tensor], Tensor], x: Tensor, offsets: list[Offset]
     return (float(all_errors.max()) if errors else None), (fallback or None)
 
 
-def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None,
+def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None = None, *,
+               chunk_size: int | None = None, max_memory: int | str | None = None,
                approximate: bool = False) -> AffineMap:
     """Exact input-dependent affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model (eqs. 5-9 of 000).
 
-    All C output rows are computed in one vectorised call: one forward pass records the region of x (ReLU masks,
-    max-pool argmaxes, ...; tie rule in :mod:`cnnlens.spline._capture`), then a batch of N*C one-hot cotangents is
-    propagated through the masked linear network in one backward pass (input gradients only, no weight gradients).
+    The requested output rows are computed in batches, not one class at a time: one forward pass records the region
+    of x (ReLU masks, max-pool argmaxes, ...; tie rule in :mod:`cnnlens.spline._capture`), then batches of one-hot
+    cotangents (as many rows as the memory budget allows, all of them when they fit) are propagated through the
+    masked linear network in reverse sweeps (input gradients only, no weight gradients).
 
     Parameters
     ----------
@@ -236,8 +456,19 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
         A model built from piecewise-affine parts (modules or functional calls), in eval mode, returning (N, C).
     x : Tensor (N, *in_shape)
         Finite floating-point inputs with the model's dtype.
+    classes : sequence of int or LongTensor, optional
+        Output rows to compute (default all C); only these cotangents are propagated, so fewer classes cost less.
+        Row i of the result belongs to class ``classes[i]`` (repeats allowed).
     chunk_size : int, optional
-        Process at most this many samples at a time (bounds memory; the result does not change).
+        Record at most this many samples per forward pass (default: all, or fewer when they do not fit in
+        ``max_memory``). The result does not change.
+    max_memory : int or str, optional
+        Memory budget in bytes for the result and the working memory together (an int, or a string such as
+        ``"2GB"``, ``"1.5GiB"``, ``"512MB"``). Default: twice the size of A (N * len(classes) * D * itemsize) and
+        at least 1 GiB, at most A plus 3/4 of the free memory. The classes are swept in chunks of as many rows as
+        fit, the samples recorded in smaller chunks when one row does not fit; too small a budget (less than A
+        plus one class of one sample) raises ValueError saying how much is needed. The result does not depend on
+        the budget (up to rounding); ``result.chunking`` says which chunking ran.
     approximate : bool
         If True, parts that are not piecewise affine (sigmoid, GELU, ...) are linearised at x and the result is the
         local linearisation, flagged ``result.approximate`` with a warning. If False they raise
@@ -246,9 +477,10 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     Returns
     -------
     AffineMap
-        ``A`` (N, C, D) and ``B`` (N, C) with ``A[n] @ x[n].flatten() + B[n] == model(x)[n]`` up to rounding;
-        ``.path`` and ``.fallback_reason`` say how A was computed (module docstring), ``.identity_error`` is the
-        measured error of that identity with B propagated independently.
+        ``A`` (N, C', D) and ``B`` (N, C') with C' = len(classes) (default C), and
+        ``A[n] @ x[n].flatten() + B[n] == model(x)[n, classes]`` up to rounding; ``.path`` and
+        ``.fallback_reason`` say how A was computed (module docstring), ``.chunking`` how the work was split,
+        ``.identity_error`` is the measured error of that identity with B propagated independently.
 
     Raises
     ------
@@ -267,10 +499,12 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int 
     >>> A, B = affine_map(model, x)  # doctest: +SKIP
     >>> torch.allclose(torch.einsum("ncd,nd->nc", A, x.flatten(1)) + B, model(x))  # doctest: +SKIP
     True
+    >>> top = affine_map(model, x, classes=[3, 7], max_memory="2GB")  # doctest: +SKIP
     """
-    res = _chunked_map(model, x, None, chunk_size, approximate, "affine_map")
+    res, chunking = _chunked_map(model, x, classes, chunk_size, approximate, "affine_map", max_memory)
     return AffineMap(res.a, res.b, approximate=bool(res.linearised), linearised=res.linearised, path=res.path,
-                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback)
+                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback,
+                     chunking=chunking)
 
 
 @dataclass(frozen=True)
@@ -299,6 +533,8 @@ class Templates:
         The measured error of ``inner_products + biases == outputs``, as :attr:`AffineMap.identity_error`.
     bias_fallback : str or None
         As :attr:`AffineMap.bias_fallback`.
+    chunking : Chunking or None
+        As :attr:`AffineMap.chunking`.
     """
 
     templates: Tensor
@@ -311,16 +547,17 @@ class Templates:
     fallback_reason: str | None = None
     identity_error: float | None = None
     bias_fallback: str | None = None
+    chunking: Chunking | None = None
 
 
 def templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: Sequence[int] | Tensor | None = None,
-              *, chunk_size: int | None = None, approximate: bool = False,
+              *, chunk_size: int | None = None, max_memory: int | str | None = None, approximate: bool = False,
               distributed: bool | None = None) -> Templates:
     """Class templates ``A[x]_c`` of eq. 8 of 000, with biases and the inner products of eq. 12 / Fig. 1.
 
     Parameters
     ----------
-    model, chunk_size, approximate
+    model, chunk_size, max_memory, approximate
         As in :func:`affine_map`.
     x : Tensor (N, *in_shape) or Dataset
         Inputs; a Dataset (items ``(x, y)``) is read ``chunk_size`` (default 256) samples at a time.
@@ -342,13 +579,14 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: S
     """
     if isinstance(x, Dataset) or distributed_active(distributed, x):
         return dataset_templates(model, x, classes, chunk_size, approximate, distributed)
-    res = _chunked_map(model, x, classes, chunk_size, approximate, "templates")
+    res, chunking = _chunked_map(model, x, classes, chunk_size, approximate, "templates", max_memory)
     n, r, _ = res.a.shape
     inner = torch.einsum("nrd,nd->nr", res.a, x.reshape(n, -1))
     rows = torch.arange(r) if classes is None else torch.as_tensor(classes).reshape(-1).long()  # validated above
     return Templates(templates=res.a.reshape(n, r, *x.shape[1:]), biases=res.b, inner_products=inner,
                      outputs=res.outputs, classes=rows, approximate=bool(res.linearised), path=res.path,
-                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback)
+                     fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback,
+                     chunking=chunking)
 
 
 def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

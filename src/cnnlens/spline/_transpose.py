@@ -7,8 +7,17 @@ under the transposed operations, taken in reverse order: masks and slopes multip
 other selections (max over dimensions, running maxima, sort and top-k values) scatter to the selected inputs,
 convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
 travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
-gradients). Convolutions use the fastest exact form measured on CPU: a matrix product when the output is 1x1, a
-convolution with the flipped kernel for stride 1, otherwise PyTorch's own input-gradient kernel. Every other affine
+gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_t`): a matrix product when the
+output is 1x1; on oneDNN (float32 on CPU) a transposed convolution in channels-last layout, and for a strided
+convolution onto a few input channels (a stem) one stride-1 convolution per output phase; otherwise a convolution
+with the flipped kernel for stride 1 and PyTorch's own input-gradient kernel for the rest. Before the sweep a
+batch-norm (or any per-channel scale) right after a convolution or linear layer is folded into its weight, and a
+ReLU-like mask followed only by a max-pool is applied at the pooled positions (:meth:`Tape.plan`).
+
+Memory: a cotangent is freed as soon as its operation has run; a rule whose cotangent is not shared with another
+tensor's (the sweep tracks ownership) multiplies and accumulates in place, so the working set is a few cotangents
+at a time, :func:`sweep_bytes` per requested row (the bound the caller sizes its class chunks with).
+Every other affine
 operation the capture accepts (permutes, indexing, padding, means, broadcasting products, splits, in-place writes,
 ...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op itself, vectorised over the R
 rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so it is taken at zeros).
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +48,7 @@ from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 T = torch.Tensor
 
-__all__ = ["Node", "Tape", "transpose_rows"]
+__all__ = ["Node", "Tape", "sweep_bytes", "tape_bytes", "transpose_rows"]
 
 
 @dataclass
@@ -70,6 +80,16 @@ class Tape:
     reason: str | None = None
     _groups: dict[int, set[int]] = field(default_factory=dict)  # id -> ids of the tensors sharing its memory
     _stale: dict[int, str] = field(default_factory=dict)  # id -> the in-place write that changed it
+    _plan: list[Node] | None = field(default=None, repr=False)
+    _plan_rows: int = field(default=0, repr=False)
+
+    def plan(self, rows: int | None = None) -> list[Node]:
+        """The nodes the sweep runs for ``rows`` requested rows in all, with the fusions of :func:`_fuse`
+        (computed once and reused by every chunk of rows; ``rows=None``: the last plan, or one row)."""
+        if self._plan is None or (rows is not None and rows != self._plan_rows):
+            self._plan_rows = rows or self._plan_rows or 1
+            self._plan = _fuse(self.nodes, self._plan_rows)
+        return self._plan
 
     def switch_off(self, reason: str) -> None:
         """Give up the transposed sweep (the first reason is kept)."""
@@ -250,31 +270,145 @@ def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, tr
         tape.mutated(args[0], describe)
 
 
-def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple) -> Tensor:
-    """Input gradient of ``func(x, weight, bias, stride, padding, dilation, groups)`` for cotangents ``g``."""
+def _onednn(g: Tensor) -> bool:
+    """Whether convolutions on ``g`` run on oneDNN (float32 on CPU), where the channels-last forms below win."""
+    return g.device.type == "cpu" and g.dtype == torch.float32 and torch.backends.mkldnn.is_available() and \
+        torch.backends.mkldnn.enabled
+
+
+def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """(stride, padding, dilation, groups) of a recorded ``conv{1,2,3}d(x, weight, bias, ...)`` call."""
     d = _CONV[func]
-    weight = args[1].detach()
     stride = _tup(args[3] if len(args) > 3 else 1, d)
     padding = _tup(args[4] if len(args) > 4 else 0, d)  # string paddings take the generic rule
     dilation = _tup(args[5] if len(args) > 5 else 1, d)
-    groups = args[6] if len(args) > 6 else 1
-    in_shape = (g.shape[0], *x_shape[1:])
-    if groups == 1 and all(s == 1 for s in g.shape[2:]) and all(p == 0 for p in padding) and \
-            all(k == n for k, n in zip(weight.shape[2:], x_shape[2:], strict=True)):
-        return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(in_shape)
-    if groups == 1 and all(s == 1 for s in stride) and all(v == 1 for v in dilation) and \
-            all(p <= k - 1 for p, k in zip(padding, weight.shape[2:], strict=True)):
-        flipped = weight.flip(list(range(2, 2 + d))).transpose(0, 1)
-        pad = [k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True)]
-        if weight.shape[1] == 1:  # one input channel (first layer on grey images): oneDNN is 3-5x slower here
-            return _conv_t_planes(g, weight, padding, x_shape)
-        return func(g, flipped, None, 1, pad)
-    mask = [True, False, False]
-    return torch.ops.aten.convolution_backward(g, g.new_empty(in_shape), weight, None, list(stride),
-                                               list(padding), list(dilation), False, [0] * d, groups, mask)[0]
+    return stride, padding, dilation, args[6] if len(args) > 6 else 1
+
+
+def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
+               onednn: bool) -> str:
+    """Which exact form :func:`_conv_t` takes. Measured on CPU with 2 threads, for R*N from 1 to 1000 (ResNet-18,
+    MobileNet-v1, LeNet-5): a GEMM when the output is 1x1 ("matmul"); on oneDNN, a strided convolution onto fewer
+    than 16 input channels as one stride-1 convolution per output phase ("phases", 1.7x faster than the transposed
+    convolution for ResNet-18's stem) and layers with 16 or more channels as transposed convolutions in
+    channels-last layout ("channels_last", 1.2-1.5x faster than in NCHW from R*N = 4 on, slower below, where
+    they take PyTorch's input-gradient kernel as autograd does); one input channel and stride 1 (LeNet's
+    first layer) as GEMM + shifted adds ("planes"); otherwise stride 1 as a convolution with the flipped kernel
+    ("flipped") and the rest with PyTorch's input-gradient kernel ("backward", also the fastest in float64)."""
+    stride, padding, dilation, groups = params
+    plain = all(v == 1 for v in dilation)
+    if groups == 1 and all(s == 1 for s in g_shape[2:]) and all(p == 0 for p in padding) and \
+            all(k == n for k, n in zip(weight_shape[2:], x_shape[2:], strict=True)):
+        return "matmul"
+    if len(stride) == 2 and onednn:
+        if groups == 1 and plain and any(s > 1 for s in stride) and x_shape[1] < 16:
+            return "phases"
+        if min(x_shape[1], g_shape[1]) >= 16:
+            return "channels_last" if g_shape[0] >= 4 else "backward"
+    if groups == 1 and all(s == 1 for s in stride) and plain and \
+            all(p <= k - 1 for p, k in zip(padding, weight_shape[2:], strict=True)):
+        return "planes" if weight_shape[1] == 1 else "flipped"
+    return "backward"
+
+
+def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tensor) -> Tensor:
+    """Input gradient of ``func(x, weight, bias, stride, padding, dilation, groups)`` for cotangents ``g``, in the
+    form :func:`_conv_form` picks; ``weight`` is the layer's weight, with a following batch-norm folded in
+    (:func:`_fuse`)."""
+    params = _conv_params(func, args)
+    stride, padding, dilation, groups = params
+    form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g))
+    if form == "matmul":
+        return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(g.shape[0], *x_shape[1:])
+    if form == "phases":
+        return _conv_t_phases(g, weight, stride, padding, x_shape)
+    if form == "channels_last":
+        out_pad = [n - ((o - 1) * s - 2 * p + v * (k - 1) + 1) for n, o, s, p, v, k in
+                   zip(x_shape[2:], g.shape[2:], stride, padding, dilation, weight.shape[2:], strict=True)]
+        return F.conv_transpose2d(g.contiguous(memory_format=torch.channels_last), weight, None, stride, padding,
+                                  out_pad, groups, dilation)
+    if form == "planes":  # one input channel (first layer on grey images): oneDNN is 3-5x slower here
+        return _conv_t_planes(g, weight, padding, x_shape)
+    if form == "flipped":
+        flipped = weight.flip(list(range(2, len(weight.shape)))).transpose(0, 1)
+        return func(g, flipped, None, 1, [k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True)])
+    d = len(stride)
+    return torch.ops.aten.convolution_backward(g, g.new_empty(g.shape[0], *x_shape[1:]), weight, None, list(stride),
+                                               list(padding), list(dilation), False, [0] * d, groups,
+                                               [True, False, False])[0]
+
+
+def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
+    """Temporary elements of :func:`_conv_t` beyond its result for ``batch`` = R * N cotangents, as (per row, in
+    all): layout copies and im2col buffers grow with the rows, the chunked forms' buffers are bounded."""
+    g, x = node.out, node.ins[0]
+    weight = node.data.get("weight", node.data["args"][1])
+    params = _conv_params(node.data["func"], node.data["args"])
+    form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn)
+    n = g.shape[0]
+    if form == "phases":  # per chunk of cotangents: the padded cotangents and the phases
+        stride, taps = params[0], [-(-k // s) for k, s in zip(weight.shape[2:], params[0], strict=True)]
+        padded = math.prod(m + t + s for m, t, s in zip(g.shape[2:], taps, stride, strict=True))
+        return 0, min(batch, _PHASE_CHUNK) * (g.shape[1] + math.prod(stride) * x.shape[1]) * padded
+    if form == "planes":  # per chunk: the cotangents in (C, B) order and one plane per kernel offset
+        per = g[0].numel() + math.prod(weight.shape[2:]) * math.prod(g.shape[2:])
+        return 2 * x.numel(), min(batch, _PLANES_CHUNK) * per
+    if form == "flipped" and not onednn:  # PyTorch's own im2col forward convolution: the whole batch's columns
+        return g.shape[1] * math.prod(weight.shape[2:]) * math.prod(x.shape[2:]) * n + x.numel(), 0
+    return g.numel() + x.numel(), 0  # a layout copy of g, the result in the backend's layout
+
+
+def _conv_t_phases(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
+                   x_shape: torch.Size) -> Tensor:
+    """Transposed strided convolution (no groups, no dilation) in "sub-pixel" form: input position
+    ``u = s * m + a`` only meets the kernel taps ``k = a + p (mod s)``, so each output phase ``a`` is a stride-1
+    correlation of ``g`` with its sub-kernel. All phases run as ONE stride-1 convolution with
+    ``prod(s) * C_in`` outputs (sub-kernels zero-padded to ``ceil(k / s)`` taps and flipped), then one strided
+    copy per phase interleaves them."""
+    d = len(stride)
+    cout, cin = weight.shape[:2]
+    ks = weight.shape[2:]
+    taps = [-(-k // s) for k, s in zip(ks, stride, strict=True)]
+    phases = list(itertools.product(*[range(s) for s in stride]))
+    sub = weight.new_zeros(len(phases), cin, cout, *taps)
+    for i, phase in enumerate(phases):
+        first = [(a + p) % s for a, p, s in zip(phase, padding, stride, strict=True)]
+        piece = weight[(slice(None), slice(None), *(slice(f, None, s) for f, s in zip(first, stride, strict=True)))]
+        where = (i, slice(None), slice(None), *(slice(t - n, t) for t, n in zip(taps, piece.shape[2:], strict=True)))
+        sub[where] = piece.transpose(0, 1).flip(list(range(2, 2 + d)))
+    # phase a of dim j: q = (a + p) // s, M = ceil((X - a) / s) outputs, read at conv positions q .. q + M - 1
+    starts = [[(a + p) // s for a in range(s)] for p, s in zip(padding, stride, strict=True)]
+    counts = [[-(-(n - a) // s) for a in range(s)] for n, s in zip(x_shape[2:], stride, strict=True)]
+    right = [max(0, max(q + m for q, m in zip(qs, ms, strict=True)) - n)
+             for qs, ms, n in zip(starts, counts, g.shape[2:], strict=True)]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    kernel = sub.reshape(len(phases) * cin, cout, *taps)
+    layout = torch.channels_last if d == 2 else torch.contiguous_format  # oneDNN's own: no reorder copies
+    inner = (slice(None), slice(None), *(slice(t - 1, t - 1 + n) for t, n in zip(taps, g.shape[2:], strict=True)))
+    res = g.new_empty(g.shape[0], cin, *x_shape[2:])
+    for start in range(0, g.shape[0], _PHASE_CHUNK):  # bounded temporaries: the padded cotangents, the phases
+        part = g[start:start + _PHASE_CHUNK]
+        padded = torch.empty((part.shape[0], cout, *[t - 1 + n + r for t, n, r in zip(taps, g.shape[2:], right,
+                                                                                        strict=True)]),
+                             dtype=g.dtype, device=g.device, memory_format=layout).zero_()
+        padded[inner] = part
+        out = conv(padded, kernel)
+        del padded
+        for i, phase in enumerate(phases):
+            dst = (slice(start, start + _PHASE_CHUNK), slice(None),
+                   *(slice(a, None, s) for a, s in zip(phase, stride, strict=True)))
+            src = (slice(None), slice(i * cin, (i + 1) * cin),
+                   *(slice(qs[a], qs[a] + ms[a]) for a, qs, ms in zip(phase, starts, counts, strict=True)))
+            res[dst] = out[src]
+    return res
+
+
+_PHASE_CHUNK = 16  # cotangents per convolution call of the phase form
+_PLANES_CHUNK = 256  # and of the planes form
+
 
 def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape: torch.Size,
-                   chunk: int = 256) -> Tensor:
+                   chunk: int = _PLANES_CHUNK) -> Tensor:
     """Transposed stride-1 convolution onto ONE input channel: a GEMM per chunk, then one shifted add per kernel
     offset (col2im by slices). Measured faster on CPU than oneDNN, NNPACK and ``fold`` for first layers."""
     cout, ks, osz = weight.shape[0], tuple(weight.shape[2:]), tuple(g.shape[2:])
@@ -300,22 +434,36 @@ def _rows(g: Tensor, r: int) -> Tensor:
     return g.view(r, -1, *g.shape[1:])
 
 
-def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one rule per kind
+def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
+    """``g`` times the node's ``coef`` (a constant shaped like one row's tensor, broadcast over the R rows); in
+    place when the sweep owns ``g``. A 4-d coefficient takes ``g``'s channels-last layout (a mixed-layout product
+    is 1.6x slower), converted once: the node keeps the converted one."""
+    coef = node.data["coef"]
+    if coef.dim() == 4 and g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last) and \
+            not g.is_contiguous():
+        coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
+    rows = _rows(g, r)
+    return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
+
+
+def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  # noqa: C901 - one rule per kind
+    """The rule of ``node`` for its output cotangent ``g``; ``own``: the sweep owns ``g`` (no other tensor's
+    cotangent shares its memory), so it may be overwritten."""
     kind = node.kind
     if kind == "scale":
-        return [(_rows(g, r) * node.data["coef"]).reshape(g.shape)]
+        return [_scaled(g, node, r, own)]
     if kind == "channel_scale":
         scale = node.data["scale"].view(1, -1, *[1] * (g.dim() - 2))
-        return [g * scale]
+        return [g.mul_(scale) if own else g * scale]
     if kind == "view":
         return [g.reshape(g.shape[0], *node.ins[0].shape[1:])]
     if kind == "sum":
         return [g if s == 1 else g * s for s in node.data["signs"]]
     if kind == "linear":
-        weight = node.data["args"][1].detach()
-        return [g @ weight]
+        return [g @ node.data.get("weight", node.data["args"][1]).detach()]
     if kind == "conv":
-        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"])]
+        weight = node.data.get("weight", node.data["args"][1]).detach()
+        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight)]
     if kind == "gather":
         idx = node.data["idx"]
         x = node.ins[0]
@@ -323,7 +471,7 @@ def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one r
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
         if "coef" in node.data:
-            g = (_rows(g, r) * node.data["coef"]).reshape(g.shape)
+            g = _scaled(g, node, r, own)
         out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
     if kind == "take":  # a selection (max over dimensions, running max, sort, ...): scatter to the selected inputs
@@ -345,12 +493,12 @@ def _apply(node: Node, g: Tensor, r: int) -> list[Tensor]:  # noqa: C901 - one r
     if kind == "cat":
         sizes = [p.shape[node.data["dim"]] for p in node.ins]
         return list(torch.split(g, sizes, dim=node.data["dim"]))
-    if kind == "generic":
+    if kind == "generic":  # a pooling: autograd's VJP at a broadcast zero (no input-sized buffer, no functorch)
         x = node.ins[0]
-        func, args, kwargs = node.data["func"], node.data["args"], node.data["kwargs"]
-        dummy = g.new_zeros(g.shape[0], *x.shape[1:])
-        _, vjp = torch.func.vjp(lambda z: func(z, *args, **kwargs), dummy)
-        return [vjp(g)[0]]
+        zero = torch.zeros((), dtype=g.dtype, device=g.device).expand(g.shape[0], *x.shape[1:]).requires_grad_()
+        with torch.enable_grad():
+            out = node.data["func"](zero, *node.data["args"], **node.data["kwargs"])
+        return list(torch.autograd.grad(out, zero, g))
     raise _NoRule(f"a recorded operation of kind {kind!r}")
 
 
@@ -366,30 +514,85 @@ def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> list[Tensor]:
     return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)]
 
 
-def _fuse_scale_into_gather(nodes: list[Node]) -> list[Node]:
-    """ReLU-like mask followed only by max-pool: apply the mask at the argmax positions (pooled size) instead of on
-    the whole pre-pool tensor. Same numbers, ~window-size fewer multiplications."""
+def _fuse(nodes: list[Node], rows: int) -> list[Node]:
+    """The nodes the sweep runs for ``rows`` rows: the recorded ones with two exact rewrites (same numbers up to
+    rounding).
+
+    * A per-channel scale (batch-norm in eval mode) whose input is only read by it and was made by a convolution
+      (or a linear layer on (N, C) tensors) is folded into that layer's weight: ``W^T (s * g) = (s W)^T g``, one
+      pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
+      cotangents of the layer's output it saves a pass over.
+    * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
+      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications).
+    """
     uses: dict[int, int] = {}
     for node in nodes:
         for t in node.ins:
             uses[id(t)] = uses.get(id(t), 0) + 1
     fused: list[Node] = []
+    made_by: dict[int, int] = {}  # id(tensor) -> position in ``fused`` of the latest node that wrote it
     for node in nodes:
+        source = fused[made_by[id(node.ins[0])]] if node.ins and id(node.ins[0]) in made_by else None
         prev = fused[-1] if fused else None
+        if node.kind == "channel_scale" and source is not None and uses.get(id(node.ins[0]), 0) == 1 and \
+                (source.kind == "conv" or (source.kind == "linear" and source.out.dim() == 2)) and \
+                source.data["args"][1].numel() <= rows * node.out.numel():
+            weight = source.data.get("weight", source.data["args"][1]).detach()
+            scale = node.data["scale"].to(weight.dtype).view(-1, *[1] * (weight.dim() - 1))
+            fused[made_by[id(node.ins[0])]] = Node(source.kind, source.ins, node.out,
+                                                   {**source.data, "weight": weight * scale})
+            made_by[id(node.out)] = made_by[id(node.ins[0])]
+            continue
+        in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
-                uses.get(id(prev.out), 0) == 1 and prev.ins[0] is not prev.out and \
-                prev.data["coef"].shape == prev.out.shape:
+                uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape:
             idx = node.data["idx"]
             coef = prev.data["coef"].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
             fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": coef})
         else:
             fused.append(node)
+        made_by[id(node.out)] = len(fused) - 1
     return fused
 
 
-def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor) -> Tensor | None:
+#: Rules whose results are new tensors (the sweep owns them); "view" and "cat" return views of their cotangent
+#: (owned when it is), "sum" hands the same cotangent to several inputs, the rest are left unowned.
+_FRESH = frozenset({"scale", "channel_scale", "linear", "conv", "gather", "select"})
+
+
+def _owned(node: Node, own: bool) -> list[bool]:
+    """Per input of ``node``: whether the cotangent its rule returned is owned by the sweep (see ``_FRESH``)."""
+    if node.kind in _FRESH:
+        return [True] * len(node.ins)
+    if node.kind in ("view", "cat"):
+        return [own] * len(node.ins)
+    if node.kind == "sum":
+        signs = node.data["signs"]
+        alone = own and sum(s == 1 for s in signs) == 1
+        return [alone if s == 1 else True for s in signs]
+    return [False] * len(node.ins)
+
+
+def _accumulate(cot: dict[int, Tensor], owned: set[int], key: int, g: Tensor, new: bool) -> None:
+    """Add ``g`` (owned by the sweep when ``new``) to the cotangent ``cot[key]``: in place into whichever of the
+    two the sweep owns, else into a new tensor (no reference outlives the call: memory is freed on time)."""
+    prev = cot.get(key)
+    if prev is None:
+        cot[key] = g
+    elif key in owned:
+        prev.add_(g)
+        return
+    else:
+        cot[key] = g.add_(prev) if new else prev + g
+        new = True
+    if new:
+        owned.add(key)
+
+
+def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor | None:
     """Rows ``rows`` of A[x] for every sample: (N, R, D), or None when the tape holds an op without a rule.
 
+    ``out``: an (N, R, D) tensor (a slice of a preallocated A) to write the rows into instead of a new tensor.
     Then ``tape.reason`` says which op. Errors of the rules themselves (out of memory, bugs) propagate.
     """
     if not tape.ok:
@@ -400,26 +603,103 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor) -> Tensor
     seed = y_raw.new_zeros(r, n, c)
     seed[torch.arange(r), :, rows] = 1
     cot: dict[int, Tensor] = {id(y_raw): seed.view(r * n, *y_raw.shape[1:])}
+    owned = {id(y_raw)}  # cotangents no other cotangent shares memory with: their rules may work in place
     try:
         with torch.no_grad():
-            for node in reversed(_fuse_scale_into_gather(tape.nodes)):
+            for node in reversed(tape.plan()):
                 if node.kind == "vjp":
                     gs = [cot.pop(id(o), None) for o in node.data["outs"]]
+                    owned.difference_update(id(o) for o in node.data["outs"])
                     if all(g is None for g in gs):
                         continue
-                    grads = _apply_vjp(node, gs, r)
+                    grads, fresh = _apply_vjp(node, gs, r), [False] * len(node.ins)
+                    del gs
                 else:
                     g = cot.pop(id(node.out), None)
                     if g is None:
                         continue
-                    grads = _apply(node, g, r)
-                for inp, gi in zip(node.ins, grads, strict=True):
-                    prev = cot.get(id(inp))
-                    cot[id(inp)] = gi if prev is None else prev + gi
+                    own = id(node.out) in owned
+                    owned.discard(id(node.out))
+                    grads, fresh = _apply(node, g, r, own), _owned(node, own)
+                    del g  # freed as soon as its rule has run (unless a result is a view of it)
+                for inp, new in zip(node.ins, fresh, strict=True):
+                    _accumulate(cot, owned, id(inp), grads.pop(0), new)
     except _NoRule as err:
         tape.switch_off(f"{err} (no transpose rule)")
         return None
-    gx = cot.get(id(x))
+    gx = cot.pop(id(x), None)
+    if out is None:
+        out = x.new_empty(n, r, x[0].numel())
     if gx is None:
-        return x.new_zeros(n, r, x[0].numel())
-    return gx.reshape(r, n, -1).transpose(0, 1)
+        return out.zero_()
+    out.view(n, r, *x.shape[1:]).copy_(gx.view(r, n, *x.shape[1:]).transpose(0, 1))  # any layout, no temporary
+    return out
+
+
+def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
+    """Temporary elements a rule needs beyond its results, as (per row, in all): a copy of the cotangent (layouts,
+    the mask of a max-pool), the per-input selections of ``select``, the zeros and internals of an op's own VJP."""
+    outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
+    if node.kind == "conv":
+        return _conv_workspace(node, onednn, batch)
+    if node.kind == "gather":
+        return node.out.numel(), 0
+    if node.kind in ("select", "generic", "vjp"):
+        return sum(t.numel() for t in (*node.ins, *outs)), 0
+    return 0, 0
+
+
+def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, int]:
+    """The memory :func:`transpose_rows` allocates for ``rows`` rows at a time, for the samples of this tape, as
+    ``(per row, in all)`` bytes, an upper bound: the same walk as the sweep on sizes only, with every rule's
+    results (none when it works in place on a cotangent it owns), its workspace (:func:`_workspace`) and
+    accumulation through a temporary sum. Backend scratch memory (oneDNN) is not counted."""
+    onednn = _onednn(x)
+    batch = rows * x.shape[0]
+    live = {id(y_raw): y_raw.numel()}
+    owned = {id(y_raw)}
+    total = y_raw.numel()
+    peak = (total, 0)
+    for node in reversed(tape.plan()):
+        outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
+        sizes = [live.pop(id(o), 0) for o in outs]
+        if not any(sizes):
+            continue
+        own = node.kind != "vjp" and id(node.out) in owned
+        owned.difference_update(id(o) for o in outs)
+        results = 0 if own and node.kind in ("scale", "channel_scale") else sum(t.numel() for t in node.ins)
+        per_row, bounded = _workspace(node, onednn, batch)
+        peak = max(peak, (total + results + per_row, bounded), key=lambda p: p[0] * rows + p[1])
+        total -= sum(sizes)
+        fresh = [False] * len(node.ins) if node.kind == "vjp" else _owned(node, own)
+        for t, new in zip(node.ins, fresh, strict=True):
+            if id(t) in live:
+                if id(t) not in owned:
+                    peak = max(peak, (total + t.numel(), 0), key=lambda p: p[0] * rows + p[1])
+                    owned.add(id(t))
+            else:
+                live[id(t)] = t.numel()
+                total += t.numel()
+                if new:
+                    owned.add(id(t))
+    return peak[0] * x.element_size(), peak[1] * x.element_size()
+
+
+def tape_bytes(tape: Tape) -> tuple[int, int]:
+    """Memory held by the recorded tape (bytes) as ``(samples, weights)``: the distinct storages of its activations,
+    masks and argmax indices (which grow with the number of samples), and of the weights with a batch-norm folded
+    in (which do not); the model's own parameters aside."""
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def add(t: Any, fixed: bool) -> None:
+        if isinstance(t, Tensor) and not isinstance(t, torch.nn.Parameter):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = (storage.nbytes(), fixed)
+
+    for node in (*tape.nodes, *tape.plan()):  # the recorded nodes keep the tensors the fusions bypass alive
+        for t in (*node.ins, node.out, *node.data.get("outs", ())):
+            add(t, False)
+        for key, value in node.data.items():
+            if key not in ("args", "kwargs", "fn", "outs"):
+                add(value, key == "weight")
+    return sum(b for b, fixed in seen.values() if not fixed), sum(b for b, fixed in seen.values() if fixed)

@@ -1,0 +1,323 @@
+"""The spline engine at scale (issue 10, sec. 3): class subsets, the memory budget and its chunking, the fast exact
+forms of the transposed sweep, and the hand-written ResNet-18 / VGG-11-BN / MobileNet-v1 against torch.func.jacrev.
+
+Speed and peak memory at ImageNet scale are measured in ``benchmarks/bench_imagenet.py``, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from cnnlens.nn.models import get_model, lenet5, mobilenet_v1, resnet18, small_resnet, vgg11_bn
+from cnnlens.spline import _affine as affine_module
+from cnnlens.spline import affine_map, templates
+from cnnlens.spline._capture import Capture, capture, run_captured
+from cnnlens.spline._transpose import Tape, _conv_form, _conv_params, _conv_t, _conv_t_phases, _onednn
+from conftest import tol
+
+_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread avoids OpenMP contention on the shared CI machine (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+def _randomise_batch_norm(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that folding batch-norm into weights matters."""
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.randn(n, generator=gen))
+            mod.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C, D) by torch.func.jacrev, one sample at a time: independent of the capture and the sweep."""
+    jac = torch.func.vmap(torch.func.jacrev(lambda z: model(z[None])[0]))(x)
+    return jac.reshape(x.shape[0], jac.shape[1], -1).detach()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+_IMAGENET = {"resnet18": (resnet18, {"width": 8}), "vgg11-bn": (vgg11_bn, {"width": 8, "hidden": 32}),
+             "mobilenet-v1": (mobilenet_v1, {"width": 8})}
+
+
+@pytest.mark.parametrize("name", list(_IMAGENET))
+def test_imagenet_models_equal_jacrev(name: str, dtype: torch.dtype) -> None:
+    """A of the hand-written ImageNet models (narrow, 32x32) equals jacrev; in float32 this runs the oneDNN forms
+    (phases for the stem, channels-last transposed convolutions, depthwise)."""
+    builder, config = _IMAGENET[name]
+    torch.manual_seed(1)
+    model = _randomise_batch_norm(builder(num_classes=10, **config), seed=2).to(dtype)
+    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    res = affine_map(model, x)
+    assert res.path == "transposed", res.fallback_reason
+    assert res.A.shape == (2, 10, 3 * 32 * 32)
+    assert _rel(res.A, _jacobian(model, x)) <= tol(dtype)
+    with torch.no_grad():
+        out = model(x)
+    assert _rel(torch.einsum("ncd,nd->nc", res.A, x.flatten(1)) + res.B, out) <= tol(dtype)
+
+
+def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    cotangent = lambda t: (rows * t.shape[0], *t.shape[1:])  # noqa: E731 - R rows of every sample
+    return {_conv_form(cotangent(n.out), n.ins[0].shape, n.data["args"][1].shape,
+                       _conv_params(n.data["func"], n.data["args"]), _onednn(x))
+            for n in tape.plan(rows) if n.kind == "conv"}
+
+
+def test_fast_conv_forms_and_batch_norm_folding() -> None:
+    """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase and channels-last forms (so the jacrev test
+    above exercises them) once R*N >= 4, and float64 takes neither. Batch-norm is folded into a convolution's weight
+    when that is cheaper than scaling the R cotangents: all of them for 1000 rows, not the wide layers for one."""
+    model = resnet18(num_classes=10, width=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    if _onednn(x):
+        assert {"phases", "channels_last"} <= _conv_forms(model, x, rows=10)
+        assert "channels_last" not in _conv_forms(model, x, rows=1)
+    assert not {"phases", "channels_last"} & _conv_forms(model.double(), x.double(), rows=10)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x.double())
+    assert not any(n.kind == "channel_scale" for n in tape.plan(1000))
+    assert 0 < sum(n.kind == "channel_scale" for n in tape.plan(1)) < 20
+
+
+@settings(max_examples=60, **_SETTINGS)
+@given(cin=st.integers(1, 20), cout=st.integers(1, 20), k=st.integers(1, 5), stride=st.integers(1, 3),
+       pad=st.integers(0, 3), dil=st.integers(1, 2), grouped=st.booleans(), size=st.integers(5, 12),
+       batch=st.integers(1, 3), double=st.booleans(), seed=st.integers(0, 1000))
+def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, grouped, size, batch, double, seed):
+    """Every form of the transposed convolution (whichever ``_conv_form`` picks) equals autograd's input gradient of
+    ``F.conv2d``; the phase form also on its own, in 1-d, 2-d and 3-d."""
+    dtype = torch.float64 if double else torch.float32
+    groups = cin if grouped else 1
+    cout = cout * groups if grouped else cout
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin // groups, k, k, generator=gen, dtype=dtype)
+    x = torch.randn(batch, cin, size, size, generator=gen, dtype=dtype, requires_grad=True)
+    pad = min(pad, k - 1)
+    if (size + 2 * pad - dil * (k - 1) - 1) < 0:
+        return
+    out = F.conv2d(x, weight, None, stride, pad, dil, groups)
+    g = torch.randn(out.shape, generator=gen, dtype=dtype)
+    (ref,) = torch.autograd.grad(out, x, g)
+    mine = _conv_t(g, x.shape, F.conv2d, (x, weight, None, stride, pad, dil, groups), weight)
+    assert mine.shape == x.shape
+    assert _rel(mine, ref) <= tol(dtype)
+    for d, conv in ((1, F.conv1d), (2, F.conv2d), (3, F.conv3d)):
+        if stride == 1 or dil != 1:
+            break
+        shape = (batch, cin, *[size - i for i in range(d)])
+        xd = torch.randn(shape, generator=gen, dtype=dtype, requires_grad=True)
+        wd = torch.randn(cout, cin, *[k] * d, generator=gen, dtype=dtype)
+        if any(n + 2 * pad - k < 0 for n in shape[2:]):
+            continue
+        od = conv(xd, wd, None, stride, pad)
+        gd = torch.randn(od.shape, generator=gen, dtype=dtype)
+        (refd,) = torch.autograd.grad(od, xd, gd)
+        assert _rel(_conv_t_phases(gd, wd, (stride,) * d, (pad,) * d, xd.shape), refd) <= tol(dtype)
+
+
+class _Shared(nn.Module):
+    """Cotangents shared between several inputs (a tensor used twice, residual sums, concatenation, views, in-place
+    ReLU) and batch-norm after a convolution used once (folded) and used twice (not folded), and after a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(8, 4, 3, stride=2)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 3 * 3, 6)
+        self.bn1d = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv(x)), inplace=True)
+        u = self.conv2(torch.cat([h, h * 2 + h], dim=1))
+        v = self.bn2(u) + u  # u read twice: bn2 is not folded into conv2
+        z = F.relu(self.bn1d(self.fc(v.flatten(1))))
+        return self.out(z + z)
+
+
+def test_shared_cotangents_and_folded_batch_norm_equal_jacrev(dtype: torch.dtype) -> None:
+    model = _randomise_batch_norm(_Shared(), seed=3).to(dtype)
+    x = torch.randn(4, 2, 8, 8, dtype=dtype)
+    res = affine_map(model, x)
+    assert res.path == "transposed", res.fallback_reason
+    assert _rel(res.A, _jacobian(model, x)) <= tol(dtype)
+
+
+def _small(dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_batch_norm(small_resnet(num_classes=10, width=4), seed=0).to(dtype)
+
+
+@settings(max_examples=15, **_SETTINGS)
+@given(classes=st.lists(st.integers(0, 9), min_size=1, max_size=12), double=st.booleans(), seed=st.integers(0, 99))
+def test_class_subset_rows_equal_full_rows(classes, double, seed):
+    """``classes`` (any order, repeats allowed) gives the full map's rows, for A, B and the templates."""
+    dtype = torch.float64 if double else torch.float32
+    model = _small(dtype)
+    x = torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    full = affine_map(model, x)
+    sub = affine_map(model, x, classes)
+    assert sub.A.shape == (3, len(classes), 144) and sub.B.shape == (3, len(classes))
+    assert _rel(sub.A, full.A[:, classes]) <= tol(dtype)
+    assert float((sub.B - full.B[:, classes]).abs().max()) <= tol(dtype) * float(full.B.abs().max().clamp_min(1))
+    tpl = templates(model, x, torch.tensor(classes))
+    assert tpl.classes.tolist() == classes
+    assert _rel(tpl.templates.flatten(2), full.A[:, classes]) <= tol(dtype)
+
+
+def _linearised(approximate: bool) -> contextlib.AbstractContextManager:
+    return pytest.warns(UserWarning, match="not piecewise affine") if approximate else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_chunked_by_classes_and_samples_equals_unchunked(dtype: torch.dtype, approximate: bool) -> None:
+    """A budget just above the minimum forces chunks of samples and of classes (also on the autograd path of
+    approximate=True); the result equals the unchunked one and the chunking follows the budget."""
+    model = _small(dtype)
+    if approximate:
+        model.stem[2] = nn.GELU()  # not piecewise affine: linearised, computed by batched autograd
+    x = torch.randn(5, 1, 12, 12, dtype=dtype)
+    with _linearised(approximate):
+        full = affine_map(model, x, approximate=approximate)
+    assert full.chunking.samples == 5 and full.chunking.classes == 10
+    low, high = full.chunking.minimum, full.chunking.estimate
+    budgets = [low + (high - low) // 2, low + (high - low) // 6, low]
+    for budget in budgets:
+        with _linearised(approximate):
+            part = affine_map(model, x, max_memory=budget, approximate=approximate)
+        chunks = part.chunking
+        assert chunks.budget == budget and chunks.estimate <= budget
+        assert chunks.samples < 5 or chunks.classes < 10
+        assert _rel(part.A, full.A) <= tol(dtype)
+        assert float((part.B - full.B).abs().max()) <= tol(dtype) * float(full.B.abs().max().clamp_min(1))
+    assert chunks.samples == 1 and chunks.classes == 1  # the minimum budget: one class of one sample at a time
+    # chunk_size fixes the samples per chunk; the budget then chunks the classes
+    with _linearised(approximate):
+        least = affine_map(model, x, chunk_size=2, approximate=approximate).chunking.minimum
+        fixed = affine_map(model, x, chunk_size=2, max_memory=least, approximate=approximate)
+    assert fixed.chunking.samples == 2 and fixed.chunking.classes == 1
+    assert _rel(fixed.A, full.A) <= tol(dtype)
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages created inside the mode and still alive (every aten op's outputs;
+    storages of ``known`` tensors, created before, are not counted). Backend scratch memory is invisible here."""
+
+    def __init__(self, *known: torch.Tensor) -> None:
+        super().__init__()
+        self.skip = {t.untyped_storage().data_ptr() for t in known}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _freed(self, key: int) -> None:
+        self.now -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self.live and key not in self.skip and storage.nbytes() > 0:
+                    self.live[key] = storage.nbytes()
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(storage, self._freed, key)
+        return out
+
+
+@pytest.mark.parametrize("name", ["lenet5", "small-resnet", "mobilenet-v1"])
+def test_tensor_memory_stays_within_the_budget(name: str, dtype: torch.dtype) -> None:
+    """The tensors alive at any time during affine_map (A, the recorded passes, the cotangents) take at most the
+    budget, for budgets from generous to the minimum; measured by a dispatch mode, independently of the estimate."""
+    config = {"width": 4, "in_channels": 1} if name == "mobilenet-v1" else {}
+    model = _randomise_batch_norm(get_model(name, num_classes=10, **config), seed=1).to(dtype)
+    x = torch.randn(6, 1, 32, 32, dtype=dtype)
+    full = affine_map(model, x)
+    low, high = full.chunking.minimum, full.chunking.estimate
+    for budget in (high, (high + low) // 2, low + (high - low) // 8, low):
+        with _LiveTensorBytes(x, *model.parameters(), *model.buffers()) as live:
+            res = affine_map(model, x, max_memory=int(budget))
+        assert live.peak <= budget, (live.peak, res.chunking)
+        assert _rel(res.A, full.A) <= tol(dtype)
+
+
+def test_bad_classes_and_budgets_raise_clear_errors() -> None:
+    model = lenet5().eval()
+    x = torch.rand(2, 1, 32, 32)
+    for bad in ([], [10], [-1], [1.5], "a", torch.tensor([True])):
+        with pytest.raises(ValueError, match="classes must"):
+            affine_map(model, x, bad)
+    for bad in (0, -5, "lots", "2 parsecs", "-1GB", 1.5, True, "nanGB"):
+        with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
+            affine_map(model, x, max_memory=bad)
+    with pytest.raises(ValueError, match=r"max_memory=.* is too small: A alone takes .*Raise max_memory to at least"):
+        affine_map(model, x, max_memory=1000)
+    tiny = affine_map(model, x).A.numel() * 4 + 10  # A fits, but not one class of the sweep
+    with pytest.raises(ValueError, match="too small"):
+        affine_map(model, x, max_memory=tiny)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        affine_map(model, x, chunk_size=True)
+
+
+def test_memory_sizes_and_the_default_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = affine_module._parse_memory
+    assert parse("2GB") == 2 * 10**9 and parse("1.5 GiB") == 3 * 2**29 and parse("512mb") == 512 * 10**6
+    assert parse("1e9") == 10**9 and parse(4096) == 4096 and parse(" 3 KiB ") == 3072 and parse(None) is None
+    gib = 2**30
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device: None)
+    assert affine_module._default_budget(10, torch.device("cpu")) == gib  # at least 1 GiB
+    assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 6 * gib  # twice A
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device: 4 * gib)
+    assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 6 * gib  # A + 3/4 of 4 GiB
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device: 2 * gib)
+    assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 3 * gib + 3 * gib // 2
+    monkeypatch.undo()
+    free = affine_module._free_memory(torch.device("cpu"))
+    assert free is None or free > 0
+
+
+def test_imagenet_models_layout() -> None:
+    """Parameter counts of torchvision's ResNet-18 and VGG-11-BN and of MobileNet-v1 (paper: 4.2 M), and
+    torchvision's parameter names; built on the meta device (no memory)."""
+    with torch.device("meta"):
+        counts = {name: sum(p.numel() for p in get_model(name).parameters()) for name in _IMAGENET}
+        r18 = resnet18()
+        vgg = vgg11_bn(in_channels=1, num_classes=7)
+    assert counts == {"resnet18": 11_689_512, "vgg11-bn": 132_868_840, "mobilenet-v1": 4_231_976}
+    names = set(r18.state_dict())
+    assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias",
+            "fc.weight"} <= names
+    assert {"features.0.weight", "features.1.running_mean", "classifier.6.weight"} <= set(vgg.state_dict())
+    assert vgg.features[0].in_channels == 1 and vgg.classifier[6].out_features == 7
+    for builder in (resnet18, vgg11_bn, mobilenet_v1):
+        with pytest.raises(ValueError, match="width"):
+            builder(width=0)
