@@ -523,7 +523,9 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
       pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
       cotangents of the layer's output it saves a pass over.
     * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
-      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications).
+      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications); done when the ``rows``
+      multiplications it saves cost more than gathering the mask once (about 8 multiplications per element,
+      measured).
     """
     uses: dict[int, int] = {}
     for node in nodes:
@@ -545,7 +547,8 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
             continue
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
-                uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape:
+                uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape and \
+                rows * prev.out.numel() >= 8 * node.data["idx"].numel():
             idx = node.data["idx"]
             coef = prev.data["coef"].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
             fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": coef})
@@ -689,17 +692,17 @@ def tape_bytes(tape: Tape) -> tuple[int, int]:
     """Memory held by the recorded tape (bytes) as ``(samples, weights)``: the distinct storages of its activations,
     masks and argmax indices (which grow with the number of samples), and of the weights with a batch-norm folded
     in (which do not); the model's own parameters aside."""
-    seen: dict[int, tuple[int, bool]] = {}
-
-    def add(t: Any, fixed: bool) -> None:
-        if isinstance(t, Tensor) and not isinstance(t, torch.nn.Parameter):
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = (storage.nbytes(), fixed)
-
-    for node in (*tape.nodes, *tape.plan()):  # the recorded nodes keep the tensors the fusions bypass alive
+    tensors: dict[int, tuple[Tensor, bool]] = {}  # id -> (tensor, is a folded weight); each tensor looked at once
+    nodes = {id(node): node for node in (*tape.nodes, *tape.plan())}  # the recorded nodes keep bypassed tensors
+    for node in nodes.values():
         for t in (*node.ins, node.out, *node.data.get("outs", ())):
-            add(t, False)
+            tensors[id(t)] = (t, False)
         for key, value in node.data.items():
-            if key not in ("args", "kwargs", "fn", "outs"):
-                add(value, key == "weight")
-    return sum(b for b, fixed in seen.values() if not fixed), sum(b for b, fixed in seen.values() if fixed)
+            if isinstance(value, Tensor) and key not in ("args", "kwargs", "fn", "outs"):
+                tensors[id(value)] = (value, key == "weight")
+    storages: dict[int, tuple[int, bool]] = {}
+    for t, fixed in tensors.values():
+        if not isinstance(t, torch.nn.Parameter):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = (storage.nbytes(), fixed)
+    return sum(b for b, fixed in storages.values() if not fixed), sum(b for b, fixed in storages.values() if fixed)
