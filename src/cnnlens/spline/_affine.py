@@ -226,18 +226,22 @@ class _Memory:
     samples: int = 0
     chunking: Chunking | None = None
 
-    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], work: tuple[int, int]) -> int | None:
+    def rows_per_sweep(self, x: Tensor, k: int, held: tuple[int, int], work: tuple[int, int, int]) -> int | None:
         """Class rows per sweep for the chunk ``x`` of samples, whose recorded pass holds ``held`` bytes (a part
-        that grows with the samples, a part that does not) and whose sweep needs ``work`` bytes (per row of all its
-        samples, and a bounded part); None when the chunk must be split (``shrink_to``). The first call allocates
-        A (N, k, D)."""
+        that grows with the samples, a part that does not) and whose sweep needs ``work`` bytes: per row (of all
+        its samples), a bounded part, and the transient memory of a forward pass on the chunk (the next chunk's
+        recording or a replay), which does not overlap the sweep. None when the chunk must be split
+        (``shrink_to``). The first call allocates A (N, k, D)."""
         n = x.shape[0]
         a_bytes = self.total * k * x[0].numel() * x.element_size()
         per_sample, fixed = held
-        per_row, bounded = work
-        fixed += bounded
+        per_row, bounded, forward = work
+
+        def need(rows: int) -> int:  # working memory on top of A and the recorded pass
+            return max(rows * per_row + bounded, forward)
+
         if self.a is None:  # the first chunk: one sample (the probe, or N = 1) or chunk_size samples
-            self.minimum = a_bytes + per_sample + fixed + per_row
+            self.minimum = a_bytes + per_sample + fixed + need(1)
             self.budget = self.limit if self.limit is not None else max(_default_budget(a_bytes, x.device),
                                                                         self.minimum)
             if self.minimum > self.budget:
@@ -250,26 +254,32 @@ class _Memory:
                     f"{' or pass a smaller chunk_size' if n > 1 else ''}.")
             self.a = x.new_empty(self.total, k, x[0].numel())
         free = self.budget - a_bytes - per_sample - fixed
-        if free < per_row:
+        if free < need(1):
             if self.fixed or n == 1:
                 what = f"chunk_size={n}" if self.fixed else "one sample"
                 raise ValueError(
                     f"max_memory={_size(self.budget)} is too small for {what}: A takes {_size(a_bytes)}, the recorded "
-                    f"pass {_size(per_sample + fixed)} and one class of the sweep {_size(per_row)}. Raise max_memory"
+                    f"pass {_size(per_sample + fixed)} and one class of the sweep {_size(need(1))}. Raise max_memory"
                     f"{', or pass a smaller chunk_size (or none, to let the budget choose it)' if self.fixed else ''}.")
-            self.shrink_to = max(1, min(n - 1, int((self.budget - a_bytes - fixed) * n // (per_sample + per_row))))
+            self.shrink_to = max(1, min(n - 1, int((free + per_sample - bounded) * n // (per_sample + per_row))))
             return None
-        most = min(k, int(free // per_row), max(1, _SWEEP_BYTES // per_row))
+        most = min(k, int((free - bounded) // per_row), max(1, _SWEEP_BYTES // per_row))
         rows = math.ceil(k / math.ceil(k / most))  # equal chunks: no small last sweep
         # chunks without chunk_size: as many samples as fit with all k classes in one sweep (at least one)
-        self.samples = max(1, int((self.budget - a_bytes - fixed) * n // (per_sample + k * per_row)))
-        estimate = a_bytes + per_sample + fixed + rows * per_row
+        self.samples = max(1, int((free + per_sample - bounded) * n // (per_sample + k * per_row)))
+        estimate = a_bytes + per_sample + fixed + need(rows)
         step = rows
         if self.chunking is not None:
             n, rows, estimate = (max(n, self.chunking.samples), min(rows, self.chunking.classes),
                                  max(estimate, self.chunking.estimate))
         self.chunking = Chunking(n, rows, self.budget, estimate, self.minimum)
         return step
+
+
+def _forward_bytes(codes: int, largest: int) -> int:
+    """Transient memory of a forward pass on a chunk (the next chunk's recording, a replay of its regions): a new
+    copy of the region codes and a few activations at a time (three of the largest)."""
+    return codes + 3 * largest
 
 
 def _entries_bytes(entries: list[Entry]) -> int:
@@ -338,8 +348,10 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         if tape.ok:
             tape.plan(rows.numel())  # the fusions worth it for this many rows
             held, weights = tape_bytes(tape)
-            step = memory.rows_per_sweep(xt, rows.numel(), (held + _entries_bytes(cap.entries), weights),
-                                         sweep_bytes(tape, xt, y, rows.numel()))
+            codes = _entries_bytes(cap.entries)
+            largest = max((node.out.numel() for node in tape.nodes), default=0) * x.element_size()
+            step = memory.rows_per_sweep(xt, rows.numel(), (held + codes, weights),
+                                         (*sweep_bytes(tape, xt, y, rows.numel()), _forward_bytes(codes, largest)))
             if step is None or probe:
                 return None
             a = memory.a[start:start + n]
@@ -367,8 +379,10 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     d = x[0].numel()
     # the autograd graph keeps about two tensors per nonlinearity; a batched backward about four of the largest
     units = [math.prod(e.shape) for e in cap.entries] or [d]
-    step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size(), 0),
-                                 (n * (4 * max(max(units), c) + 2 * d) * x.element_size(), 0))
+    codes = _entries_bytes(cap.entries)
+    step = memory.rows_per_sweep(xi, r, (2 * n * sum(units) * x.element_size() + codes, 0),
+                                 (n * (4 * max(max(units), c) + 2 * d) * x.element_size(), 0,
+                                  _forward_bytes(codes, n * max(units) * x.element_size())))
     if step is None or probe:
         return None
     a = memory.a[start:start + n]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,8 @@ __all__ = ["Node", "Tape", "sweep_bytes", "tape_bytes", "transpose_rows"]
 
 @dataclass
 class Node:
-    """One recorded operation: ``kind`` selects the transpose rule, ``ins``/``out`` are the tensors involved."""
+    """One recorded operation: ``kind`` selects the transpose rule, ``ins``/``out`` are the tensors involved (on
+    the tape: their shape-only stand-ins, :meth:`Tape.shadow`)."""
 
     kind: str
     ins: tuple[Tensor, ...]
@@ -73,6 +75,10 @@ class Tape:
     one). A write also changes every tensor sharing its memory (views and their bases, linked in ``_groups`` when
     a recorded op returns a view); those become stale, and an op that later reads a stale tensor switches the tape
     off (autograd's version counters follow such aliasing, the tape does not).
+
+    Memory: the sweep needs the shapes of the recorded tensors, not their values, so a node keeps a shape-only
+    stand-in of each (a tensor on the "meta" device, the same object for the same tensor: :meth:`shadow`) and the
+    forward pass frees its activations as a plain one does (masks, indices and constants stay in the nodes' data).
     """
 
     nodes: list[Node] = field(default_factory=list)
@@ -82,6 +88,17 @@ class Tape:
     _stale: dict[int, str] = field(default_factory=dict)  # id -> the in-place write that changed it
     _plan: list[Node] | None = field(default=None, repr=False)
     _plan_rows: int = field(default=0, repr=False)
+    _shadows: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, repr=False)
+
+    def shadow(self, t: Tensor) -> Tensor:
+        """The shape-only stand-in of ``t`` on the tape: the same object for the same tensor (also after an in-place
+        write), a new one for a new tensor even when Python reuses the id of a freed one."""
+        entry = self._shadows.get(id(t))
+        if entry is not None and entry[0]() is t:
+            return entry[1]
+        stand_in = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+        self._shadows[id(t)] = (weakref.ref(t), stand_in)
+        return stand_in
 
     def plan(self, rows: int | None = None) -> list[Node]:
         """The nodes the sweep runs for ``rows`` requested rows in all, with the fusions of :func:`_fuse`
@@ -98,32 +115,35 @@ class Tape:
             self.reason = reason
 
     def add(self, node: Node, describe: Callable[[], str]) -> None:
-        """Append ``node`` (``describe()`` names its op and module), unless it reads a stale tensor."""
+        """Append ``node`` with stand-ins for its tensors (``describe()`` names its op and module), unless it reads a
+        stale tensor."""
         if not self.ok:
             return
+        ins = tuple(self.shadow(t) for t in node.ins)
         if self._stale:
-            for t in node.ins:
+            for t in ins:
                 writer = self._stale.get(id(t))
                 if writer is not None:
                     self.switch_off(f"the operation {describe()}, which reads a tensor after the in-place operation "
                                     f"{writer} wrote into memory it shares with a view")
                     return
-        self.nodes.append(node)
-        if node.kind in ("view", "vjp"):  # the only rules whose ops can return views
-            outs = node.data.get("outs", (node.out,))
-            if any(o._is_view() for o in outs):
-                group: set[int] = set()
-                for t in (*outs, *node.ins):
-                    group |= self._groups.get(id(t), {id(t)})
-                for i in group:
-                    self._groups[i] = group
+        real_outs = node.data.get("outs", (node.out,))
+        data = node.data if "outs" not in node.data else {**node.data, "outs": tuple(map(self.shadow, real_outs))}
+        self.nodes.append(Node(node.kind, ins, self.shadow(node.out), data))
+        if node.kind in ("view", "vjp") and any(o._is_view() for o in real_outs):  # the rules whose ops make views
+            group: set[int] = set()
+            for t in (*map(self.shadow, real_outs), *ins):
+                group |= self._groups.get(id(t), {id(t)})
+            for i in group:
+                self._groups[i] = group
 
     def mutated(self, t: Tensor, describe: Callable[[], str]) -> None:
         """Note an in-place write into ``t``: the other tensors sharing its memory are stale from now on."""
-        group = self._groups.get(id(t))
+        key = id(self.shadow(t))
+        group = self._groups.get(key)
         if group:
             what = describe()
-            self._stale.update((i, what) for i in group if i != id(t))
+            self._stale.update((i, what) for i in group if i != key)
 
 
 _VIEWS = {T.view, T.reshape, torch.reshape, T.flatten, torch.flatten, T.contiguous, T.view_as, T.reshape_as,
@@ -166,10 +186,10 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         padding = args[4] if len(args) > 4 else 0
         if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
             return None
-        return Node("conv", (x,), out, {"func": func, "args": args})
+        return Node("conv", (x,), out, {"func": func, "args": (None, *args[1:])})  # the activation is not kept
     if func is F.linear:
-        return Node("linear", (x,), out, {"func": func, "args": args}) if (alone and not kwargs and x.dim() >= 2) \
-            else None
+        return Node("linear", (x,), out, {"func": func, "args": (None, *args[1:])}) if (
+            alone and not kwargs and x.dim() >= 2) else None
     if func is F.batch_norm:  # F.batch_norm hands weight, bias, eps, ... to the mode as keywords
         if not alone or len(args) < 3 or x.dim() < 2:
             return None
@@ -248,7 +268,10 @@ def _generic(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, is_trac
             return (a[0],)
         return (res,) if isinstance(res, Tensor) else tuple(tree_leaves(res))
 
-    return Node("vjp", tuple(leaves[i] for i in pos), outs[0], {"fn": fn, "outs": tuple(outs)})
+    ins = tuple(leaves[i] for i in pos)
+    for i in pos:  # ``fn`` takes them as arguments: the closure does not keep the activations alive
+        leaves[i] = None
+    return Node("vjp", ins, outs[0], {"fn": fn, "outs": tuple(outs)})
 
 
 def record_linear(tape: Tape, func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
@@ -505,11 +528,12 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
 def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> list[Tensor]:
     """The generic rule: the op's own VJP at zeros (the same at every point of an affine op), over the R rows."""
     outs = node.data["outs"]
-    primals = [t.new_zeros(t.shape) for t in node.ins]
+    like = next(g for g in gs if g is not None)  # the device of the sweep (the nodes hold stand-ins)
+    primals = [torch.zeros(t.shape, dtype=t.dtype, device=like.device) for t in node.ins]
     with torch.enable_grad():
         _, pull = torch.func.vjp(node.data["fn"], *primals)
-    cots = tuple(o.new_zeros(r, *o.shape) if g is None else g.view(r, *o.shape) for g, o in zip(gs, outs,
-                                                                                                strict=True))
+    cots = tuple(torch.zeros(r, *o.shape, dtype=o.dtype, device=like.device) if g is None else g.view(r, *o.shape)
+                 for g, o in zip(gs, outs, strict=True))
     grads = torch.func.vmap(pull)(cots)
     return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)]
 
@@ -605,8 +629,9 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     c = y_raw[0].numel()
     seed = y_raw.new_zeros(r, n, c)
     seed[torch.arange(r), :, rows] = 1
-    cot: dict[int, Tensor] = {id(y_raw): seed.view(r * n, *y_raw.shape[1:])}
-    owned = {id(y_raw)}  # cotangents no other cotangent shares memory with: their rules may work in place
+    y_key, x_key = id(tape.shadow(y_raw)), id(tape.shadow(x))
+    cot: dict[int, Tensor] = {y_key: seed.view(r * n, *y_raw.shape[1:])}
+    owned = {y_key}  # cotangents no other cotangent shares memory with: their rules may work in place
     try:
         with torch.no_grad():
             for node in reversed(tape.plan()):
@@ -630,7 +655,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     except _NoRule as err:
         tape.switch_off(f"{err} (no transpose rule)")
         return None
-    gx = cot.pop(id(x), None)
+    gx = cot.pop(x_key, None)
     if out is None:
         out = x.new_empty(n, r, x[0].numel())
     if gx is None:
@@ -659,8 +684,8 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
     accumulation through a temporary sum. Backend scratch memory (oneDNN) is not counted."""
     onednn = _onednn(x)
     batch = rows * x.shape[0]
-    live = {id(y_raw): y_raw.numel()}
-    owned = {id(y_raw)}
+    live = {id(tape.shadow(y_raw)): y_raw.numel()}
+    owned = set(live)
     total = y_raw.numel()
     peak = (total, 0)
     for node in reversed(tape.plan()):
@@ -689,9 +714,9 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
 
 
 def tape_bytes(tape: Tape) -> tuple[int, int]:
-    """Memory held by the recorded tape (bytes) as ``(samples, weights)``: the distinct storages of its activations,
-    masks and argmax indices (which grow with the number of samples), and of the weights with a batch-norm folded
-    in (which do not); the model's own parameters aside."""
+    """Memory held by the recorded tape (bytes) as ``(samples, weights)``: the distinct storages of its masks,
+    argmax indices and constants (which grow with the number of samples), and of the weights with a batch-norm
+    folded in (which do not); the model's own parameters aside (the activations are not kept: :class:`Tape`)."""
     tensors: dict[int, tuple[Tensor, bool]] = {}  # id -> (tensor, is a folded weight); each tensor looked at once
     nodes = {id(node): node for node in (*tape.nodes, *tape.plan())}  # the recorded nodes keep bypassed tensors
     for node in nodes.values():
@@ -702,7 +727,7 @@ def tape_bytes(tape: Tape) -> tuple[int, int]:
                 tensors[id(value)] = (value, key == "weight")
     storages: dict[int, tuple[int, bool]] = {}
     for t, fixed in tensors.values():
-        if not isinstance(t, torch.nn.Parameter):
+        if not isinstance(t, torch.nn.Parameter) and t.device.type != "meta":
             storage = t.untyped_storage()
             storages[storage.data_ptr()] = (storage.nbytes(), fixed)
     return sum(b for b, fixed in storages.values() if not fixed), sum(b for b, fixed in storages.values() if fixed)
