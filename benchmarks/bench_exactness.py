@@ -9,13 +9,12 @@ did before), and the replay that propagates B alone. Prints median / min times a
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 import cnnlens.spline._affine as affine_module
+from bench_spline import _interleaved_ms  # the timing loop of the spline benchmark (same folder)
 from cnnlens.nn.models import lenet5
 from cnnlens.spline import templates
 from cnnlens.spline._capture import capture, run_captured
@@ -26,18 +25,6 @@ def _unchecked_offset(model, x, a, y, rows, cap) -> Offset:  # noqa: ANN001 - sa
     """B = f(x) - A x: no replay, no check."""
     f = y.detach()[:, rows]
     return Offset(f - torch.einsum("nrd,nd->nr", a, x.reshape(x.shape[0], -1)), None, None, True)
-
-
-def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (1e3 * statistics.median(ts), 1e3 * min(ts)) for name, ts in times.items()}
 
 
 def main() -> None:

@@ -336,11 +336,13 @@ class _Difference(Rule):
     noise_b: Noise | None
     label: str
 
+    @abstractmethod
     def _set(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """The claim's set of differences a - b, as an interval (lo, hi)."""
 
+    @abstractmethod
     def _comparison(self, named: bool = False) -> str:
-        raise NotImplementedError
+        """The words of the comparison (with the metric names when ``named``)."""
 
     def _name(self) -> str:
         return self.label or f"{self.a} - {self.b}"

@@ -4,7 +4,7 @@ As in sec. 6.2, each of the ten classes is an image of ``k = 1`` feature tile ("
 training item of that label, the 28 x 28 matrix as loaded (8-bit grey levels, no quantisation). The items are
 Fashion-MNIST's when ``--data-dir`` holds Fashion-MNIST, as in the paper, and mnist5k digits otherwise (each claim's
 setting says which). An input is a 40 x 40 uniform random grey image in which a random 28 x 28 window is replaced by
-a tile; draws that lie in two images are rejected (Def. 3.6; none is expected, see ``eps`` below).
+a tile; draws that lie in two images are rejected (Def. 3.6; how close that comes is set by ``eps`` below).
 
 The trained network is the paper's: one convolutional layer (12 filters 5 x 5), ReLU and one fully connected layer,
 trained with SGD (learning rate 0.03, batch 100, 15 epochs, cross-entropy; no momentum: the text names none) on

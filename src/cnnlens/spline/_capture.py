@@ -1179,7 +1179,14 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     probe = {"h": h.clone(), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
                                                           ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
-    if cap.graph or forced is not None:
+    return _selected(cap, func, h, values, idx, return_indices, forced is not None)
+
+
+def _selected(cap: Capture, func: Callable, h: Tensor, values: Tensor, idx: Tensor, return_indices: bool,
+              forced: bool) -> Any:
+    """The values a pooling selects from ``h`` at the flat per-channel indices ``idx`` (max-pool, adaptive
+    max-pool), as a gather on the masked graph or on a replay, recorded on the tape; with the indices if asked."""
+    if cap.graph or forced:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
     if cap.tape is not None and cap.tape.ok:
         cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
@@ -1359,12 +1366,7 @@ def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) 
     code = adaptive_code(idx, in_sizes, out_sizes)
     probe = {"h": h.clone(), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(kmax), _small_states(code, math.prod(kmax)), idx, probe))
-    if cap.graph or forced is not None:
-        values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
-    if cap.tape is not None and cap.tape.ok:
-        cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
-    cap.track(values)
-    return (values, idx) if return_indices else values
+    return _selected(cap, func, h, values, idx, return_indices, forced is not None)
 
 
 def _running_max(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
