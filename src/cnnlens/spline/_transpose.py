@@ -6,20 +6,21 @@ under the transposed operations, taken in reverse order: masks and slopes multip
 ``maximum(a, b)`` routes each cotangent to the selected operand, max-pool scatters to the recorded argmax (Prop. 3),
 convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
 travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
-gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_t`): a matrix product when the
-output is 1x1; on oneDNN (float32 on CPU) a transposed convolution in channels-last layout, and for a strided
-convolution onto a few input channels (a stem) one stride-1 convolution per output phase; otherwise a convolution
-with the flipped kernel for stride 1 and PyTorch's own input-gradient kernel for the rest. Before the sweep a
-batch-norm (or any per-channel scale) right after a convolution or linear layer is folded into its weight, and a
-ReLU-like mask followed only by a max-pool is applied at the pooled positions (:meth:`Tape.plan`).
+gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_form`): a matrix product when
+the output is 1x1; on oneDNN (float32 on CPU), for 4 or more cotangents, a transposed convolution in channels-last
+layout, and for a strided convolution onto a few input channels (a stem) one stride-1 convolution per output phase;
+otherwise PyTorch's own input-gradient kernel (a convolution with the flipped kernel for stride 1 on oneDNN).
+Every other affine operation the capture accepts (permutes, indexing, padding, means, broadcasting products,
+splits, in-place writes, ...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op
+itself, vectorised over the R rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so
+it is taken at zeros). Before the sweep a batch-norm (or any per-channel scale) right after a convolution or linear
+layer is folded into its weight, and a ReLU-like mask followed only by a max-pool is applied at the pooled
+positions, each when it pays for the number of rows (:meth:`Tape.plan`).
 
-Memory: a cotangent is freed as soon as its operation has run; a rule whose cotangent is not shared with another
+Memory: the tape keeps shape-only stand-ins of the recorded tensors, not their values (:class:`Tape`); in the sweep
+a cotangent is freed as soon as its operation has run, and a rule whose cotangent is not shared with another
 tensor's (the sweep tracks ownership) multiplies and accumulates in place, so the working set is a few cotangents
-at a time, :func:`sweep_bytes` per requested row (the bound the caller sizes its class chunks with).
-Every other affine
-operation the capture accepts (permutes, indexing, padding, means, broadcasting products, splits, in-place writes,
-...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op itself, vectorised over the R
-rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so it is taken at zeros).
+at a time: :func:`sweep_bytes` bounds it, and the caller sizes its chunks of rows with that bound.
 
 The sweep is exact or it does not run: an operation it cannot transpose (an ``out=`` argument, a read of a tensor
 after an in-place write into memory it shares with a view, an input-dependent 0-dim tensor) switches the tape off
@@ -309,8 +310,9 @@ def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ..
 
 def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
                onednn: bool) -> str:
-    """Which exact form :func:`_conv_t` takes. Measured on CPU with 2 threads, for R*N from 1 to 1000 (ResNet-18,
-    MobileNet-v1, LeNet-5): a GEMM when the output is 1x1 ("matmul"); on oneDNN, a strided convolution onto fewer
+    """Which exact form :func:`_conv_t` takes, as measured on CPU (1 and 2 threads) on the layers of ResNet-18 at
+    224x224 (R*N = 1 to 64 cotangents), MobileNet-v1 (16) and LeNet-5 (2560): a GEMM when the output is 1x1
+    ("matmul"); on oneDNN, a strided convolution onto fewer
     than 16 input channels as one stride-1 convolution per output phase ("phases", 1.7x faster than the transposed
     convolution for ResNet-18's stem) and layers with 16 or more channels as transposed convolutions in
     channels-last layout ("channels_last", 1.2-1.5x faster than in NCHW from R*N = 4 on, slower below, where
