@@ -104,7 +104,8 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="1,10,100,1000", help="numbers of classes, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (one for K >= 1000)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repeats at K >= 100 (five times as many below, one at K >= 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--float64", action="store_true", help="also the full map in float64 (minutes)")
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
@@ -126,7 +127,8 @@ def main() -> None:
     interleaved({"forward": forward, "loop": lambda: autograd_loop(model, x, 10),
                  "cnnlens": lambda: cnnlens_map(model, x, 10), "codes": lambda: partition_codes(model, x)}, 1)
     print(f"ResNet-18, {'x'.join(map(str, SHAPE))}, 1000 classes, float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved repeats (1 at K >= 1000)")
+          f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved repeats ({5 * args.repeats} at "
+          "K < 100, 1 at K >= 1000)")
     codes = interleaved({"forward": forward, "codes": lambda: partition_codes(model, x)}, max(5, args.repeats))
     (fwd, fwd_cpu), (cod, cod_cpu) = codes["forward"], codes["codes"]
     print(f"  forward {1e3 * fwd:.1f} ms, partition_codes {1e3 * cod:.1f} ms: {cod / fwd:.2f}x forward "
@@ -140,8 +142,9 @@ def main() -> None:
         ref = autograd_loop(model, x, k)
         diff = float((cnnlens_map(model, x, k) - ref).abs().max() / ref.abs().max())
         del ref
+        repeats = 1 if k >= 1000 else args.repeats if k >= 100 else 5 * args.repeats  # short runs vary most
         t = interleaved({"loop": lambda k=k: autograd_loop(model, x, k),
-                         "cnnlens": lambda k=k: cnnlens_map(model, x, k)}, 1 if k >= 1000 else args.repeats)
+                         "cnnlens": lambda k=k: cnnlens_map(model, x, k)}, repeats)
         (loop, loop_cpu), (ours, ours_cpu) = t["loop"], t["cnnlens"]
         line = (f"  {k:>5} | {loop:>6.3f} ({loop_cpu:>6.3f}) | {ours:>6.3f} ({ours_cpu:>6.3f}) | "
                 f"{ours / loop:>5.2f}x ({ours_cpu / loop_cpu:.2f}x) | {diff:>12.1e}")

@@ -25,8 +25,8 @@ Memory (:func:`affine_map`'s ``max_memory``). A itself takes N * C * D * itemsiz
 working memory on top of A is bounded by a budget: after the recording forward pass of a chunk of samples, the
 sweep's peak per requested row is known (:func:`._transpose.sweep_bytes`), so the classes are swept in chunks of
 as many rows as fit; when even one row of a chunk of samples does not fit, the samples are recorded in smaller
-chunks. A sweep's cotangents are also kept to about 128 MiB when the budget allows more (larger sweeps gain
-nothing on CPU: :data:`_SWEEP_BYTES`). The result is the same whatever the chunking (up to rounding);
+chunks. On CPU a sweep's cotangents are also kept to about 128 MiB when the budget allows more (larger sweeps
+were measured slower: :data:`_SWEEP_BYTES`). The result is the same whatever the chunking (up to rounding);
 ``.chunking`` says which one ran.
 """
 
@@ -263,7 +263,9 @@ class _Memory:
                     f"{', or pass a smaller chunk_size (or none, to let the budget choose it)' if self.fixed else ''}.")
             self.shrink_to = max(1, min(n - 1, int((free + per_sample - bounded) * n // (per_sample + per_row))))
             return None
-        most = min(k, int((free - bounded) // per_row), max(1, _SWEEP_BYTES // per_row))
+        most = min(k, int((free - bounded) // per_row))
+        if x.device.type == "cpu":  # measured there; on a GPU the budget alone decides
+            most = min(most, max(1, _SWEEP_BYTES // per_row))
         rows = math.ceil(k / math.ceil(k / most))  # equal chunks: no small last sweep
         # chunks without chunk_size: as many samples as fit with all k classes in one sweep (at least one)
         self.samples = max(1, int((free + per_sample - bounded) * n // (per_sample + k * per_row)))
@@ -485,7 +487,7 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
         Memory budget in bytes for the result and the working memory together (an int, or a string such as
         ``"2GB"``, ``"1.5GiB"``, ``"512MB"``). Default: twice the size of A (N * len(classes) * D * itemsize) and
         at least 1 GiB, at most A plus 3/4 of the free memory. The classes are swept in chunks of as many rows as
-        fit (with at most about 128 MiB of cotangents per sweep, where batching stops paying on CPU), the samples
+        fit (on CPU with at most about 128 MiB of cotangents per sweep, where batching stops paying), the samples
         recorded in smaller chunks when one row does not fit; too small a budget (less than A
         plus one class of one sample) raises ValueError saying how much is needed. The result does not depend on
         the budget (up to rounding); ``result.chunking`` says which chunking ran.

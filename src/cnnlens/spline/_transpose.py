@@ -7,20 +7,21 @@ under the transposed operations, taken in reverse order: masks and slopes multip
 other selections (max over dimensions, running maxima, sort and top-k values) scatter to the selected inputs,
 convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
 travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
-gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_t`): a matrix product when the
-output is 1x1; on oneDNN (float32 on CPU) a transposed convolution in channels-last layout, and for a strided
-convolution onto a few input channels (a stem) one stride-1 convolution per output phase; otherwise a convolution
-with the flipped kernel for stride 1 and PyTorch's own input-gradient kernel for the rest. Before the sweep a
-batch-norm (or any per-channel scale) right after a convolution or linear layer is folded into its weight, and a
-ReLU-like mask followed only by a max-pool is applied at the pooled positions (:meth:`Tape.plan`).
+gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_form`): a matrix product when
+the output is 1x1; on oneDNN (float32 on CPU), for 4 or more cotangents, a transposed convolution in channels-last
+layout, and for a strided convolution onto a few input channels (a stem) one stride-1 convolution per output phase;
+otherwise PyTorch's own input-gradient kernel (a convolution with the flipped kernel for stride 1 on oneDNN).
+Every other affine operation the capture accepts (permutes, indexing, padding, means, broadcasting products,
+splits, in-place writes, ...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op
+itself, vectorised over the R rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so
+it is taken at zeros). Before the sweep a batch-norm (or any per-channel scale) right after a convolution or linear
+layer is folded into its weight, and a ReLU-like mask followed only by a max-pool is applied at the pooled
+positions, each when it pays for the number of rows (:meth:`Tape.plan`).
 
-Memory: a cotangent is freed as soon as its operation has run; a rule whose cotangent is not shared with another
+Memory: the tape keeps shape-only stand-ins of the recorded tensors, not their values (:class:`Tape`); in the sweep
+a cotangent is freed as soon as its operation has run, and a rule whose cotangent is not shared with another
 tensor's (the sweep tracks ownership) multiplies and accumulates in place, so the working set is a few cotangents
-at a time, :func:`sweep_bytes` per requested row (the bound the caller sizes its class chunks with).
-Every other affine
-operation the capture accepts (permutes, indexing, padding, means, broadcasting products, splits, in-place writes,
-...) has the exact generic rule "vjp": the vector-Jacobian product of the recorded op itself, vectorised over the R
-rows with :func:`torch.func.vmap` (an affine op has the same VJP at every point, so it is taken at zeros).
+at a time: :func:`sweep_bytes` bounds it, and the caller sizes its chunks of rows with that bound.
 
 The sweep is exact or it does not run: an operation it cannot transpose (an ``out=`` argument, a read of a tensor
 after an in-place write into memory it shares with a view, an input-dependent 0-dim tensor) switches the tape off
@@ -310,14 +311,16 @@ def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ..
 
 def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
                onednn: bool) -> str:
-    """Which exact form :func:`_conv_t` takes. Measured on CPU with 2 threads, for R*N from 1 to 1000 (ResNet-18,
-    MobileNet-v1, LeNet-5): a GEMM when the output is 1x1 ("matmul"); on oneDNN, a strided convolution onto fewer
+    """Which exact form :func:`_conv_t` takes, as measured on CPU (1 and 2 threads) on the layers of ResNet-18 at
+    224x224 (R*N = 1 to 64 cotangents), MobileNet-v1 (16) and LeNet-5 (2560): a GEMM when the output is 1x1
+    ("matmul"); on oneDNN, a strided convolution onto fewer
     than 16 input channels as one stride-1 convolution per output phase ("phases", 1.7x faster than the transposed
     convolution for ResNet-18's stem) and layers with 16 or more channels as transposed convolutions in
     channels-last layout ("channels_last", 1.2-1.5x faster than in NCHW from R*N = 4 on, slower below, where
     they take PyTorch's input-gradient kernel as autograd does); one input channel and stride 1 (LeNet's
-    first layer) as GEMM + shifted adds ("planes"); otherwise stride 1 as a convolution with the flipped kernel
-    ("flipped") and the rest with PyTorch's input-gradient kernel ("backward", also the fastest in float64)."""
+    first layer) as GEMM + shifted adds ("planes"); on oneDNN, other stride-1 layers as a convolution with the
+    flipped kernel ("flipped"); the rest with PyTorch's input-gradient kernel ("backward": in float64 as fast as the
+    flipped form at 32 rows, 1.25x faster at 8, and without its whole-batch im2col buffer)."""
     stride, padding, dilation, groups = params
     plain = all(v == 1 for v in dilation)
     if groups == 1 and all(s == 1 for s in g_shape[2:]) and all(p == 0 for p in padding) and \
@@ -330,7 +333,10 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
             return "channels_last" if g_shape[0] >= 4 else "backward"
     if groups == 1 and all(s == 1 for s in stride) and plain and \
             all(p <= k - 1 for p, k in zip(padding, weight_shape[2:], strict=True)):
-        return "planes" if weight_shape[1] == 1 else "flipped"
+        if weight_shape[1] == 1:
+            return "planes"
+        if onednn:
+            return "flipped"
     return "backward"
 
 
@@ -368,7 +374,6 @@ def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     weight = node.data.get("weight", node.data["args"][1])
     params = _conv_params(node.data["func"], node.data["args"])
     form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn)
-    n = g.shape[0]
     if form == "phases":  # per chunk of cotangents: the padded cotangents and the phases
         stride, taps = params[0], [-(-k // s) for k, s in zip(weight.shape[2:], params[0], strict=True)]
         padded = math.prod(m + t + s for m, t, s in zip(g.shape[2:], taps, stride, strict=True))
@@ -376,8 +381,6 @@ def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     if form == "planes":  # per chunk: the cotangents in (C, B) order and one plane per kernel offset
         per = g[0].numel() + math.prod(weight.shape[2:]) * math.prod(g.shape[2:])
         return 2 * x.numel(), min(batch, _PLANES_CHUNK) * per
-    if form == "flipped" and not onednn:  # PyTorch's own im2col forward convolution: the whole batch's columns
-        return g.shape[1] * math.prod(weight.shape[2:]) * math.prod(x.shape[2:]) * n + x.numel(), 0
     return g.numel() + x.numel(), 0  # a layout copy of g, the result in the backend's layout
 
 
