@@ -1,6 +1,17 @@
-"""Structured layers and reference models."""
+"""Structured layers and reference models, one module per concept (names re-exported here).
 
-from . import models
+- :mod:`~cnnlens.nn.bases`: the Gaussian-derivative basis (the N-jet) of structured receptive fields (001, ch. 3).
+- :mod:`~cnnlens.nn.rfconv`: ``RFConv2d`` / ``RFConv3d``, convolutions over a fixed basis (eq. 23 of 001).
+- :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
+- :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
+"""
+
+from . import bases, models, rfconv, rfnets
+from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .models import get_model, list_models
+from .rfconv import RFConv2d, RFConv3d
+from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
 
-__all__ = ["get_model", "list_models", "models"]
+__all__ = ["RFNN", "GaussianBasis", "RFConv2d", "RFConv3d", "RFNiN", "bases", "basis_count", "cnn_b",
+           "gaussian_derivative_basis", "get_model", "kernel_size", "list_models", "models", "num_2d_filters",
+           "rfconv", "rfnets", "rfnin", "rfnn", "scale_schedule"]
