@@ -213,3 +213,19 @@ def test_stratified_subset_of_class_sorted_mnist5k_keeps_every_class():
         stratified_subset(train, 5000)
     with pytest.raises(TypeError, match="ArrayDataset"):
         stratified_subset(torch.utils.data.TensorDataset(train.images, train.labels), 10)
+
+
+def test_select_classes_relabels_in_the_given_order():
+    import torch
+
+    from cnnlens.data import ArrayDataset
+
+    data = ArrayDataset(torch.arange(12.0).view(6, 1, 1, 2), torch.tensor([0, 1, 2, 3, 2, 1]), 4, "t", "train")
+    picked = data.select_classes([2, 0])
+    assert picked.num_classes == 2
+    assert picked.labels.tolist() == [1, 0, 0]
+    assert picked.images[:, 0, 0, 0].tolist() == [0.0, 4.0, 8.0]
+    assert data.labels.tolist() == [0, 1, 2, 3, 2, 1]  # the original is untouched
+    for bad in ([], [1, 1], [4], [-1]):
+        with pytest.raises(ValueError, match="distinct labels in"):
+            data.select_classes(bad)

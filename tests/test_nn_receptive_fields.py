@@ -268,3 +268,58 @@ def test_rfconv_bad_input():
         RFConv3d(1, 2, 1, 1.0)(torch.randn(1, 8, 8))
     with pytest.raises(ValueError, match="scales of each basis layer"):
         rfnin(sigmas=())
+
+
+def test_scattering_baseline_imports_without_kymatio_torch_and_measures():
+    """kymatio's ``kymatio.torch`` pulls in the 3-D scattering (broken with scipy >= 1.17); the baseline imports the
+    2-D torch frontend only, on a fresh install, and its features have the J = 2 shape."""
+    import subprocess
+    import sys
+
+    code = ("from cnnlens.experiments._receptive import ScatteringSVM; import torch; "
+            "s = ScatteringSVM((28, 28)); "
+            "from cnnlens.data import ArrayDataset; "
+            "d = ArrayDataset(torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 0]), 2, 'x', 'train'); "
+            "print(s.features(d).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["(3,", "3969)"]
+
+
+def test_scattering_svm_separates_two_shifted_classes():
+    from cnnlens.data import ArrayDataset
+    from cnnlens.experiments._receptive import ScatteringSVM
+
+    torch.manual_seed(0)
+    bars = torch.zeros(40, 1, 28, 28)
+    labels = torch.arange(40) % 2
+    for i in range(40):
+        offset = int(torch.randint(4, 24, ()))
+        if labels[i]:
+            bars[i, 0, :, offset] = 1.0  # vertical bar
+        else:
+            bars[i, 0, offset, :] = 1.0  # horizontal bar
+    pool = ArrayDataset(bars[:30], labels[:30], 2, "bars", "train")
+    test = ArrayDataset(bars[30:], labels[30:], 2, "bars", "test")
+    errors = ScatteringSVM((28, 28)).errors(pool, [torch.arange(0, 30), torch.arange(0, 10)], test)
+    assert errors == [0.0, 0.0]
+
+
+def test_budget_epochs_follow_the_training_size():
+    from cnnlens.experiments._receptive import RFBudget
+
+    budget = RFBudget(images=8000, min_epochs=5, max_epochs=40)
+    assert [budget.epochs(n) for n in (100, 300, 1000, 4000)] == [40, 27, 8, 5]
+
+
+def test_alpha_statistics_read_fig5():
+    """A network whose high-order coefficients are small and whose last layer leans on the zero-order function."""
+    from cnnlens.experiments.basis_orders import _alpha_statistics
+
+    orders = (0, 1, 1, 2, 2, 2)
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.5, 1.0, (50, 6)) * np.array([0.2, 1, 1, 0.3, 0.3, 0.3])
+    last = rng.uniform(0.5, 1.0, (50, 6)) * np.array([3.0, 1, 1, 0.3, 0.3, 0.3])
+    stats = _alpha_statistics([(first, orders), (last, orders)], resamples=100, seed=0)
+    assert stats["alpha_ratio_high_low"] == pytest.approx(0.3, rel=0.1)
+    assert stats["alpha_zero_share_top"] > 2 > 0.5 > stats["alpha_zero_share_first"]
+    assert 0 < stats["alpha_ratio_high_low_se"] < 0.05

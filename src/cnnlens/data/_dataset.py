@@ -181,6 +181,16 @@ class ArrayDataset(Dataset[tuple[Tensor, Tensor]]):
                    if isinstance(getattr(self, f.name), Tensor)}
         return replace(self, **changes)
 
+    def select_classes(self, classes: Sequence[int]) -> ArrayDataset:
+        """The items of ``classes`` only, relabelled 0..len(classes)-1 in the order given (a smaller task)."""
+        wanted = [int(c) for c in classes]
+        if not wanted or len(set(wanted)) != len(wanted) or not all(0 <= c < self.num_classes for c in wanted):
+            raise ValueError(f"classes must be distinct labels in [0, {self.num_classes}), got {list(classes)}")
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.int64)
+        lookup[torch.tensor(wanted)] = torch.arange(len(wanted))
+        kept = self.subset(torch.nonzero(lookup[self.labels] >= 0).flatten())
+        return replace(kept, labels=lookup[kept.labels], num_classes=len(wanted))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "

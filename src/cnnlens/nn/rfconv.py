@@ -6,6 +6,12 @@ effective filters with one einsum and runs one convolution: by linearity this eq
 followed by a 1x1 recombination" (eq. 24, Fig. 4) and is the faster of the two on CPU (``benchmarks/bench_rfconv.py``
 measures both). ``to_conv()`` exports the layer to a plain ``nn.Conv2d`` / ``nn.Conv3d`` with the same output.
 
+By default (``normalize=True``) each basis function is scaled to unit L2 norm inside the layer, so that |alpha|
+measures a function's share of the effective filter whatever its order and scale (Fig. 5 of 001 compares |alpha|
+across orders), and a first-order optimiser such as Adam moves the effective filter by a comparable amount per step
+as it moves a free filter; ``normalize=False`` keeps the basis of :func:`~cnnlens.nn.bases.gaussian_derivative_basis`
+as it is.
+
 ``basis="free"`` keeps the same factorised layer but makes the basis a learned parameter (the "NiN-refactor"
 control of Table 2 of 001): one flag separates the effect of the Gaussian prior from that of the factorisation.
 """
@@ -45,7 +51,7 @@ class _RFConvNd(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas: float | Sequence[float] = 1.0,
                  *, size: int | None = None, k: float = 3.0, stride: _Size = 1, padding: _Size | None = None,
                  dilation: _Size = 1, groups: int = 1, bias: bool = True, basis: BasisKind = "gauss",
-                 zeroth_order: ZerothOrder = "every", scale_normalized: bool = True,
+                 zeroth_order: ZerothOrder = "every", scale_normalized: bool = True, normalize: bool = True,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
@@ -68,6 +74,8 @@ class _RFConvNd(nn.Module):
         self.padding = _tuple(self.kernel_size[0] // 2 if padding is None else padding, self._dim, "padding")
         self.dilation = _tuple(dilation, self._dim, "dilation")
         filters = gauss.filters
+        if normalize:
+            filters = filters / filters.flatten(1).norm(dim=1).view(-1, *([1] * self._dim))
         if basis == "free":
             norms = filters.flatten(1).norm(dim=1).view(-1, *([1] * self._dim))
             free = torch.randn(filters.shape, dtype=dtype)
