@@ -112,7 +112,7 @@ def test_semigroup_is_approximate_at_sigma_one():
 def test_rfconv_responses_are_the_scale_space_n_jet(dtype):
     """One-hot alpha gives the image's Gaussian derivative (eq. 19), as scipy computes it, in the interior."""
     torch.manual_seed(0)
-    layer = RFConv2d(1, 10, order=3, sigmas=1.5, bias=False, dtype=dtype)
+    layer = RFConv2d(1, 10, order=3, sigmas=1.5, bias=False, dtype=dtype, normalize=False)
     with torch.no_grad():
         layer.alpha.zero_()
         layer.alpha[torch.arange(10), 0, torch.arange(10)] = 1.0
@@ -323,3 +323,11 @@ def test_alpha_statistics_read_fig5():
     assert stats["alpha_ratio_high_low"] == pytest.approx(0.3, rel=0.1)
     assert stats["alpha_zero_share_top"] > 2 > 0.5 > stats["alpha_zero_share_first"]
     assert 0 < stats["alpha_ratio_high_low_se"] < 0.05
+
+
+def test_normalized_layer_basis_has_unit_norm_and_same_span():
+    raw = RFConv2d(2, 3, 3, (1.0, 2.0), normalize=False)
+    unit = RFConv2d(2, 3, 3, (1.0, 2.0))
+    norms = raw.basis.flatten(1).norm(dim=1)
+    assert torch.allclose(unit.basis.flatten(1).norm(dim=1), torch.ones(len(norms)), atol=1e-6)
+    assert torch.allclose(unit.basis * norms.view(-1, 1, 1), raw.basis, atol=1e-7)

@@ -106,18 +106,20 @@ class ScatteringSVM:
         self.images_per_s = len(data) / max(time.perf_counter() - start, 1e-9)
         return torch.cat(out).numpy()
 
-    def errors(self, pool: ArrayDataset, subsets: Sequence[torch.Tensor], test: ArrayDataset) -> list[float]:
-        """Test error of an SVM trained on each subset (indices into ``pool``; the features of every image some
-        subset uses are computed once)."""
+    def svm_error(self, features: np.ndarray, labels: np.ndarray, test_features: np.ndarray,
+                  test_labels: np.ndarray) -> float:
+        """Fit the standardised linear SVM on ``features`` and return its error rate on the test features."""
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
+        svm = make_pipeline(StandardScaler(), SVC(kernel="linear", C=self.C)).fit(features, labels)
+        return float(np.mean(svm.predict(test_features) != test_labels))
+
+    def errors(self, pool: ArrayDataset, subsets: Sequence[torch.Tensor], test: ArrayDataset) -> list[float]:
+        """Test error of an SVM trained on each subset (indices into ``pool``; the features of every image some
+        subset uses are computed once)."""
         needed = torch.unique(torch.cat(list(subsets)))  # sorted: a subset's rows are found by searchsorted
         pool_features, test_features = self.features(pool.subset(needed)), self.features(test)
-        errors = []
-        for rows in subsets:
-            svm = make_pipeline(StandardScaler(), SVC(kernel="linear", C=self.C))
-            svm.fit(pool_features[torch.searchsorted(needed, rows).numpy()], pool.labels[rows].numpy())
-            errors.append(float(np.mean(svm.predict(test_features) != test.labels.numpy())))
-        return errors
+        return [self.svm_error(pool_features[torch.searchsorted(needed, rows).numpy()], pool.labels[rows].numpy(),
+                               test_features, test.labels.numpy()) for rows in subsets]
