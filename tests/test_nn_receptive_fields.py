@@ -331,3 +331,18 @@ def test_normalized_layer_basis_has_unit_norm_and_same_span():
     norms = raw.basis.flatten(1).norm(dim=1)
     assert torch.allclose(unit.basis.flatten(1).norm(dim=1), torch.ones(len(norms)), atol=1e-6)
     assert torch.allclose(unit.basis * norms.view(-1, 1, 1), raw.basis, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_export_replaces_every_rfconv_by_an_equal_conv(dtype):
+    from cnnlens.nn import RFConv2d as RF
+    from cnnlens.nn import export
+
+    torch.manual_seed(0)
+    model = rfnin(order=2, sigmas=scale_schedule((1, 2, 4)), width=6).to(dtype).eval()
+    plain = export(model)
+    assert not any(isinstance(m, RF) for m in plain.modules())
+    assert any(isinstance(m, RF) for m in model.modules())  # the original is untouched
+    x = torch.rand(3, 1, 28, 28, dtype=dtype)
+    reference = model(x)
+    assert (plain(x) - reference).abs().max() <= 10 * TOL[dtype] * reference.abs().max()

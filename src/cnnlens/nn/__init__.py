@@ -9,9 +9,9 @@
 from . import bases, models, rfconv, rfnets
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .models import get_model, list_models
-from .rfconv import RFConv2d, RFConv3d
+from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
 
 __all__ = ["RFNN", "GaussianBasis", "RFConv2d", "RFConv3d", "RFNiN", "bases", "basis_count", "cnn_b",
-           "gaussian_derivative_basis", "get_model", "kernel_size", "list_models", "models", "num_2d_filters",
+           "export", "gaussian_derivative_basis", "get_model", "kernel_size", "list_models", "models", "num_2d_filters",
            "rfconv", "rfnets", "rfnin", "rfnn", "scale_schedule"]

@@ -18,6 +18,7 @@ control of Table 2 of 001): one flag separates the effect of the Gaussian prior 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 
 from .bases import GaussianBasis, ZerothOrder, gaussian_derivative_basis
 
-__all__ = ["RFConv2d", "RFConv3d"]
+__all__ = ["RFConv2d", "RFConv3d", "export"]
 
 BasisKind = Literal["gauss", "free"]
 _Size = int | Sequence[int]
@@ -165,3 +166,16 @@ class RFConv3d(_RFConvNd):
     _dim = 3
     _conv = staticmethod(F.conv3d)
     _plain = nn.Conv3d
+
+
+def export(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every RFConv layer replaced by its ``to_conv()``: plain PyTorch, the same function
+    (to rounding), no basis. The original model is left as it is."""
+    if isinstance(model, _RFConvNd):
+        return model.to_conv()
+    out = copy.deepcopy(model)
+    for child in list(out.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, _RFConvNd):
+                setattr(child, attr, sub.to_conv())
+    return out
