@@ -969,8 +969,8 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
             pre: Callable[[], Tensor], make_out: Callable[[Tensor], Tensor] | None, inplace_target: Tensor | None,
             slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False,
             select: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return ``make_out(mask)``
-    (None with ``zero_floor``).
+    """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return its output: the model's
+    own op on a pass at the points themselves, ``make_out(mask)`` on a masked pass (None with ``zero_floor``).
 
     The rule of the transposed sweep: ``slope = (h, s)`` when the output is ``h`` on the active piece and ``s * h``
     (plus a constant) on the other; ``select = (a, b)`` when it is ``a`` on the active piece and ``b`` on the other
