@@ -62,8 +62,8 @@ def main() -> None:
     results = _interleaved_ms(fns, args.repeats)
     print(f"LeNet-5, batch {args.batch}, 10 classes, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (median / min)")
-    fwd_med, fwd_min = results["forward"]
-    for name, (med, low) in results.items():
+    fwd_med, fwd_min, _, _ = results["forward"]
+    for name, (med, low, _, _) in results.items():
         print(f"  {name:36s} {med:9.2f} / {low:9.2f} ms   {med / fwd_med:6.2f}x / {low / fwd_min:6.2f}x forward")
     chk, unc = results["templates (B propagated, checked)"], results["templates (B = f(x) - A x)"]
     print(f"  cost of the check: {chk[0] / unc[0]:.2f}x / {chk[1] / unc[1]:.2f}x templates without it "

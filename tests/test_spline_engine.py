@@ -332,6 +332,8 @@ def test_convolution_transposes_match_jacobian(conv, shape):
     (nn.MaxPool2d((3, 2), (1, 2), (1, 0), (2, 1)), (1, 7, 6)),
     (nn.MaxPool1d(5, 1, 2), (2, 3)),  # window wider than the input: the arithmetic path
     (nn.MaxPool3d(2), (1, 4, 4, 4)),
+    (nn.MaxPool2d(3, 2, 1), (16, 32, 32)),  # from 2**14 elements on the capture pools a channels-last copy
+    (nn.MaxPool2d(2, ceil_mode=True), (8, 47, 47)),
 ])
 def test_argmax_codes_are_first_index_within_window(pool, shape):
     from cnnlens.spline._codes import pool_windows
