@@ -24,7 +24,8 @@ register ``idx_loader(name, {split: (FileSpec(images, md5), FileSpec(labels, md5
 file without a published checksum) with :func:`register_dataset`.
 
 Generators outside the registry (their targets are not class labels): :func:`boundary_blobs` (textured blobs and
-their boundaries, 001 sec. 4.4.2, cases I-III).
+their boundaries, 001 sec. 4.4.2, cases I-III) and :func:`load_bsds500` (BSDS500 from its standard layout in
+``DIR/bsds500/``, 001 sec. 4.4.3; never downloaded).
 
 Transforms (names or callables ``images -> images``, applied to the whole tensor in order): ``"pad32"``
 (28x28 -> 32x32 for LeNet-5), ``"reverse-polarity"`` (x -> 1 - x), ``"normalize"`` (per channel, with the
@@ -38,6 +39,7 @@ torch.Size([4000, 1, 32, 32])
 
 from . import _embedded, _scenes, _standard  # noqa: F401  (each registers its data sets)
 from ._blobs import BOUNDARY_CASES, BoundaryData, boundary_blobs
+from ._bsds import BSDS_SPLITS, BSDSData, load_bsds500
 from ._cifar import read_cifar_batch, read_cifar_meta
 from ._dataset import ArrayDataset, SceneDataset, class_counts, stratified_indices, stratified_subset
 from ._download import FileSpec, download_file, downloads_enabled, ensure_files, md5sum, verify_file
@@ -70,8 +72,11 @@ from ._transforms import TransformContext, get_transform, list_transforms, regis
 
 __all__ = [
     "BOUNDARY_CASES",
+    "BSDS_SPLITS",
+    "BSDSData",
     "BoundaryData",
     "boundary_blobs",
+    "load_bsds500",
     "CIFAR10_ARCHIVE",
     "CIFAR10_FILES",
     "CIFAR10_FOLDER",
