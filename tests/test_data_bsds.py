@@ -40,6 +40,8 @@ def test_reads_images_and_annotations_transposing_portraits(tmp_path):
     assert np.array_equal(data.annotations[0, 0].numpy(), a.sum(0))
     assert np.array_equal(data.annotations[1, 0].numpy(), b.sum(0).T)
     assert np.array_equal(data.boundaries[0, 0].numpy(), a.any(0))
+    assert np.array_equal(data.majority[0, 0].numpy(), a.sum(0) >= 2)  # 2 of 3
+    assert np.array_equal(data.majority[1, 0].numpy(), (b.sum(0) >= 3).T)  # 3 of 5
 
 
 def test_missing_and_corrupt_files_say_what_to_do(tmp_path):

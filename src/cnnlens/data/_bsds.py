@@ -42,6 +42,11 @@ class BSDSData:
         """Pixels that at least one annotator marks as boundary (bool, N x 1 x H x W)."""
         return self.annotations > 0
 
+    @property
+    def majority(self) -> torch.Tensor:
+        """Pixels that more than half of the annotators mark: the merged label of 001 sec. 4.4.2 (after [7])."""
+        return 2 * self.annotations > self.annotators.view(-1, 1, 1, 1)
+
     def __len__(self) -> int:
         return len(self.names)
 
