@@ -96,11 +96,11 @@ def _layer_steering(layer: _BasisConvNd, theta: float) -> torch.Tensor:
     present = set(zip(orders, sigmas, strict=True))
     for m, s in present:
         n = sum(m)
-        missing = [(n - i, i) for i in range(n + 1) if ((n - i, i), s) not in present]
+        missing = [(i, n - i) for i in range(n + 1) if ((i, n - i), s) not in present]
         if missing:
             raise ValueError(f"the layer's basis is not closed under rotation: order {n} at sigma {s:g} lacks "
                              f"{', '.join(derivative_label(q, s) for q in missing)}; steering needs every "
-                             "derivative of each order it holds (e.g. a Gaussian frame with order=...)")
+                             "derivative of each order it holds, e.g. frame('gaussian', size, order=n), the n-jet")
     full = steer(top, theta, dtype=torch.float64)
     position = {m: f for f, m in enumerate(derivative_orders(top, 2))}
     index = torch.tensor([position[m] for m in orders])
