@@ -311,3 +311,17 @@ def test_bad_input():
         steer_filter(RFConv2d(1, 1, basis="free"), 0.1)
     with pytest.raises(TypeError, match="got Linear"):
         steer_filter(torch.nn.Linear(2, 2), 0.1)
+
+
+def test_spline_engine_reads_a_frame_network_exactly():
+    """FrameConv2d builds its filter from parameters only: the spline engine's A equals jacrev in float64."""
+    from cnnlens.spline import affine_map
+
+    torch.manual_seed(0)
+    first, second = frame_schedule("image", 2)
+    layers = [FrameConv2d(1, 2, first, dtype=torch.float64), FrameConv2d(2, 2, second, dtype=torch.float64)]
+    model = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1], torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 8 * 8, 3, dtype=torch.float64))
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    jac = torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x).flatten(2)
+    assert (affine_map(model, x).A - jac).abs().max() <= 1e-10 * jac.abs().max()
