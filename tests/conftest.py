@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib
 import pytest
 import torch
+from torch.nn import functional as F
 
 matplotlib.use("Agg")
 
@@ -29,3 +30,22 @@ def _restore_torch_state():
     yield
     torch.set_default_dtype(default)
     torch.set_num_threads(threads)
+
+
+def factorised_forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The paper's Fig. 4 forward of a structured convolution (RFConv, FrameConv): convolve every input channel with
+    every basis function, then recombine the responses with the 1x1 weights alpha (eq. 24 of 001), written
+    independently of ``effective_weight``."""
+    dim = layer.basis.dim() - 1
+    conv = F.conv2d if dim == 2 else F.conv3d
+    n, c = x.shape[:2]
+    spatial = x.shape[2:]
+    flipped = layer.basis.flip(tuple(range(1, dim + 1)))
+    bank = flipped.unsqueeze(1)  # (F, 1, *k)
+    responses = conv(x.reshape(n * c, 1, *spatial), bank, None, layer.stride, layer.padding, layer.dilation)
+    responses = responses.reshape(n, layer.groups, c // layer.groups, layer.num_basis, *responses.shape[2:])
+    alpha = layer.alpha.reshape(layer.groups, layer.out_channels // layer.groups, c // layer.groups, -1)
+    out = torch.einsum("ngif...,goif->ngo...", responses, alpha).flatten(1, 2)
+    if layer.bias is not None:
+        out = out + layer.bias.view(1, -1, *([1] * len(spatial)))
+    return out

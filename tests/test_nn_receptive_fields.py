@@ -15,7 +15,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
-from torch.nn import functional as F
 
 from cnnlens.nn import (
     RFConv2d,
@@ -31,6 +30,7 @@ from cnnlens.nn import (
     scale_schedule,
 )
 from cnnlens.nn.bases import derivative_orders
+from conftest import factorised_forward
 
 DTYPES = [torch.float64, torch.float32]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -127,23 +127,6 @@ def test_rfconv_responses_are_the_scale_space_n_jet(dtype):
         assert np.abs(out[f][inner] - expected[inner]).max() <= 10 * TOL[dtype] * np.abs(expected).max()
 
 
-def _factorised(layer: RFConv2d | RFConv3d, x: torch.Tensor) -> torch.Tensor:
-    """The paper's Fig. 4 forward: convolve every input channel with every basis function, then recombine the
-    responses with the 1x1 weights alpha (eq. 24), written independently of ``effective_weight``."""
-    conv = F.conv2d if isinstance(layer, RFConv2d) else F.conv3d
-    n, c = x.shape[:2]
-    spatial = x.shape[2:]
-    flipped = layer.basis.flip(tuple(range(1, layer.basis.dim())))
-    bank = flipped.unsqueeze(1)  # (F, 1, *k)
-    responses = conv(x.reshape(n * c, 1, *spatial), bank, None, layer.stride, layer.padding, layer.dilation)
-    responses = responses.reshape(n, layer.groups, c // layer.groups, layer.num_basis, *responses.shape[2:])
-    alpha = layer.alpha.reshape(layer.groups, layer.out_channels // layer.groups, c // layer.groups, -1)
-    out = torch.einsum("ngif...,goif->ngo...", responses, alpha).flatten(1, 2)
-    if layer.bias is not None:
-        out = out + layer.bias.view(1, -1, *([1] * len(spatial)))
-    return out
-
-
 @settings(max_examples=40, deadline=None)
 @given(dim=st.sampled_from([2, 3]), groups=st.sampled_from([1, 2]), stride=st.integers(1, 2),
        order=st.integers(0, 3), sigma=st.sampled_from([0.7, 1.0, 1.3]), bias=st.booleans(),
@@ -158,7 +141,7 @@ def test_to_conv_equals_layer_and_factorised_forward(dim, groups, stride, order,
             layer.bias.normal_()
     x = torch.randn(2, 2 * groups, *([9] * dim), dtype=dtype)
     out = layer(x)
-    reference = _factorised(layer, x)
+    reference = factorised_forward(layer, x)
     exported = layer.to_conv()(x)
     assert type(layer.to_conv()) is (torch.nn.Conv2d if dim == 2 else torch.nn.Conv3d)
     scale = reference.abs().max()

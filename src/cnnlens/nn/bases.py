@@ -67,12 +67,14 @@ class GaussianBasis:
     @property
     def labels(self) -> tuple[str, ...]:
         """Readable names, e.g. ``G_xxy(1)`` for the third derivative d^3/dx^2 dy at sigma 1."""
-        axes = _AXES[self.dim]
-        names = []
-        for m, s in zip(self.orders, self.sigmas, strict=True):
-            sub = "".join(a * n for a, n in reversed(list(zip(axes, m, strict=True))))
-            names.append(f"G{'_' + sub if sub else ''}({s:g})")
-        return tuple(names)
+        return tuple(derivative_label(m, s) for m, s in zip(self.orders, self.sigmas, strict=True))
+
+
+def derivative_label(order: tuple[int, ...], sigma: float) -> str:
+    """The name of one Gaussian derivative, x first: (1, 2) at sigma 1 (d^3 / dx^2 dy) is ``G_xxy(1)``."""
+    axes = _AXES[len(order)]
+    sub = "".join(a * n for a, n in reversed(list(zip(axes, order, strict=True))))
+    return f"G{'_' + sub if sub else ''}({sigma:g})"
 
 
 def kernel_size(sigma: float, k: float = 3.0) -> int:

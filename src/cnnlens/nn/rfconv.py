@@ -42,18 +42,24 @@ def _tuple(value: _Size, dim: int, name: str) -> tuple[int, ...]:
     return out
 
 
-class _RFConvNd(nn.Module):
-    """Shared implementation of :class:`RFConv2d` and :class:`RFConv3d` (``_dim`` spatial axes)."""
+class _BasisConvNd(nn.Module):
+    """A convolution whose filters are learned combinations of a fixed filter stack (eqs. 23-24 of 001).
+
+    The shared machinery of every structured layer (:class:`RFConv2d`, :class:`RFConv3d`,
+    :class:`~cnnlens.nn.frames.FrameConv2d`): ``filters`` (F, *kernel_size) becomes the ``basis`` buffer (or, with
+    ``learn_basis=True``, a parameter with the same norms and random directions), ``alpha`` (out_channels,
+    in_channels / groups, F) the learned coefficients. With ``normalize=True`` each filter is scaled to unit L2 norm;
+    ``basis_scale`` (F,) keeps the factor applied to each one (ones without normalisation), so that
+    ``basis[f] = basis_scale[f] * filters[f]``.
+    """
 
     _dim: int
     _conv = staticmethod(F.conv2d)
     _plain: type[nn.Module]
 
-    def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas: float | Sequence[float] = 1.0,
-                 *, size: int | None = None, k: float = 3.0, stride: _Size = 1, padding: _Size | None = None,
-                 dilation: _Size = 1, groups: int = 1, bias: bool = True, basis: BasisKind = "gauss",
-                 zeroth_order: ZerothOrder = "every", scale_normalized: bool = True, normalize: bool = True,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, filters: torch.Tensor, *, stride: _Size = 1,
+                 padding: _Size | None = None, dilation: _Size = 1, groups: int = 1, bias: bool = True,
+                 normalize: bool = True, learn_basis: bool = False) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if not isinstance(value, int) or value < 1:
@@ -61,29 +67,23 @@ class _RFConvNd(nn.Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible "
                              f"by groups ({groups})")
-        if basis not in ("gauss", "free"):
-            raise ValueError(f"basis must be 'gauss' (the fixed Gaussian-derivative basis) or 'free' (the same "
-                             f"factorised layer with a learned basis), got {basis!r}")
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        gauss = gaussian_derivative_basis(order, sigmas, self._dim, size, k=k, zeroth_order=zeroth_order,
-                                          scale_normalized=scale_normalized, dtype=dtype)
+        dtype = filters.dtype
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.order, self.basis_kind, self.k, self.scale_normalized = order, basis, float(k), scale_normalized
-        self.orders, self.sigmas = gauss.orders, gauss.sigmas
-        self.kernel_size = tuple(gauss.filters.shape[1:])
+        self.kernel_size = tuple(filters.shape[1:])
         self.stride = _tuple(stride, self._dim, "stride")
         self.padding = _tuple(self.kernel_size[0] // 2 if padding is None else padding, self._dim, "padding")
         self.dilation = _tuple(dilation, self._dim, "dilation")
-        filters = gauss.filters
-        if normalize:
-            filters = filters / filters.flatten(1).norm(dim=1).view(-1, *([1] * self._dim))
-        if basis == "free":
-            norms = filters.flatten(1).norm(dim=1).view(-1, *([1] * self._dim))
+        norms = filters.flatten(1).norm(dim=1)
+        scale = 1.0 / norms if normalize else torch.ones_like(norms)
+        self.register_buffer("basis_scale", scale, persistent=False)
+        filters = filters * scale.view(-1, *([1] * self._dim))
+        if learn_basis:
             free = torch.randn(filters.shape, dtype=dtype)
-            self.basis = nn.Parameter(free / free.flatten(1).norm(dim=1).view_as(norms) * norms)
+            unit = free / free.flatten(1).norm(dim=1).view(-1, *([1] * self._dim))
+            self.basis = nn.Parameter(unit * filters.flatten(1).norm(dim=1).view(-1, *([1] * self._dim)))
         else:
             self.register_buffer("basis", filters)
-        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, len(gauss), dtype=dtype))
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, filters.shape[0], dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_channels, dtype=dtype)) if bias else None
         self.reset_parameters()
 
@@ -131,6 +131,27 @@ class _RFConvNd(nn.Module):
                 conv.bias.copy_(self.bias)
         return conv
 
+
+class _RFConvNd(_BasisConvNd):
+    """Shared implementation of :class:`RFConv2d` and :class:`RFConv3d` (``_dim`` spatial axes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas: float | Sequence[float] = 1.0,
+                 *, size: int | None = None, k: float = 3.0, stride: _Size = 1, padding: _Size | None = None,
+                 dilation: _Size = 1, groups: int = 1, bias: bool = True, basis: BasisKind = "gauss",
+                 zeroth_order: ZerothOrder = "every", scale_normalized: bool = True, normalize: bool = True,
+                 dtype: torch.dtype | None = None) -> None:
+        if basis not in ("gauss", "free"):
+            raise ValueError(f"basis must be 'gauss' (the fixed Gaussian-derivative basis) or 'free' (the same "
+                             f"factorised layer with a learned basis), got {basis!r}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        gauss = gaussian_derivative_basis(order, sigmas, self._dim, size, k=k, zeroth_order=zeroth_order,
+                                          scale_normalized=scale_normalized, dtype=dtype)
+        super().__init__(in_channels, out_channels, gauss.filters, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, normalize=normalize,
+                         learn_basis=basis == "free")
+        self.order, self.basis_kind, self.k, self.scale_normalized = order, basis, float(k), scale_normalized
+        self.orders, self.sigmas = gauss.orders, gauss.sigmas
+
     def gaussian_basis(self) -> GaussianBasis:
         """The layer's basis with its metadata (derivative orders and scale per function; with ``basis="free"`` the
         learned filters, labelled by the Gaussian derivatives they replaced)."""
@@ -169,13 +190,13 @@ class RFConv3d(_RFConvNd):
 
 
 def export(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every RFConv layer replaced by its ``to_conv()``: plain PyTorch, the same function
-    (to rounding), no basis. The original model is left as it is."""
-    if isinstance(model, _RFConvNd):
+    """A copy of ``model`` with every structured convolution (RFConv, FrameConv) replaced by its ``to_conv()``:
+    plain PyTorch, the same function (to rounding), no basis. The original model is left as it is."""
+    if isinstance(model, _BasisConvNd):
         return model.to_conv()
     out = copy.deepcopy(model)
     for child in list(out.modules()):
         for attr, sub in list(child.named_children()):
-            if isinstance(sub, _RFConvNd):
+            if isinstance(sub, _BasisConvNd):
                 setattr(child, attr, sub.to_conv())
     return out
