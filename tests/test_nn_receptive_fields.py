@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
+from torch.nn import functional as F
 
 from cnnlens.nn import (
     RFConv2d,

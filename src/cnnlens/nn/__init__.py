@@ -4,20 +4,55 @@
 - :mod:`~cnnlens.nn.rfconv`: ``RFConv2d`` / ``RFConv3d``, convolutions over a fixed basis (eq. 23 of 001).
 - :mod:`~cnnlens.nn.frames`: the frames of Fig. 9 of 001, their bounds (eq. 7) and ``FrameConv2d`` (eq. 24).
 - :mod:`~cnnlens.nn.steering`: rotating Gaussian-derivative filters by their coefficients (eq. 22 of 001).
+- :mod:`~cnnlens.nn.dynamic`: dynamic steerable two-factor blocks and static residual blocks (eq. 29 of 001).
 - :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
-from . import bases, frames, models, rfconv, rfnets, steering
+from . import bases, dynamic, frames, models, rfconv, rfnets, steering
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
+from .dynamic import BasisConv2d, DynamicSteerableBlock, StaticResidualBlock
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
 from .steering import steer, steer_filter
 
-__all__ = ["FRAMES", "RFNN", "Bounds", "Frame", "FrameBounds", "FrameConv2d", "GaussianBasis", "RFConv2d",
-           "RFConv3d", "RFNiN", "bases", "basis_count", "cnn_b", "export", "frame", "frame_bounds", "frame_schedule",
-           "frames", "gaussian_derivative_basis", "get_model", "kernel_size", "list_models", "models",
-           "num_2d_filters", "rfconv", "rfnets", "rfnin", "rfnn", "scale_schedule", "steer", "steer_filter",
-           "steering"]
+__all__ = [
+    "BasisConv2d",
+    "Bounds",
+    "DynamicSteerableBlock",
+    "FRAMES",
+    "Frame",
+    "FrameBounds",
+    "FrameConv2d",
+    "GaussianBasis",
+    "RFConv2d",
+    "RFConv3d",
+    "RFNN",
+    "RFNiN",
+    "StaticResidualBlock",
+    "bases",
+    "basis_count",
+    "cnn_b",
+    "dynamic",
+    "export",
+    "frame",
+    "frame_bounds",
+    "frame_schedule",
+    "frames",
+    "gaussian_derivative_basis",
+    "get_model",
+    "kernel_size",
+    "list_models",
+    "models",
+    "num_2d_filters",
+    "rfconv",
+    "rfnets",
+    "rfnin",
+    "rfnn",
+    "scale_schedule",
+    "steer",
+    "steer_filter",
+    "steering",
+]
