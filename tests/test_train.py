@@ -197,3 +197,26 @@ def test_lr_decay_without_the_exponential_schedule_is_an_error() -> None:
         fit(_model(), _data(), epochs=1, lr_decay=0.9, progress=False)
     with pytest.raises(ValueError, match="'constant', 'cosine' or 'exponential'"):
         fit(_model(), _data(), epochs=1, lr_schedule="step", progress=False)
+
+
+def test_fit_trains_per_pixel_labels_with_class_weights():
+    """Pixel-wise classification (logits (N, C, H, W), labels (N, H, W)) with class balancing trains and weighs."""
+    import torch
+    from torch import nn
+
+    from cnnlens.train import fit, seed_everything
+
+    torch.manual_seed(0)
+    images = torch.rand(32, 1, 8, 8)
+    labels = (images[:, 0] > 0.9).long()  # rare positive pixels
+    data = torch.utils.data.TensorDataset(images, labels)
+    recall = {}
+    for weights in (None, [0.1, 0.9]):
+        seed_everything(0)
+        model = nn.Conv2d(1, 2, 1)
+        fit(model, data, epochs=30, batch_size=8, lr=0.1, optimizer="adam", progress=False, class_weights=weights)
+        with torch.no_grad():
+            recall[weights is None] = float((model(images).argmax(1)[labels == 1] == 1).double().mean())
+    assert recall[False] > 0.9 > recall[True]  # balancing finds the rare pixels that the plain loss gives up on
+    with pytest.raises(ValueError, match="one finite non-negative weight per class"):
+        fit(nn.Conv2d(1, 2, 1), data, epochs=1, progress=False, class_weights=[1.0, -1.0])

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,7 @@ def fit(
     progress: bool = True,
     description: str = "training",
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy plus optional extra loss terms.
 
@@ -315,6 +316,9 @@ def fit(
     checkpoint_dir : where the per-epoch checkpoint is written and resumed from.
     progress : show a progress bar (named ``description``, with an ETA).
     on_epoch_end : called with each epoch's metrics after its checkpoint is written.
+    class_weights : per-class weights of the cross-entropy (class balancing, e.g. boundary pixels against the far
+        more numerous background pixels, 001 sec. 4.4.2). Labels may also be maps (N, H, W) for logits
+        (N, C, H, W): the loss is then per pixel, and ``train_acc`` counts correct pixels per image.
 
     Raises
     ------
@@ -338,11 +342,17 @@ def fit(
         raise ValueError("train_data is empty")
     extra_losses = _check_extra_losses(extra_losses)
     dtype = next(model.parameters()).dtype
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=dtype)
+        if weight.dim() != 1 or not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            raise ValueError(f"class_weights must be one finite non-negative weight per class, got {class_weights!r}")
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
               "weight_decay": weight_decay, "seed": seed,
               "extra_losses": {name: term.fingerprint() for name, term in sorted(extra_losses.items())},
-              "data": _data_digest(images, labels), "lr_schedule": lr_schedule}
+              "data": _data_digest(images, labels), "lr_schedule": lr_schedule,
+              **({"class_weights": [float(w) for w in weight]} if weight is not None else {})}
     if lr_schedule == "cosine":  # the schedule depends on the total, so a resume must keep it
         config["epochs"] = epochs
     if lr_schedule == "exponential":
@@ -381,7 +391,7 @@ def fit(
                 logits = model(x)
                 if epoch == start_epoch and step == 0:
                     _check_labels(logits, y)
-                loss = nn.functional.cross_entropy(logits, y)
+                loss = nn.functional.cross_entropy(logits, y, weight=weight)
                 total = loss
                 for name, term in extra_losses.items():
                     value = term(model)
