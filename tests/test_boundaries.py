@@ -62,3 +62,11 @@ def test_f_score_bad_input():
         boundary_f_score(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="NaN"):
         boundary_f_score(torch.full((1, 1, 8, 8), float("nan")), torch.zeros(1, 1, 8, 8, dtype=torch.bool))
+
+
+def test_bootstrap_se_of_the_ods_shrinks_with_more_images():
+    torch.manual_seed(0)
+    small, large = (boundary_blobs(n, "I", size=32, seed=0) for n in (8, 64))
+    se = [boundary_f_score(d.boundaries.float() + 1.5 * torch.rand(d.boundaries.shape), d.boundaries,
+                           resamples=200).ods_se for d in (small, large)]
+    assert 0 < se[1] < se[0]

@@ -39,6 +39,7 @@ class BoundaryScore:
     precision: float
     recall: float
     threshold: float
+    ods_se: float = float("nan")
 
 
 def _dilate(x: torch.Tensor, tolerance: int) -> torch.Tensor:
@@ -55,8 +56,11 @@ def _f(tp_p: np.ndarray, n_pred: np.ndarray, tp_r: np.ndarray, n_true: np.ndarra
 
 
 def boundary_f_score(scores: torch.Tensor, targets: torch.Tensor, *, tolerance: int = 1,
-                     thresholds: int = 49) -> BoundaryScore:
-    """ODS / OIS boundary F-score of ``scores`` (N, 1, H, W) against boolean ``targets`` of the same shape."""
+                     thresholds: int = 49, resamples: int = 0, seed: int = 0) -> BoundaryScore:
+    """ODS / OIS boundary F-score of ``scores`` (N, 1, H, W) against boolean ``targets`` of the same shape.
+
+    ``resamples > 0`` adds ``ods_se``, the standard deviation of the ODS over bootstrap resamples of the images.
+    """
     if scores.shape != targets.shape or scores.dim() != 4:
         raise ValueError(f"scores and targets must both have shape (N, 1, H, W); got {tuple(scores.shape)} and "
                          f"{tuple(targets.shape)}")
@@ -80,5 +84,8 @@ def boundary_f_score(scores: torch.Tensor, targets: torch.Tensor, *, tolerance: 
     choice = per_image.argmax(0)
     chosen = counts[:, choice, np.arange(len(scores))].sum(1)
     tp_p, n_pred, tp_r, n_true = counts[:, best].sum(1)
+    rng = np.random.default_rng(seed)
+    boots = [_f(*counts[:, :, rng.integers(0, len(scores), len(scores))].sum(2)).max() for _ in range(resamples)]
     return BoundaryScore(float(ods_f[best]), float(_f(*chosen)), float(tp_p / n_pred) if n_pred else 0.0,
-                         float(tp_r / n_true) if n_true else 0.0, float(levels[best]))
+                         float(tp_r / n_true) if n_true else 0.0, float(levels[best]),
+                         float(np.std(boots, ddof=1)) if resamples > 1 else float("nan"))
