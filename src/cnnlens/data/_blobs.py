@@ -4,8 +4,8 @@ Each image holds one random smooth blob on a background. The target is the blob'
 as in the text:
 
 - ``"I"``: binary (blob 1, background 0). The gradient magnitude finds the boundary.
-- ``"II"``: blob and background filled with two different textures (scikit-image's ``brick`` and ``grass``, standing
-  in for KTH-TIPS).
+- ``"II"``: blob and background filled with two different textures (scikit-image's ``brick`` and ``grass``, halved
+  to 256 x 256, standing in for KTH-TIPS).
 - ``"III"``: two textures that are hard to tell apart (``grass`` and ``gravel``). Both are standardised to the same
   mean and standard deviation, so that only their structure differs.
 
@@ -29,6 +29,7 @@ BOUNDARY_CASES: dict[str, tuple[str | None, str | None]] = {
     "I": (None, None), "II": ("brick", "grass"), "III": ("grass", "gravel"),
 }
 _MEAN, _STD = 0.5, 0.15  # every texture is standardised to this mean and standard deviation
+_TEXTURE_SCALE = 0.5  # the 512 x 512 textures are halved, so that a 64 x 64 image holds several texture periods
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ def _texture(name: str) -> np.ndarray:
     import skimage.data
     from skimage.util import img_as_float
 
-    image = img_as_float(getattr(skimage.data, name)())
+    from skimage.transform import rescale
+
+    image = rescale(img_as_float(getattr(skimage.data, name)()), _TEXTURE_SCALE, anti_aliasing=True)
     return (image - image.mean()) / image.std() * _STD + _MEAN
 
 
