@@ -70,3 +70,12 @@ def test_bootstrap_se_of_the_ods_shrinks_with_more_images():
     se = [boundary_f_score(d.boundaries.float() + 1.5 * torch.rand(d.boundaries.shape), d.boundaries,
                            resamples=200).ods_se for d in (small, large)]
     assert 0 < se[1] < se[0]
+
+
+def test_static_baseline_has_about_the_dynamic_blocks_parameter_count():
+    from cnnlens.experiments.steerable_blobs import _parameters, dynamic_block, static_network
+
+    for width in (8, 16, 32):
+        dynamic = _parameters(dynamic_block(width))
+        static = _parameters(static_network(dynamic))
+        assert abs(static - dynamic) / dynamic < 0.15, (width, dynamic, static)
