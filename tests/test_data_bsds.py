@@ -53,3 +53,23 @@ def test_missing_and_corrupt_files_say_what_to_do(tmp_path):
         load_bsds500("val", tmp_path)
     with pytest.raises(ValueError, match="split must be one of train, val, test"):
         load_bsds500("validation", tmp_path)
+
+
+def test_bsds_experiment_measures_on_files_in_the_data_folder(tmp_path):
+    """The experiment's data path runs end to end on BSDS-format files (here tiny random ones)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnlens.cli import app
+
+    for split, count in (("train", 2), ("val", 1), ("test", 2)):
+        for i in range(count):
+            _write(tmp_path, split, f"{split}{i}", (40, 48), 3, hash(split) % 100 + i)
+    result = CliRunner().invoke(app, ["run", "bsds-boundaries", "--quick", "--out", str(tmp_path / "runs"),
+                                      "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "bsds-boundaries" / "metrics.json").read_text())
+    for key in ("ods_dynamic", "ois_dynamic", "ods_static", "ois_static"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["n_test"] == 2 and metrics["n_train_images"] == 3

@@ -88,3 +88,13 @@ def test_dynamic_block_bad_input():
         DynamicSteerableBlock(2, 2)(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="order must be an integer in 0..4"):
         DynamicSteerableBlock(1, 1, order=5)
+
+
+def test_dynresnet_and_its_static_twin():
+    from cnnlens.nn import DynResNet
+
+    dynamic, static = DynResNet(width=4), DynResNet(width=4, dynamic=False)
+    x = torch.rand(2, 3, 20, 28)
+    assert dynamic(x).shape == static(x).shape == (2, 2, 20, 28)
+    assert sum(isinstance(m, DynamicSteerableBlock) for m in dynamic.modules()) == 2
+    assert not any(isinstance(m, DynamicSteerableBlock) for m in static.modules())

@@ -48,9 +48,8 @@ class BoundaryData:
 @functools.lru_cache(maxsize=4)
 def _texture(name: str) -> np.ndarray:
     import skimage.data
-    from skimage.util import img_as_float
-
     from skimage.transform import rescale
+    from skimage.util import img_as_float
 
     image = rescale(img_as_float(getattr(skimage.data, name)()), _TEXTURE_SCALE, anti_aliasing=True)
     return (image - image.mean()) / image.std() * _STD + _MEAN

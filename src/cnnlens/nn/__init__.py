@@ -11,7 +11,7 @@
 
 from . import bases, dynamic, frames, models, rfconv, rfnets, steering
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
-from .dynamic import BasisConv2d, DynamicSteerableBlock, StaticResidualBlock
+from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
@@ -21,6 +21,7 @@ from .steering import steer, steer_filter
 __all__ = [
     "BasisConv2d",
     "Bounds",
+    "DynResNet",
     "DynamicSteerableBlock",
     "FRAMES",
     "Frame",

@@ -28,7 +28,7 @@ from .bases import gaussian_derivative_basis
 from .rfconv import _BasisConvNd
 from .steering import steer
 
-__all__ = ["BasisConv2d", "DynamicSteerableBlock", "StaticResidualBlock"]
+__all__ = ["BasisConv2d", "DynResNet", "DynamicSteerableBlock", "StaticResidualBlock"]
 
 
 class BasisConv2d(_BasisConvNd):
@@ -118,3 +118,23 @@ class StaticResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+class DynResNet(nn.Module):
+    """The boundary network of sec. 4.4.2 of 001, at CPU width: Conv -> 2 x (DynResBlock -> StatResBlock) -> Conv,
+    then a 1x1 convolution to boundary / background logits per pixel. ``dynamic=False`` gives the static twin
+    ("ResNet (Ours-Static)"), with a StaticResidualBlock in place of every dynamic one."""
+
+    def __init__(self, in_channels: int = 3, width: int = 16, *, order: int = 2, sigma: float = 1.0,
+                 dynamic: bool = True) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()]
+        for _ in range(2):
+            first = (DynamicSteerableBlock(width, width, order=order, sigma=sigma, residual=True) if dynamic
+                     else StaticResidualBlock(width))
+            blocks += [first, nn.ReLU(), StaticResidualBlock(width), nn.ReLU()]
+        blocks += [nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * width, 2, 1)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
