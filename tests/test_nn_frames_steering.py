@@ -325,3 +325,33 @@ def test_spline_engine_reads_a_frame_network_exactly():
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     jac = torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x).flatten(2)
     assert (affine_map(model, x).A - jac).abs().max() <= 1e-10 * jac.abs().max()
+
+
+def test_scale_steering_follows_the_heat_equation_near_scale_one():
+    """G(s sigma) = G + (s^2 - 1) / 2 (G_xx + G_yy) + O((s - 1)^2) for scale-normalised derivatives (the diffusion
+    equation of scale space): the least-squares map's column for G has those coefficients at s = 1.05."""
+    from cnnlens.nn import steer_scale
+    from cnnlens.nn.bases import derivative_orders
+
+    s = 1.05
+    steering = steer_scale(2, s, sigma=2.0)
+    position = {m: f for f, m in enumerate(derivative_orders(2, 2))}
+    column = steering.matrix[:, position[(0, 0)]]
+    expected = (s**2 - 1) / 2
+    assert float(column[position[(0, 0)]]) == pytest.approx(1.0, abs=0.01)
+    assert float(column[position[(0, 2)]]) == pytest.approx(expected, rel=0.1)
+    assert float(column[position[(2, 0)]]) == pytest.approx(expected, rel=0.1)
+    assert float(column[position[(1, 1)]]) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_scale_steering_is_exact_at_one_and_degrades_with_the_scale():
+    from cnnlens.nn import steer_scale
+
+    identity = steer_scale(3, 1.0, sigma=1.5)
+    assert torch.allclose(identity.matrix, torch.eye(10, dtype=identity.matrix.dtype), atol=1e-10)
+    assert float(identity.residual.max()) < 1e-12
+    zero_order = [float(steer_scale(4, s, sigma=1.5).residual[0]) for s in (1.2, 1.5, 2.0)]
+    assert zero_order[0] < 0.02 < zero_order[1] < zero_order[2]  # the text's range 0.8-1.5 is where it holds
+    assert float(steer_scale(4, 0.8, sigma=1.5).residual[0]) < 0.02
+    with pytest.raises(ValueError, match="positive finite factor"):
+        steer_scale(2, 0.0)

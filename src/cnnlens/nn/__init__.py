@@ -16,7 +16,7 @@ from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, fram
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
-from .steering import steer, steer_filter
+from .steering import ScaleSteering, steer, steer_filter, steer_scale
 
 __all__ = [
     "BasisConv2d",
@@ -32,6 +32,7 @@ __all__ = [
     "RFConv3d",
     "RFNN",
     "RFNiN",
+    "ScaleSteering",
     "StaticResidualBlock",
     "bases",
     "basis_count",
@@ -55,5 +56,6 @@ __all__ = [
     "scale_schedule",
     "steer",
     "steer_filter",
+    "steer_scale",
     "steering",
 ]

@@ -24,15 +24,16 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .bases import MAX_ORDER, _check_order, derivative_label, derivative_orders
+from .bases import MAX_ORDER, _check_order, derivative_label, derivative_orders, gaussian_derivative_basis, kernel_size
 from .rfconv import _BasisConvNd
 
-__all__ = ["steer", "steer_filter"]
+__all__ = ["ScaleSteering", "steer", "steer_filter", "steer_scale"]
 
 _SIZES = {math.comb(n + 2, 2): n for n in range(MAX_ORDER + 1)}  # basis size F -> order
 
@@ -135,3 +136,33 @@ def steer_filter(weights: torch.Tensor | _BasisConvNd, theta: float | torch.Tens
                          f"Gaussian derivatives of orders <= 0..{MAX_ORDER}), got {shape}")
     matrix = steer(_SIZES[weights.shape[-1]], theta, dtype=weights.dtype).to(weights.device)
     return (matrix @ weights.unsqueeze(-1)).squeeze(-1)
+
+
+class ScaleSteering(NamedTuple):
+    """A scale steering map and how well it holds: ``matrix`` (F, F) maps coefficients over the basis at sigma to
+    those of the filter at scale * sigma; ``residual`` (F,) is each rescaled basis function's relative L2 error
+    in the span of the unscaled basis (0 would be exact)."""
+
+    matrix: torch.Tensor
+    residual: torch.Tensor
+
+
+def steer_scale(order: int, scale: float, sigma: float = 1.0, *, k: float = 3.0) -> ScaleSteering:
+    """Scale steering of Gaussian-derivative filters for small isotropic scalings (001 sec. 4.3.1: sigma 0.8-1.5).
+
+    Unlike rotation, a change of scale is not exactly steerable by a finite basis: a Gaussian derivative at
+    scale * sigma lies outside the span of the derivatives of orders <= ``order`` at sigma. The map returned is the
+    least-squares one. Each basis function at ``scale * sigma`` (same normalisation, on a grid wide enough for both
+    scales) is projected on the basis at ``sigma``. ``residual`` says how far each projection is off: it is small
+    near scale 1 and grows with |log scale| and with the order. Coefficients a of a filter at sigma become
+    ``matrix @ a``, the coefficients (over the basis at sigma) of the same filter rescaled.
+    """
+    _check_order(order)
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite factor, e.g. 1.2, got {scale!r}")
+    size = kernel_size(max(sigma, scale * sigma), k)
+    base = gaussian_derivative_basis(order, sigma, size=size, k=k).filters.flatten(1)
+    scaled = gaussian_derivative_basis(order, scale * sigma, size=size, k=k).filters.flatten(1)
+    solution = torch.linalg.lstsq(base.T, scaled.T).solution  # base.T @ solution ~ scaled.T
+    residual = (base.T @ solution - scaled.T).norm(dim=0) / scaled.norm(dim=1)
+    return ScaleSteering(solution, residual)
