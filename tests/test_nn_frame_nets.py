@@ -4,10 +4,15 @@ every arm the same random numbers (the pairing of the ``frames-compare`` experim
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
+from cnnlens.data import ArrayDataset
+from cnnlens.experiments import RunContext, get_experiment
+from cnnlens.experiments.frames_compare import CropFlip
 from cnnlens.nn import FrameConv2d, export, frame_resnet, frame_schedule, get_model
 from cnnlens.nn.frame_nets import num_conv3x3
 from cnnlens.train import seed_everything
@@ -68,3 +73,32 @@ def test_one_seed_gives_every_arm_the_same_random_numbers() -> None:
             scale = (framed.num_basis * energy / 9).sqrt()
             torch.testing.assert_close(framed.alpha * scale, plain.weight.flatten(2))
         torch.testing.assert_close(nets[kind].output.weight, nets["pixel"].output.weight)
+
+
+def test_crop_flip_crops_the_padded_image_in_training_only() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    augment = CropFlip(pad=2)
+    out, padded = augment(x), nn.functional.pad(x, (2,) * 4)
+    for n in range(len(x)):
+        crops = [padded[n, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[n], c) or torch.equal(out[n], c.flip(2)) for c in crops)
+    assert torch.equal(augment.eval()(x), x)
+
+
+def test_frames_compare_trains_on_cifar10_when_present(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CIFAR-10+ branch (crops and flips, three channels), on a CIFAR-shaped stand-in for the data folder."""
+    from cnnlens.experiments import frames_compare
+
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n: int, name: str) -> ArrayDataset:
+        return ArrayDataset(torch.rand(n, 3, 32, 32, generator=gen), torch.arange(n) % 10, 10, "cifar10", name)
+
+    monkeypatch.setattr(frames_compare, "load_cifar10", lambda ctx, purpose, transforms=(): (split(60, "train"),
+                                                                                           split(20, "test")))
+    quick = get_experiment("frames-compare").quick
+    result = frames_compare.run(replace(quick, seeds=2, cifar_train_size=40),
+                                RunContext(tmp_path, progress=False))
+    assert result.metrics["n_test"] == 20 and result.metrics["n_seeds"] == 2
+    assert all(s.startswith("CIFAR-10+ (crops and flips") for s in result.settings.values())
