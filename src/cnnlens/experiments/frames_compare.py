@@ -95,7 +95,7 @@ def _departures(cfg: FramesConfig, epochs: int) -> str:
     return (f"frame-resnet (SmallResNet: a 3x3 stem and three stages of {cfg.blocks} basic block(s), widths "
             f"{cfg.width}/{2 * cfg.width}/{4 * cfg.width}, {1 + 6 * cfg.blocks} 3x3 convolutions) for ResNet-110/164 "
             f"and DenseNets; Adam (lr {b.lr:g}, cosine decay, batch {b.batch_size}) for {epochs} epochs instead of "
-            f"SGD for 164 epochs; {cfg.seeds} paired seeds instead of 5 independent runs")
+            f"SGD for 164 epochs; {cfg.seeds} paired seed(s) (Table 6: 5 independent runs)")
 
 
 _SETTING = "mnist5k (4,000 / 1,000 real digits) for CIFAR-10+; " + _departures(_FULL, _FULL.budget.max_epochs)
