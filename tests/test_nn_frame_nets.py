@@ -40,11 +40,12 @@ def test_frames_per_layer_follow_the_schedule(kind: str, blocks: int) -> None:
         assert all(type(m) is nn.Conv2d for m in layers)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["pixel", "image", "naive"])
-def test_export_gives_an_equal_plain_model(kind: str, dtype: torch.dtype) -> None:
+def test_export_gives_an_equal_plain_model(kind: str, dtype: torch.dtype, normalize: bool) -> None:
     torch.manual_seed(0)
-    model = frame_resnet(frames=kind, width=4, in_channels=3, num_classes=5).to(dtype)
+    model = frame_resnet(frames=kind, width=4, in_channels=3, num_classes=5, normalize=normalize).to(dtype)
     for m in model.modules():  # non-trivial batch-norm statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -60,11 +61,12 @@ def test_export_gives_an_equal_plain_model(kind: str, dtype: torch.dtype) -> Non
     assert (out - ref).abs().max() <= TOL[dtype] * max(1.0, float(ref.abs().max()))
 
 
-def test_one_seed_gives_every_arm_the_same_random_numbers() -> None:
+@pytest.mark.parametrize("normalize", [False, True])
+def test_one_seed_gives_every_arm_the_same_random_numbers(normalize: bool) -> None:
     nets = {}
     for kind in ("pixel", "image", "naive"):
         seed_everything(3)
-        nets[kind] = frame_resnet(frames=kind, width=4)
+        nets[kind] = frame_resnet(frames=kind, width=4, normalize=normalize)
     pixel = _conv3x3(nets["pixel"])
     for kind in ("image", "naive"):
         for plain, framed in zip(pixel, _conv3x3(nets[kind]), strict=True):

@@ -40,16 +40,19 @@ def _pixel_conv(cin: int, cout: int, stride: int) -> nn.Conv2d:
 
 @register_model("frame-resnet")
 def frame_resnet(*, frames: str = "image", num_classes: int = 10, in_channels: int = 1, width: int = 16,
-                 blocks: int = 1) -> SmallResNet:
+                 blocks: int = 1, normalize: bool = False) -> SmallResNet:
     """The small ResNet with every 3x3 convolution over the frame of its layer (Table 6 of 001; see the module
     docstring). ``frames`` is a schedule of :func:`~cnnlens.nn.frames.frame_schedule`: ``"pixel"``, ``"image"``,
-    ``"naive"`` (or ``"gaussian"`` / ``"framelet"`` throughout). Each frame layer records its ``frame_name``."""
+    ``"naive"`` (or ``"gaussian"`` / ``"framelet"`` throughout). Each frame layer records its ``frame_name``.
+    ``normalize=True`` scales every frame filter to unit norm (FrameConv2d's option): the frames' overall scale
+    (vector frame bounds 0.004-0.25 for the Gaussian derivatives, 0.19-21 for the naive frame at 3x3) then no
+    longer acts as a per-layer learning-rate factor on the effective filters."""
     schedule = iter(frame_schedule(frames, num_conv3x3(blocks)))
 
     def conv(cin: int, cout: int, stride: int) -> nn.Module:
         name = next(schedule)
         if name == "pixel":
             return _pixel_conv(cin, cout, stride)
-        return FrameConv2d(cin, cout, name, 3, stride=stride, padding=1, bias=False)
+        return FrameConv2d(cin, cout, name, 3, stride=stride, padding=1, bias=False, normalize=normalize)
 
     return SmallResNet(num_classes, in_channels, width, blocks, conv)
