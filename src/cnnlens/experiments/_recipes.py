@@ -17,8 +17,8 @@ from ..nn.models import get_model
 from ..train import evaluate, seed_everything
 from ._registry import RunContext
 
-__all__ = ["AdamBudget", "Digits", "LeNetBudget", "Trained", "load_digits", "train_adam", "train_sgd",
-           "transforms_for"]
+__all__ = ["AdamBudget", "Digits", "LeNetBudget", "Trained", "load_cifar10", "load_digits", "train_adam",
+           "train_sgd", "transforms_for"]
 
 
 _MNIST_TRAIN = 60_000  # digits in MNIST's training split
@@ -83,6 +83,26 @@ def load_digits(ctx: RunContext, *, full_mnist: bool = False, train_size: int | 
     text = f"{used}: {len(train):,} training digits{part} / {len(test):,} test digits"
     ctx.log(text)
     return Digits(train, test, text, used == "mnist", "" if used == "mnist" else why)
+
+
+def load_cifar10(ctx: RunContext, purpose: str, *, transforms: tuple[str, ...] = ()
+                 ) -> tuple[ArrayDataset, ArrayDataset] | str:
+    """CIFAR-10's training and test splits from the data folder, or why this run does not have them (for
+    ``ExperimentResult.unmeasured`` or a claim's setting); ``purpose`` completes the logged sentence "CIFAR-10 is not
+    available, so ...".
+
+    A ``--quick`` run never loads CIFAR-10 (it cannot decide a claim, and a data folder without the files would
+    start a 170 MB download where the internet is reachable).
+    """
+    if ctx.quick:
+        return "a --quick run does not load CIFAR-10 (full configuration only)"
+    try:
+        return (load("cifar10", "train", ctx.data_dir, transforms=transforms),
+                load("cifar10", "test", ctx.data_dir, transforms=transforms))
+    except DataUnavailableError as err:
+        first = str(err).splitlines()[0].rstrip(":")
+        ctx.log(f"CIFAR-10 is not available, so {purpose}: {first}", warn=True)
+        return f"no CIFAR-10 files in the data folder: {first}"
 
 
 @dataclass(frozen=True)

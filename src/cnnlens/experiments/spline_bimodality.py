@@ -32,13 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import DataUnavailableError
-from ..data import ArrayDataset, load, stratified_subset
+from ..data import ArrayDataset, stratified_subset
 from ..nn.models import get_model
 from ..spline import histogram_overlap, plot_bimodality, templates
 from ..train import evaluate, seed_everything
 from ._claims import AtMost, Claim, Estimated, Greater, MeanError, Near
-from ._recipes import AdamBudget, train_adam
+from ._recipes import AdamBudget, load_cifar10, train_adam
 from ._registry import ExperimentResult, RunContext, register_experiment
 
 NUM_CLASSES = 10
@@ -205,22 +204,6 @@ def _analyse(ctx: RunContext, model: nn.Module, data: ArrayDataset, cfg: Bimodal
     return metrics, series
 
 
-def _cifar10(ctx: RunContext) -> tuple[ArrayDataset, ArrayDataset] | str:
-    """CIFAR-10's training and test splits from the data folder, or why this run does not have them.
-
-    A ``--quick`` run never loads CIFAR-10 (it cannot decide the comparison, and a data folder without the files
-    would start a 170 MB download where the internet is reachable).
-    """
-    if ctx.quick:
-        return "a --quick run does not train the CIFAR-10 network (full configuration only)"
-    try:
-        return load("cifar10", "train", ctx.data_dir), load("cifar10", "test", ctx.data_dir)
-    except DataUnavailableError as err:
-        first = str(err).splitlines()[0].rstrip(":")
-        ctx.log(f"CIFAR-10 is not available, so the MNIST-vs-CIFAR-10 claim is inconclusive: {first}", warn=True)
-        return f"no CIFAR-10 files in the data folder: {first}"
-
-
 def _settings(cfg: BimodalityConfig, train_size: int = 4000) -> dict[str, str]:
     """Each claim's setting for configuration ``cfg`` (``train_size`` MNIST digits trained on)."""
     if cfg.model == "large-cnn":
@@ -308,7 +291,7 @@ def run(cfg: BimodalityConfig, ctx: RunContext) -> ExperimentResult:
         metrics[key] = metrics[f"{key}_train"]
 
     unmeasured: dict[str, str] = {}
-    cifar = _cifar10(ctx)
+    cifar = load_cifar10(ctx, "the MNIST-vs-CIFAR-10 claim is inconclusive")
     if isinstance(cifar, str):
         for key in ("bimodality_overlap_cifar10", "bimodality_overlap_boot_sd_cifar10"):
             unmeasured[key] = cifar

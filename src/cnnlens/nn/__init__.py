@@ -3,15 +3,17 @@
 - :mod:`~cnnlens.nn.bases`: the Gaussian-derivative basis (the N-jet) of structured receptive fields (001, ch. 3).
 - :mod:`~cnnlens.nn.rfconv`: ``RFConv2d`` / ``RFConv3d``, convolutions over a fixed basis (eq. 23 of 001).
 - :mod:`~cnnlens.nn.frames`: the frames of Fig. 9 of 001, their bounds (eq. 7) and ``FrameConv2d`` (eq. 24).
+- :mod:`~cnnlens.nn.frame_nets`: the small ResNet over a frame per layer (Table 6 of 001), ``frame_resnet``.
 - :mod:`~cnnlens.nn.steering`: rotating Gaussian-derivative filters by their coefficients (eq. 22 of 001).
 - :mod:`~cnnlens.nn.dynamic`: dynamic steerable two-factor blocks and static residual blocks (eq. 29 of 001).
 - :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
-from . import bases, dynamic, frames, models, rfconv, rfnets, steering
+from . import bases, dynamic, frame_nets, frames, models, rfconv, rfnets, steering
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
+from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
@@ -24,6 +26,7 @@ __all__ = [
     "DynResNet",
     "DynamicSteerableBlock",
     "FRAMES",
+    "FRAME_ARMS",
     "Frame",
     "FrameBounds",
     "FrameConv2d",
@@ -41,6 +44,8 @@ __all__ = [
     "export",
     "frame",
     "frame_bounds",
+    "frame_nets",
+    "frame_resnet",
     "frame_schedule",
     "frames",
     "gaussian_derivative_basis",

@@ -111,8 +111,16 @@ class LeNet5(nn.Module):
         return self.output(self.act4(self.f6(x)))
 
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+#: builds a 3x3 convolution without bias, "same" padding: (in_channels, out_channels, stride) -> module
+Conv3x3 = Callable[[int, int, int], nn.Module]
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _conv_bn_relu(cin: int, cout: int, conv: Conv3x3 = _conv3x3) -> list[nn.Module]:
+    return [conv(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 class PlainCNN(nn.Module):
@@ -142,14 +150,15 @@ class PlainCNN(nn.Module):
 
 
 class _BasicBlock(nn.Module):
-    """Residual block: relu(x + bn(conv(relu(bn(conv(x)))))), with a 1x1 projection when the shape changes."""
+    """Residual block: relu(x + bn(conv(relu(bn(conv(x)))))), with a 1x1 projection when the shape changes.
+    ``conv`` builds the two 3x3 convolutions (plain ``nn.Conv2d`` by default)."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, conv: Conv3x3 = _conv3x3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = conv(cin, cout, stride)
         self.bn1 = nn.BatchNorm2d(cout)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = conv(cout, cout, 1)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
@@ -163,16 +172,18 @@ class _BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     """A small ResNet: stem conv -> three stages of ``blocks`` residual blocks (widths w, 2w, 4w; stride 2 between
-    stages) -> global average pool -> linear."""
+    stages) -> global average pool -> linear. ``conv`` builds every 3x3 convolution, in the order of the forward
+    pass (stem, then conv1 and conv2 of each block); the 1x1 projections stay plain."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks: int = 1,
+                 conv: Conv3x3 = _conv3x3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, width))
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, width, conv))
         stages: list[nn.Module] = []
         cin = width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(blocks):
-                stages.append(_BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                stages.append(_BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, conv))
                 cin = cout
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
