@@ -60,12 +60,16 @@ def layer_steps(repeats: int) -> None:
     base = training["nn.Conv2d"][0]
     print(f"training step, 16 -> 32 channels, 7x7, batch 128, 28x28, {torch.get_num_threads()} threads "
           f"({repeats} interleaved repeats, median / min ms):")
-    for name, (med, low) in training.items():
-        print(f"  {name:30s} {med:8.1f} / {low:8.1f} ms  {med / base:5.2f}x nn.Conv2d")
+    cpu_base = training["nn.Conv2d"][3]
+    for name, (med, low, _, cpu) in training.items():
+        print(f"  {name:30s} {med:8.1f} / {low:8.1f} ms  {med / base:5.2f}x nn.Conv2d "
+              f"(CPU time {cpu / cpu_base:5.2f}x)")
     base = inference["nn.Conv2d"][0]
     print("inference (no grad):")
-    for name, (med, low) in inference.items():
-        print(f"  {name:30s} {med:8.1f} / {low:8.1f} ms  {med / base:5.2f}x nn.Conv2d")
+    cpu_base = inference["nn.Conv2d"][3]
+    for name, (med, low, _, cpu) in inference.items():
+        print(f"  {name:30s} {med:8.1f} / {low:8.1f} ms  {med / base:5.2f}x nn.Conv2d "
+              f"(CPU time {cpu / cpu_base:5.2f}x)")
 
 
 def rfnn_vs_scattering(images: int) -> None:
