@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench_spline import _interleaved_ms  # the timing loop of the spline benchmark (same folder)
 from cnnlens.nn.models import resnet18
 from cnnlens.spline import affine_map, partition_codes
 
@@ -88,19 +88,6 @@ def peak(case: str, k: int, dtype: str, threads: int | None) -> dict[str, float]
     return json.loads(out.strip().splitlines()[-1])
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per function, timed round-robin (a load spike on the shared machine hits all
-    alike); the CPU time of the process is the sturdier measure when other jobs share the cores."""
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
-            for name, ts in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="1,10,100,1000", help="numbers of classes, comma-separated")
@@ -124,14 +111,16 @@ def main() -> None:
         with torch.no_grad():
             model(x)
 
-    interleaved({"forward": forward, "loop": lambda: autograd_loop(model, x, 10),
-                 "cnnlens": lambda: cnnlens_map(model, x, 10), "codes": lambda: partition_codes(model, x)}, 1)
+    _interleaved_ms({"forward": forward, "loop": lambda: autograd_loop(model, x, 10),
+                     "cnnlens": lambda: cnnlens_map(model, x, 10), "codes": lambda: partition_codes(model, x)}, 1,
+                    warmup=False)  # the warm-up of every case
     print(f"ResNet-18, {'x'.join(map(str, SHAPE))}, 1000 classes, float32, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved repeats ({5 * args.repeats} at "
           "K < 100, 1 at K >= 1000)")
-    codes = interleaved({"forward": forward, "codes": lambda: partition_codes(model, x)}, max(5, args.repeats))
-    (fwd, fwd_cpu), (cod, cod_cpu) = codes["forward"], codes["codes"]
-    print(f"  forward {1e3 * fwd:.1f} ms, partition_codes {1e3 * cod:.1f} ms: {cod / fwd:.2f}x forward "
+    codes = _interleaved_ms({"forward": forward, "codes": lambda: partition_codes(model, x)}, max(5, args.repeats),
+                            warmup=False)
+    (fwd, *_, fwd_cpu), (cod, *_, cod_cpu) = codes["forward"], codes["codes"]
+    print(f"  forward {fwd:.1f} ms, partition_codes {cod:.1f} ms: {cod / fwd:.2f}x forward "
           f"(CPU time {cod_cpu / fwd_cpu:.2f}x; target <= 1.3x)")
     print("  wall-clock seconds (CPU seconds of the process in parentheses, sturdier on a shared machine)")
     header = (f"  {'K':>5} | {'loop s':>15} | {'cnnlens s':>15} | {'cnnlens/loop':>14} | {'max rel diff':>12}"
@@ -143,9 +132,9 @@ def main() -> None:
         diff = float((cnnlens_map(model, x, k) - ref).abs().max() / ref.abs().max())
         del ref
         repeats = 1 if k >= 1000 else args.repeats if k >= 100 else 5 * args.repeats  # short runs vary most
-        t = interleaved({"loop": lambda k=k: autograd_loop(model, x, k),
-                         "cnnlens": lambda k=k: cnnlens_map(model, x, k)}, repeats)
-        (loop, loop_cpu), (ours, ours_cpu) = t["loop"], t["cnnlens"]
+        t = _interleaved_ms({"loop": lambda k=k: autograd_loop(model, x, k),
+                             "cnnlens": lambda k=k: cnnlens_map(model, x, k)}, repeats, warmup=False)
+        (loop, *_, loop_cpu), (ours, *_, ours_cpu) = ((v / 1e3 for v in t[name]) for name in ("loop", "cnnlens"))
         line = (f"  {k:>5} | {loop:>6.3f} ({loop_cpu:>6.3f}) | {ours:>6.3f} ({ours_cpu:>6.3f}) | "
                 f"{ours / loop:>5.2f}x ({ours_cpu / loop_cpu:.2f}x) | {diff:>12.1e}")
         if not args.no_memory:

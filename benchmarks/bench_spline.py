@@ -19,12 +19,13 @@ from cnnlens.nn.models import lenet5
 from cnnlens.spline import partition_codes, templates
 
 
-def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int
+def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = True
                     ) -> dict[str, tuple[float, float, float, float]]:
     """(median, min, max, median CPU time of the process) milliseconds per function, timed round-robin so that a
-    load spike on the shared machine hits every candidate alike (the CPU time is the sturdier measure there)."""
-    for fn in fns.values():
-        fn()  # warm-up
+    load spike on the shared machine hits every candidate alike (the CPU time is the sturdier measure there).
+    ``warmup`` runs each function once untimed first (off for runs of a minute, warmed up by the caller)."""
+    for fn in fns.values() if warmup else ():
+        fn()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

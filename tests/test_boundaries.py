@@ -73,7 +73,8 @@ def test_bootstrap_se_of_the_ods_shrinks_with_more_images():
 
 
 def test_static_baseline_has_about_the_dynamic_blocks_parameter_count():
-    from cnnlens.experiments.steerable_blobs import _parameters, dynamic_block, static_network
+    from cnnlens.experiments._boundaries import num_parameters as _parameters
+    from cnnlens.experiments.steerable_blobs import dynamic_block, static_network
 
     for width in (8, 16, 32):
         dynamic = _parameters(dynamic_block(width))

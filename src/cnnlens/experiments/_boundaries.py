@@ -19,7 +19,13 @@ from torch.nn import functional as F
 
 from ..nn import gaussian_derivative_basis
 
-__all__ = ["BoundaryScore", "boundary_f_score", "gradient_magnitude"]
+__all__ = ["BoundaryScore", "boundary_f_score", "gradient_magnitude", "num_parameters"]
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    """Learned parameters of a network (fixed bases are buffers and do not count), the size the networks of the
+    boundary experiments are matched and compared by."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def gradient_magnitude(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .._errors import DataUnavailableError
 from ..data import load_bsds500
 from ..nn import DynResNet
 from ..train import seed_everything
-from ._boundaries import boundary_f_score
+from ._boundaries import boundary_f_score, num_parameters
 from ._claims import AtLeast, Claim, Estimated, Greater
 from ._registry import ExperimentResult, RunContext, register_experiment
 
@@ -43,18 +43,14 @@ class BSDSConfig:
     max_test: int | None = None
 
 
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _architecture_figure(width: int) -> Figure:
     names, dynamic, static = [], [], []
     for i, (a, b) in enumerate(zip(DynResNet(width=width).net, DynResNet(width=width, dynamic=False).net,
                                    strict=True)):
-        if _parameters(a) or _parameters(b):
+        if num_parameters(a) or num_parameters(b):
             names.append(f"{i}: {type(a).__name__}")
-            dynamic.append(_parameters(a))
-            static.append(_parameters(b))
+            dynamic.append(num_parameters(a))
+            static.append(num_parameters(b))
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     x = np.arange(len(names))
     ax.bar(x - 0.2, dynamic, 0.4, label=f"DynResNet ({sum(dynamic):,})")
@@ -137,7 +133,7 @@ def run(cfg: BSDSConfig, ctx: RunContext) -> ExperimentResult:
         score = boundary_f_score(_probability(model.eval(), test_images), test_labels, resamples=cfg.resamples,
                                  seed=ctx.seed)
         metrics.update({f"ods_{arm}": score.ods, f"ois_{arm}": score.ois, f"ods_{arm}_se": score.ods_se,
-                        f"params_{arm}": float(_parameters(model))})
+                        f"params_{arm}": float(num_parameters(model))})
         ctx.log(f"{arm}: ODS {score.ods:.3f}, OIS {score.ois:.3f}")
     notes = (f"On {len(test_images)} BSDS500 test images: DynResNet ODS {metrics['ods_dynamic']:.3f} / OIS "
              f"{metrics['ois_dynamic']:.3f}, static twin ODS {metrics['ods_static']:.3f} / OIS "

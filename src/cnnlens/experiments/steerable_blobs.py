@@ -24,7 +24,7 @@ from torch import nn
 from ..data import BOUNDARY_CASES, BoundaryData, boundary_blobs
 from ..nn import DynamicSteerableBlock
 from ..train import seed_everything
-from ._boundaries import boundary_f_score, gradient_magnitude
+from ._boundaries import boundary_f_score, gradient_magnitude, num_parameters
 from ._claims import AllOf, Claim, Close, Estimated, Greater
 from ._registry import ExperimentResult, RunContext, register_experiment
 
@@ -54,10 +54,6 @@ def static_network(params: int) -> nn.Sequential:
     width = max(1, round((-29 + np.sqrt(29**2 + 36 * max(params - 2, 0))) / 18))  # 9 w^2 + 29 w + 2 parameters
     return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
                          nn.ReLU(), nn.Conv2d(width, 2, 3, padding=1))
-
-
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _boundary_probability(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -160,8 +156,9 @@ def run(cfg: BlobsConfig, ctx: RunContext) -> ExperimentResult:
         seed_everything(ctx.seed + k)
         dynamic = _train(ctx, f"dynamic-{case}", dynamic_block(cfg.pose_width), train, cfg)
         seed_everything(ctx.seed + k)
-        static = _train(ctx, f"static-{case}", static_network(_parameters(dynamic)), train, cfg)
-        metrics["params_dynamic"], metrics["params_static"] = float(_parameters(dynamic)), float(_parameters(static))
+        static = _train(ctx, f"static-{case}", static_network(num_parameters(dynamic)), train, cfg)
+        metrics["params_dynamic"] = float(num_parameters(dynamic))
+        metrics["params_static"] = float(num_parameters(static))
         scores = {"dynamic": _boundary_probability(dynamic, test.images),
                   "static": _boundary_probability(static, test.images),
                   "gradient": gradient_magnitude(test.images)}
