@@ -204,6 +204,24 @@ def _frozen_batch_norm(module: nn.Module) -> Iterator[None]:
                     b.copy_(old)
 
 
+def _stochastic(block: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in block.modules())
+
+
+@contextmanager
+def _replayed_rng(state: tuple[torch.Tensor, list[torch.Tensor]] | None, devices: list[torch.device]
+                  ) -> Iterator[None]:
+    """Run with the random state ``state`` of the forward pass; the global state is restored afterwards."""
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        for device, cuda_state in zip(devices, state[1], strict=True):
+            torch.cuda.set_rng_state(cuda_state, device)
+        yield
+
+
 def _split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = z.shape[1] // 2
     return z[:, :half], z[:, half:]
@@ -222,8 +240,9 @@ class _ReversibleStack(torch.autograd.Function):
         ctx.blocks, ctx.rng, ctx.devices = blocks, [], [z.device] if z.device.type == "cuda" else []
         x, xt = _split(z)
         with torch.no_grad():
-            for block in blocks:
-                ctx.rng.append((torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices]))
+            for block in blocks:  # the random state is kept only where F draws random numbers (dropout)
+                ctx.rng.append((torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices])
+                               if _stochastic(block) else None)
                 x, xt = block(x, xt)
             phi = torch.cat((x, xt), 1)
         ctx.save_for_backward(z, phi)  # z: the exact input of block 1 (the zero half of S~ (a) is not rebuilt)
@@ -240,10 +259,7 @@ class _ReversibleStack(torch.autograd.Function):
             block, state, down = ctx.blocks[index], ctx.rng[index], ctx.blocks[index].down
             xt = down.inverse(y) if index else _split(z)[1]
             params = [p for p in block.parameters() if p.requires_grad]
-            with torch.enable_grad(), torch.random.fork_rng(devices=ctx.devices), _frozen_batch_norm(block):
-                torch.set_rng_state(state[0])
-                for device, cuda_state in zip(ctx.devices, state[1], strict=True):
-                    torch.cuda.set_rng_state(cuda_state, device)
+            with torch.enable_grad(), _replayed_rng(state, ctx.devices), _frozen_batch_norm(block):
                 leaf = xt.detach().requires_grad_()
                 f = block.residual(leaf)
                 g_leaf, *g_params = torch.autograd.grad(f, [leaf, *params], gt, allow_unused=True)
