@@ -140,6 +140,17 @@ def test_memory_saving_trains_like_autograd_through_fit() -> None:
     assert 0 <= evaluate(model, data).accuracy <= 1
 
 
+def test_jacobian_with_memory_saving_and_under_torch_func() -> None:
+    torch.manual_seed(0)
+    model = _randomise(IRevNet(1, 3, blocks=(1, 1), mult=1), 0).double().eval()
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    reference = torch.autograd.functional.jacobian(model.phi, x).reshape(x.numel(), x.numel())
+    _, tangent = torch.func.jvp(model.phi, (x,), (torch.eye(x.numel(), dtype=x.dtype)[5].reshape(x.shape),))
+    torch.testing.assert_close(tangent.flatten(), reference[:, 5])
+    model.memory_saving = False
+    torch.testing.assert_close(torch.autograd.functional.jacobian(model.phi, x).reshape(reference.shape), reference)
+
+
 def _saved_bytes(model: IRevNet, x: torch.Tensor) -> int:
     total = 0
 

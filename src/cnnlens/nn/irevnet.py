@@ -287,7 +287,8 @@ class IRevNet(nn.Module):
     mult : the middle convolutions of F have ``out // mult`` channels (at least 1); 4 in sec. 6.3.2.
     dropout : dropout rate inside F (0: none).
     memory_saving : recompute the blocks' activations in the backward pass instead of storing them (sec. 6.3.2);
-        ``False`` uses ordinary autograd. Gradients are the same.
+        ``False`` uses ordinary autograd. Gradients are the same. First-order only (no double backward); under
+        ``torch.func`` transforms (jvp, vjp, jacrev, vmap) the blocks run with ordinary autograd.
     return_phi : ``forward`` returns (logits, Phi); ``False`` returns the logits only (what ``cnnlens.train.fit``,
         ``evaluate`` and the model registry expect). :meth:`phi` and :meth:`classify` give the two parts apart.
 
@@ -360,7 +361,9 @@ class IRevNet(nn.Module):
         self._check_input(x)
         z = self.split(x)
         params = [p for p in self.blocks.parameters() if p.requires_grad]
-        if self.memory_saving and torch.is_grad_enabled() and (z.requires_grad or params):
+        # under torch.func transforms (jvp, vmap, jacrev) plain autograd runs: the Function has no rule for them
+        if (self.memory_saving and torch.is_grad_enabled() and (z.requires_grad or params)
+                and torch._C._functorch.peek_interpreter_stack() is None):
             return _ReversibleStack.apply(z, self.blocks, *params)
         x0, xt = _split(z)
         for block in self.blocks:
