@@ -6,37 +6,50 @@
 - :mod:`~cnnlens.nn.frame_nets`: the small ResNet over a frame per layer (Table 6 of 001), ``frame_resnet``.
 - :mod:`~cnnlens.nn.steering`: rotating Gaussian-derivative filters by their coefficients (eq. 22 of 001).
 - :mod:`~cnnlens.nn.dynamic`: dynamic steerable two-factor blocks and static residual blocks (eq. 29 of 001).
+- :mod:`~cnnlens.nn.attribute_conv`: multidimensional convolutions along space and attributes (eqs. 31-37 of 001).
+- :mod:`~cnnlens.nn.hcnn`: the Hierarchical Attribute CNN (sec. 5.4 of 001) and attribute translations (eq. 38).
 - :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
+from . import attribute_conv, hcnn
 from . import bases, dynamic, frame_nets, frames, models, rfconv, rfnets, steering
+from .attribute_conv import AttributeConv, FactorisedAttributeConv
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
 from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
+from .hcnn import (AttributeNeighbors, HierarchicalCNN, ParameterCounts, attribute_translation_neighbors,
+                   hierarchical_cnn)
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
 from .steering import ScaleSteering, steer, steer_filter, steer_scale
 
 __all__ = [
+    "AttributeConv",
+    "AttributeNeighbors",
     "BasisConv2d",
     "Bounds",
     "DynResNet",
     "DynamicSteerableBlock",
     "FRAMES",
     "FRAME_ARMS",
+    "FactorisedAttributeConv",
     "Frame",
     "FrameBounds",
     "FrameConv2d",
     "GaussianBasis",
+    "HierarchicalCNN",
+    "ParameterCounts",
     "RFConv2d",
     "RFConv3d",
     "RFNN",
     "RFNiN",
     "ScaleSteering",
     "StaticResidualBlock",
+    "attribute_conv",
+    "attribute_translation_neighbors",
     "bases",
     "basis_count",
     "cnn_b",
@@ -50,6 +63,8 @@ __all__ = [
     "frames",
     "gaussian_derivative_basis",
     "get_model",
+    "hcnn",
+    "hierarchical_cnn",
     "kernel_size",
     "list_models",
     "models",
