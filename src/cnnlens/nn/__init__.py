@@ -12,15 +12,19 @@
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
-from . import attribute_conv, hcnn
-from . import bases, dynamic, frame_nets, frames, models, rfconv, rfnets, steering
+from . import attribute_conv, bases, dynamic, frame_nets, frames, hcnn, models, rfconv, rfnets, steering
 from .attribute_conv import AttributeConv, FactorisedAttributeConv
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
 from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
-from .hcnn import (AttributeNeighbors, HierarchicalCNN, ParameterCounts, attribute_translation_neighbors,
-                   hierarchical_cnn)
+from .hcnn import (
+                   AttributeNeighbors,
+                   HierarchicalCNN,
+                   ParameterCounts,
+                   attribute_translation_neighbors,
+                   hierarchical_cnn,
+)
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn

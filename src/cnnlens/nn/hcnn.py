@@ -308,7 +308,7 @@ def attribute_translation_neighbors(model: HierarchicalCNN, x: Tensor, depth: in
 def hierarchical_cnn(*, num_classes: int = 10, in_channels: int = 1, width: int = 8, depth: int = 6,
          downsample: Iterable[int] = (2, 4), attribute_kernel: Sequence[int] = (3, 5), q: int = 9,
          plus: bool = False, boundary: str | Sequence[str] = "zero") -> HierarchicalCNN:
-    """A CPU-sized Hierarchical Attribute CNN (K = 8, J = 6, s_2 = s_4 = 1, 3 x 5 attribute supports, Q = 9); the paper's
-    networks are :meth:`HierarchicalCNN.cifar10` and :meth:`HierarchicalCNN.cifar100`."""
+    """A CPU-sized Hierarchical Attribute CNN (K = 8, J = 6, s_2 = s_4 = 1, 3 x 5 attribute supports, Q = 9); the
+    paper's networks are :meth:`HierarchicalCNN.cifar10` and :meth:`HierarchicalCNN.cifar100`."""
     return HierarchicalCNN(in_channels, num_classes, width=width, depth=depth, downsample=downsample,
                            attribute_kernel=attribute_kernel, q=q, plus=plus, boundary=boundary)
