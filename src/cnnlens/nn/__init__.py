@@ -19,11 +19,11 @@ from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidu
 from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
 from .hcnn import (
-                   AttributeNeighbors,
-                   HierarchicalCNN,
-                   ParameterCounts,
-                   attribute_translation_neighbors,
-                   hierarchical_cnn,
+    AttributeNeighbors,
+    HierarchicalCNN,
+    ParameterCounts,
+    attribute_translation_neighbors,
+    hierarchical_cnn,
 )
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export

@@ -330,7 +330,7 @@ class FactorisedAttributeConv(_Geometry):
         conv = AttributeConv(self.in_attributes, self.out_features, self.attribute_kernel,
                              spatial_kernel=self.spatial_kernel, spatial_stride=self.spatial_stride,
                              attribute_stride=self.attribute_stride, marginal=self.marginal,
-                             boundary=self.boundary, bias=True)
+                             boundary=self.boundary, bias=True).to(self.h)
         bias = self.bias.detach().clone() if self.bias is not None else torch.zeros(self.out_features)
         if self.intermediate == "channel":
             norm = self.norm
@@ -344,7 +344,7 @@ class FactorisedAttributeConv(_Geometry):
             conv.weight.copy_(self.equivalent_weight())
             assert conv.bias is not None
             conv.bias.copy_(bias)
-        return conv.to(self.h)
+        return conv
 
     @classmethod
     def from_attribute_conv(cls, conv: AttributeConv, q: int) -> FactorisedAttributeConv:

