@@ -29,9 +29,9 @@ QS = (9, 16, 32)
 class QConfig:
     """Training images, the architecture (its ``q`` is replaced per arm), the budget, random filters checked."""
 
-    train_size: int = 1500
+    train_size: int = 1000
     arch: HCNNArch = field(default_factory=HCNNArch)
-    budget: RFBudget = RFBudget(images=6_000, min_epochs=4, max_epochs=30, lr=3e-3)
+    budget: RFBudget = RFBudget(images=5_000, min_epochs=4, max_epochs=30, lr=3e-3)
     rank_trials: int = 20
 
 
