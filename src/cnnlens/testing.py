@@ -6,6 +6,7 @@ Tolerances come from the dtype: relative 1e-10 in float64 and 1e-4 in float32.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-__all__ = ["assert_affine_exact", "default_tolerance", "offset_output"]
+__all__ = ["assert_affine_exact", "attribute_conv_reference", "default_tolerance", "offset_output"]
 
 _log = logging.getLogger(__name__)
 
@@ -258,3 +259,36 @@ def offset_output(model: nn.Module, x: Tensor, *, rtol: float | None = None) -> 
             "batch-norm without affine parameters); compare with cnnlens.spline.affine_map's B only on models "
             "without them.")
     return jb.detach()
+
+
+def attribute_conv_reference(x: Tensor, weight: Tensor, *, marginal: bool = False, spatial_stride: int = 1,
+                             attribute_stride: int = 2, boundary: tuple[str, ...] | str = "zero") -> Tensor:
+    """Eqs. 31/33/35 of 001 by explicit sums over the filter taps (the reference of the attribute convolutions).
+
+    ``x``: ``(B, *attributes, H, W)``; ``weight``: ``(F, *attribute_kernel, k, k)`` with one or two convolved
+    attribute axes (after the marginal sum over the first attribute when ``marginal``). For every tap
+    ``(i_1, .., k_u1, k_u2)`` the input value read by each output position ``n`` along each axis is
+    ``x[stride n + i - size // 2]`` (modulo the axis for a periodic boundary, zero outside for a zero one), times the
+    tap's weight; the taps are summed one by one. Returns ``(B, *attributes / stride, F, H / s, W / s)``.
+    """
+    z = x.sum(1) if marginal else x
+    n_attr = weight.ndim - 3
+    sizes = z.shape[1:]
+    strides = (attribute_stride,) * n_attr + (spatial_stride, spatial_stride)
+    bounds = (boundary,) * (n_attr + 1) if isinstance(boundary, str) else tuple(boundary)
+    bounds = bounds[:-1] + (bounds[-1], bounds[-1])
+    kernel = weight.shape[1:]
+    out_sizes = [n // s for n, s in zip(sizes, strides, strict=True)]
+    out = z.new_zeros(z.shape[0], *out_sizes, weight.shape[0])
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        value = z
+        for axis, (i, k, n, s, b) in enumerate(zip(tap, kernel, sizes, strides, bounds, strict=True)):
+            pos = torch.arange(n // s) * s + i - k // 2
+            inside = (pos >= 0) & (pos < n)
+            value = value.index_select(axis + 1, pos % n)
+            if b == "zero":
+                shape = [1] * value.ndim
+                shape[axis + 1] = -1
+                value = value * inside.view(shape).to(value.dtype)
+        out = out + value.unsqueeze(-1) * weight[(slice(None), *tap)]
+    return out.movedim(-1, n_attr + 1)

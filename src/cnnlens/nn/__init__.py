@@ -7,15 +7,25 @@
 - :mod:`~cnnlens.nn.steering`: rotating Gaussian-derivative filters by their coefficients (eq. 22 of 001).
 - :mod:`~cnnlens.nn.dynamic`: dynamic steerable two-factor blocks and static residual blocks (eq. 29 of 001).
 - :mod:`~cnnlens.nn.irevnet`: the i-RevNet, its invertible down-sampling and exact inverse (eq. 39 of 001, ch. 6).
+- :mod:`~cnnlens.nn.attribute_conv`: multidimensional convolutions along space and attributes (eqs. 31-37 of 001).
+- :mod:`~cnnlens.nn.hcnn`: the Hierarchical Attribute CNN (sec. 5.4 of 001) and attribute translations (eq. 38).
 - :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
-from . import bases, dynamic, frame_nets, frames, irevnet, models, rfconv, rfnets, steering
+from . import attribute_conv, bases, dynamic, frame_nets, frames, hcnn, irevnet, models, rfconv, rfnets, steering
+from .attribute_conv import AttributeConv, FactorisedAttributeConv
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
 from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
+from .hcnn import (
+    AttributeNeighbors,
+    HierarchicalCNN,
+    ParameterCounts,
+    attribute_translation_neighbors,
+    hierarchical_cnn,
+)
 from .irevnet import (
     InvertibleDownsampling,
     IRevBlock,
@@ -31,19 +41,24 @@ from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
 from .steering import ScaleSteering, steer, steer_filter, steer_scale
 
 __all__ = [
+    "AttributeConv",
+    "AttributeNeighbors",
     "BasisConv2d",
     "Bounds",
     "DynResNet",
     "DynamicSteerableBlock",
     "FRAMES",
     "FRAME_ARMS",
+    "FactorisedAttributeConv",
     "Frame",
     "FrameBounds",
     "FrameConv2d",
     "GaussianBasis",
+    "HierarchicalCNN",
     "IRevBlock",
     "IRevNet",
     "InvertibleDownsampling",
+    "ParameterCounts",
     "RFConv2d",
     "RFConv3d",
     "RFNN",
@@ -51,6 +66,8 @@ __all__ = [
     "ScaleSteering",
     "SplittingOperator",
     "StaticResidualBlock",
+    "attribute_conv",
+    "attribute_translation_neighbors",
     "bases",
     "basis_count",
     "cnn_b",
@@ -66,6 +83,8 @@ __all__ = [
     "frames",
     "gaussian_derivative_basis",
     "get_model",
+    "hcnn",
+    "hierarchical_cnn",
     "irevnet",
     "kernel_size",
     "list_models",
