@@ -47,8 +47,8 @@ class Features:
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of the model's parameters (float32 for a model without parameters)."""
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    """The floating dtype of the model's parameters, else of its buffers (float32 for a model with neither)."""
+    param = next((p for p in (*model.parameters(), *model.buffers()) if p.is_floating_point()), None)
     return param.dtype if param is not None else torch.float32
 
 
