@@ -6,15 +6,25 @@
 - :mod:`~cnnlens.nn.frame_nets`: the small ResNet over a frame per layer (Table 6 of 001), ``frame_resnet``.
 - :mod:`~cnnlens.nn.steering`: rotating Gaussian-derivative filters by their coefficients (eq. 22 of 001).
 - :mod:`~cnnlens.nn.dynamic`: dynamic steerable two-factor blocks and static residual blocks (eq. 29 of 001).
+- :mod:`~cnnlens.nn.irevnet`: the i-RevNet, its invertible down-sampling and exact inverse (eq. 39 of 001, ch. 6).
 - :mod:`~cnnlens.nn.rfnets`: the RFNN, its plain twin CNN-B and the RFNiN (sec. 3.3.4 and 3.4 of 001).
 - :mod:`~cnnlens.nn.models`: the reference CNNs (LeNet-5, plain CNNs, ResNets, VGG, MobileNet) and the registry.
 """
 
-from . import bases, dynamic, frame_nets, frames, models, rfconv, rfnets, steering
+from . import bases, dynamic, frame_nets, frames, irevnet, models, rfconv, rfnets, steering
 from .bases import GaussianBasis, basis_count, gaussian_derivative_basis, kernel_size, scale_schedule
 from .dynamic import BasisConv2d, DynamicSteerableBlock, DynResNet, StaticResidualBlock
 from .frame_nets import FRAME_ARMS, frame_resnet
 from .frames import FRAMES, Bounds, Frame, FrameBounds, FrameConv2d, frame, frame_bounds, frame_schedule
+from .irevnet import (
+    InvertibleDownsampling,
+    IRevBlock,
+    IRevNet,
+    SplittingOperator,
+    comparable_resnet,
+    depth_to_space,
+    space_to_depth,
+)
 from .models import get_model, list_models
 from .rfconv import RFConv2d, RFConv3d, export
 from .rfnets import RFNN, RFNiN, cnn_b, num_2d_filters, rfnin, rfnn
@@ -31,15 +41,21 @@ __all__ = [
     "FrameBounds",
     "FrameConv2d",
     "GaussianBasis",
+    "IRevBlock",
+    "IRevNet",
+    "InvertibleDownsampling",
     "RFConv2d",
     "RFConv3d",
     "RFNN",
     "RFNiN",
     "ScaleSteering",
+    "SplittingOperator",
     "StaticResidualBlock",
     "bases",
     "basis_count",
     "cnn_b",
+    "comparable_resnet",
+    "depth_to_space",
     "dynamic",
     "export",
     "frame",
@@ -50,6 +66,7 @@ __all__ = [
     "frames",
     "gaussian_derivative_basis",
     "get_model",
+    "irevnet",
     "kernel_size",
     "list_models",
     "models",
@@ -59,6 +76,7 @@ __all__ = [
     "rfnin",
     "rfnn",
     "scale_schedule",
+    "space_to_depth",
     "steer",
     "steer_filter",
     "steer_scale",
