@@ -14,7 +14,8 @@ ImageNet. Two paths:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,22 @@ def _flat_map(model: nn.Module, shape: tuple[int, ...], layer: str | None) -> Ca
     return phi
 
 
+@contextmanager
+def _plain_autograd(model: nn.Module) -> Iterator[None]:
+    """Turn off memory-saving recomputation (a ``memory_saving`` flag, as on :class:`cnnlens.nn.IRevNet`) inside: its
+    custom autograd Function has no ``setup_context``, so torch.func transforms cannot run through it; with the
+    flag off the model computes the same function with ordinary autograd."""
+    flagged = [m for m in model.modules() if isinstance(getattr(m, "memory_saving", None), bool)]
+    saved = [m.memory_saving for m in flagged]
+    try:
+        for m in flagged:
+            m.memory_saving = False
+        yield
+    finally:
+        for m, flag in zip(flagged, saved, strict=True):
+            m.memory_saving = flag
+
+
 def _orthonormal(y: Tensor) -> Tensor:
     return torch.linalg.qr(y).Q
 
@@ -119,25 +136,31 @@ def jacobian_spectrum(model: nn.Module, x: Tensor, k: int | None = None, *, laye
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            dim_out = int(phi(v).numel())
-        dim_in = int(v.numel())
-        full = method == "full" or (method == "auto" and dim_in * dim_out <= FULL_LIMIT)
-        if full:
-            jac = torch.func.jacrev(phi, chunk_size=256)(v)
-            values = torch.linalg.svdvals(jac.detach()).double().numpy()
-            total, exact = float(np.sum(values**2)), True
-        else:
-            if k is None or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(dim_in, dim_out):
-                raise ValueError(f"the randomized path needs k, the number of singular values, an int in "
-                                 f"[1, {min(dim_in, dim_out)}]; received {k!r}. (method='full' forms the "
-                                 f"{dim_out} x {dim_in} Jacobian instead.)")
-            values, total = _randomized(phi, v, k, oversample, power_iters, probes, seed)
-            exact = False
+        with _plain_autograd(model):
+            values, total, full, dim_in, dim_out = _spectrum(phi, v, k, method, oversample, power_iters, probes, seed)
     finally:
         model.train(was_training)
-    return Spectrum(values, dim_in, dim_out, total, exact, "full" if full else "randomized",
+    return Spectrum(values, dim_in, dim_out, total, full, "full" if full else "randomized",
                     energy_count(values, total, 0.80), energy_count(values, total, 0.97))
+
+
+def _spectrum(phi: Callable[[Tensor], Tensor], v: Tensor, k: int | None, method: str, oversample: int,
+              power_iters: int, probes: int, seed: int) -> tuple[np.ndarray, float, bool, int, int]:
+    """(singular values, total energy, whether full, D_in, D_out) of the Jacobian of phi at v."""
+    with torch.no_grad():
+        dim_out = int(phi(v).numel())
+    dim_in = int(v.numel())
+    full = method == "full" or (method == "auto" and dim_in * dim_out <= FULL_LIMIT)
+    if full:
+        jac = torch.func.jacrev(phi, chunk_size=256)(v)
+        values = torch.linalg.svdvals(jac.detach()).double().numpy()
+        return values, float(np.sum(values**2)), True, dim_in, dim_out
+    if k is None or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(dim_in, dim_out):
+        raise ValueError(f"the randomized path needs k, the number of singular values, an int in "
+                         f"[1, {min(dim_in, dim_out)}]; received {k!r}. (method='full' forms the "
+                         f"{dim_out} x {dim_in} Jacobian instead.)")
+    values, total = _randomized(phi, v, k, oversample, power_iters, probes, seed)
+    return values, total, False, dim_in, dim_out
 
 
 def _randomized(phi: Callable[[Tensor], Tensor], v: Tensor, k: int, oversample: int, power_iters: int, probes: int,

@@ -57,12 +57,12 @@ def pca_separability(features: Features, dims: Sequence[int], *, cv_size: int = 
     pca = PCA(n_components=max(dims), random_state=seed).fit(train)
     z_train, z_test = pca.transform(train), pca.transform(test)
     ratios = np.cumsum(pca.explained_variance_ratio_)
+    full = linear_and_nn_accuracy(features, cv_size=cv_size, folds=folds, seed=seed)
     linear, nearest = [], []
     for d in dims:
         projected = replace(features, train=z_train[:, :d], test=z_test[:, :d])
-        acc = linear_and_nn_accuracy(projected, cv_size=cv_size, folds=folds, seed=seed, standardise=False)
+        acc = linear_and_nn_accuracy(projected, standardise=False, svm_c=full[2])
         linear.append(acc[0])
         nearest.append(acc[1])
-    full = linear_and_nn_accuracy(features, cv_size=cv_size, folds=folds, seed=seed)
     return PCASeparability(features.layer, tuple(int(d) for d in dims), tuple(linear), tuple(nearest),
                            tuple(float(ratios[d - 1]) for d in dims), full[0], full[1])

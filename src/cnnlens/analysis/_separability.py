@@ -24,7 +24,7 @@ from torch import nn
 from ..data import stratified_indices
 from ._features import Data, Features, spatial_features
 
-__all__ = ["C_GRID", "Separability", "layerwise_separability", "linear_and_nn_accuracy"]
+__all__ = ["C_GRID", "Separability", "cross_validated_c", "layerwise_separability", "linear_and_nn_accuracy"]
 
 #: the SVM's regularisation constants tried by the cross-validation
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -44,38 +44,37 @@ class Separability:
     n_test: int
 
 
-def _linear_svm(x: np.ndarray, y: np.ndarray, cv_size: int, folds: int, seed: int) -> LinearSVC:
-    """A LinearSVC whose C is cross-validated (``folds``-fold, stratified) on a class-stratified subset of
-    ``cv_size`` training rows, then refitted on all of them."""
+def cross_validated_c(x: np.ndarray, y: np.ndarray, cv_size: int, folds: int, seed: int) -> float:
+    """The C of :data:`C_GRID` with the best ``folds``-fold (stratified) cross-validated accuracy of a LinearSVC on
+    a class-stratified subset of ``cv_size`` training rows (1.0 when a class has too few rows to cross-validate)."""
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(f"the training labels hold one class ({classes.tolist()}); a classifier needs two or more.")
-    size = min(cv_size, len(y))
-    sub = stratified_indices(torch.as_tensor(y), size, seed=seed).numpy()
+    sub = stratified_indices(torch.as_tensor(y), min(cv_size, len(y)), seed=seed).numpy()
     folds = min(folds, int(np.unique(y[sub], return_counts=True)[1].min()))
-    if folds >= 2:
-        search = GridSearchCV(LinearSVC(dual="auto", max_iter=5000), {"C": list(C_GRID)},
-                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-        search.fit(x[sub], y[sub])
-        c = float(search.best_params_["C"])
-    else:  # too few samples per class to cross-validate: the default constant
-        c = 1.0
-    return LinearSVC(C=c, dual="auto", max_iter=5000).fit(x, y)
+    if folds < 2:
+        return 1.0
+    search = GridSearchCV(LinearSVC(dual="auto", max_iter=5000), {"C": list(C_GRID)},
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    search.fit(x[sub], y[sub])
+    return float(search.best_params_["C"])
 
 
 def linear_and_nn_accuracy(features: Features, *, cv_size: int = 1000, folds: int = 3, seed: int = 0,
-                           standardise: bool = True) -> tuple[float, float, float]:
-    """(SVM accuracy, 1-NN accuracy, chosen C) on one layer's features, standardised on the training rows unless
-    ``standardise=False`` (features already standardised, e.g. projected on principal components)."""
+                           standardise: bool = True, svm_c: float | None = None) -> tuple[float, float, float]:
+    """(SVM accuracy, 1-NN accuracy, C) on one layer's features, standardised on the training rows unless
+    ``standardise=False`` (features already standardised, e.g. projected on principal components). C is
+    cross-validated (:func:`cross_validated_c`) unless ``svm_c`` is given."""
     train, test = features.train, features.test
     if standardise:
         scaler = StandardScaler().fit(train)
         train, test = scaler.transform(train), scaler.transform(test)
-    svm = _linear_svm(train, features.train_labels, cv_size, folds, seed)
+    c = cross_validated_c(train, features.train_labels, cv_size, folds, seed) if svm_c is None else svm_c
+    svm = LinearSVC(C=c, dual="auto", max_iter=5000).fit(train, features.train_labels)
     linear = float(np.mean(svm.predict(test) == features.test_labels))
     knn = KNeighborsClassifier(n_neighbors=1).fit(train, features.train_labels)
     nearest = float(np.mean(knn.predict(test) == features.test_labels))
-    return linear, nearest, float(svm.C)
+    return linear, nearest, c
 
 
 def layerwise_separability(model: nn.Module, data: Data, layers: Sequence[str], *, test_data: Data | None = None,
