@@ -22,6 +22,7 @@ from cnnlens.analysis import (
     reconstruction_error,
     spatial_features,
 )
+from cnnlens.nn import IRevNet
 from cnnlens.spline._capture import module_outputs
 
 DTYPES = [torch.float64, torch.float32]
@@ -337,3 +338,78 @@ def test_module_outputs_hooks_are_removed_and_repeated_modules_refused() -> None
         out = net(torch.randn(1, 2, 4, 4))
     assert outputs["2"].shape == (1, 3, 4, 4) and out.shape == (1, 2, 4, 4)
     assert all(not m._forward_hooks for m in net.modules())
+
+
+# --- on the i-RevNet ---------------------------------------------------------------------------------------------
+
+
+def _irevnet(seed: int, dtype: torch.dtype, channels: int = 1, blocks: tuple[int, ...] = (1, 2),
+             strides: tuple[int, ...] = (1, 2)) -> IRevNet:
+    """An i-RevNet with random weights and batch-norm statistics moved away from their initial values."""
+    torch.manual_seed(seed)
+    model = IRevNet(channels, 5, blocks=blocks, strides=strides).to(dtype)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        model.train()
+        for _ in range(3):
+            model(3 * torch.randn(8, channels, 8, 8, dtype=dtype) + 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), channels=st.sampled_from([1, 3]))
+def test_reconstruction_error_of_irevnet(dtype: torch.dtype, seed: int, channels: int) -> None:
+    model = _irevnet(seed, dtype, channels)
+    x = torch.rand(9, channels, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    result = reconstruction_error(model, (x, torch.zeros(9, dtype=torch.long)), batch_size=4)
+    with torch.no_grad():
+        direct = ((x - model.inverse(model.phi(x))).reshape(9, -1).double().norm(dim=1)
+                  / x.reshape(9, -1).double().norm(dim=1))
+    assert result.eps == pytest.approx(float(direct.mean()), rel=1e-6, abs=10 * torch.finfo(dtype).eps)
+    assert result.eps <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(2, 6))
+def test_interpolation_of_irevnet_is_linear_in_phi(dtype: torch.dtype, seed: int, steps: int) -> None:
+    model = _irevnet(seed, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.rand(1, 8, 8, generator=gen, dtype=dtype), torch.rand(1, 8, 8, generator=gen, dtype=dtype)
+    result = interpolate(model, x0, x1, steps)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    with torch.no_grad():
+        phi = model.phi(result.images)
+        ends = model.phi(torch.stack([x0, x1]))
+    t = torch.as_tensor(result.t, dtype=dtype).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(phi, t * ends[:1] + (1 - t) * ends[1:], rtol=tol, atol=tol)
+    torch.testing.assert_close(result.images[0], x0, rtol=tol, atol=tol)
+    torch.testing.assert_close(result.images[-1], x1, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jacobian_spectrum_of_irevnet_equals_autograd(dtype: torch.dtype) -> None:
+    model = _irevnet(0, dtype)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    assert model.memory_saving  # autograd runs through its memory-saving Function, torch.func around it
+    reference = torch.autograd.functional.jacobian(lambda v: model.phi(v.reshape(1, 1, 8, 8)).reshape(-1),
+                                                   x.reshape(-1))
+    expected = np.linalg.svd(reference.double().numpy(), compute_uv=False)
+    spectrum = jacobian_spectrum(model, x)
+    np.testing.assert_allclose(spectrum.singular_values, expected, rtol=TOL[dtype], atol=TOL[dtype] * expected[0])
+    assert model.memory_saving and spectrum.dim_in == spectrum.dim_out == 64
+
+
+def test_irevnet_layers_are_block_pairs() -> None:
+    model = _irevnet(0, torch.float64)
+    x = torch.rand(20, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(20) % 2
+    feats = spatial_features(model, (x, y), ["blocks.0", "blocks.2"], test_data=(x, y))
+    with torch.no_grad():
+        phi = model.phi(x).mean((2, 3))
+    np.testing.assert_allclose(feats["blocks.2"].train, phi.numpy(), rtol=1e-12)  # Phi = (x_J, x~_J)
+    assert feats["blocks.0"].dim == 4

@@ -115,8 +115,8 @@ def _interpolation_figure(rows: list[tuple[torch.Tensor, torch.Tensor]], t: np.n
         for c in range(len(t)):
             for k, (batch, label) in enumerate(((images, "Phi^-1 path"), (pixels, "pixel path"))):
                 ax = axes[2 * r + k, c]
-                img = batch[c].detach().double()
-                ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1), cmap="gray")
+                img = batch[c].detach().double().numpy()
+                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0).clip(0, 1), cmap="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if c == 0:
