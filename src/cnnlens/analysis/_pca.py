@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
 
 from ._features import Features
 from ._separability import linear_and_nn_accuracy
@@ -43,6 +41,9 @@ def pca_separability(features: Features, dims: Sequence[int], *, cv_size: int = 
     are standardised on the training rows before the PCA, as in the text. Each d must lie in
     [1, min(dim, n_train)].
     """
+    from sklearn.decomposition import PCA  # on use: scikit-learn slows `import cnnlens`
+    from sklearn.preprocessing import StandardScaler
+
     if not isinstance(features, Features):
         raise TypeError(f"features must be cnnlens.analysis.Features (from spatial_features); received "
                         f"{type(features).__name__}.")

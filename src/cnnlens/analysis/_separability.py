@@ -15,10 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 from torch import nn
 
 from ..data import stratified_indices
@@ -47,6 +43,9 @@ class Separability:
 def cross_validated_c(x: np.ndarray, y: np.ndarray, cv_size: int, folds: int, seed: int) -> float:
     """The C of :data:`C_GRID` with the best ``folds``-fold (stratified) cross-validated accuracy of a LinearSVC on
     a class-stratified subset of ``cv_size`` training rows (1.0 when a class has too few rows to cross-validate)."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold  # on use: scikit-learn slows `import cnnlens`
+    from sklearn.svm import LinearSVC
+
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(f"the training labels hold one class ({classes.tolist()}); a classifier needs two or more.")
@@ -65,6 +64,10 @@ def linear_and_nn_accuracy(features: Features, *, cv_size: int = 1000, folds: in
     """(SVM accuracy, 1-NN accuracy, C) on one layer's features, standardised on the training rows unless
     ``standardise=False`` (features already standardised, e.g. projected on principal components). C is
     cross-validated (:func:`cross_validated_c`) unless ``svm_c`` is given."""
+    from sklearn.neighbors import KNeighborsClassifier  # on use: scikit-learn slows `import cnnlens`
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
     train, test = features.train, features.test
     if standardise:
         scaler = StandardScaler().fit(train)
