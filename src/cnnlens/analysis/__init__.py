@@ -17,7 +17,7 @@ from ._interpolation import Interpolation, interpolate
 from ._jacobian import Spectrum, energy_count, jacobian_spectrum
 from ._pca import PCASeparability, pca_separability
 from ._reconstruction import Reconstruction, reconstruction_error, uniform_noise
-from ._separability import Separability, layerwise_separability
+from ._separability import Scores, Separability, layerwise_separability, linear_and_nn_accuracy, paired_se
 
 __all__ = [
     "Contraction",
@@ -25,6 +25,7 @@ __all__ = [
     "Interpolation",
     "PCASeparability",
     "Reconstruction",
+    "Scores",
     "Separability",
     "Spectrum",
     "contraction",
@@ -32,6 +33,8 @@ __all__ = [
     "interpolate",
     "jacobian_spectrum",
     "layerwise_separability",
+    "linear_and_nn_accuracy",
+    "paired_se",
     "pca_separability",
     "reconstruction_error",
     "representation",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ._features import Features
-from ._separability import linear_and_nn_accuracy
+from ._separability import linear_and_nn_accuracy, paired_se
 
 __all__ = ["PCASeparability", "pca_separability"]
 
@@ -22,12 +22,14 @@ __all__ = ["PCASeparability", "pca_separability"]
 @dataclass(frozen=True)
 class PCASeparability:
     """SVM and 1-NN test accuracy against the number d of principal components kept (Fig. 22 of 001), the share of
-    the training variance those components explain, and the accuracies on all components (d = dim)."""
+    the training variance those components explain, and the accuracies on all components (d = dim);
+    ``difference_se`` is the paired standard error (same test items) of SVM accuracy at d minus on all components."""
 
     layer: str
     dims: tuple[int, ...]
     linear_acc: tuple[float, ...]
     nn_acc: tuple[float, ...]
+    difference_se: tuple[float, ...]
     explained_variance: tuple[float, ...]
     full_linear_acc: float
     full_nn_acc: float
@@ -59,11 +61,9 @@ def pca_separability(features: Features, dims: Sequence[int], *, cv_size: int = 
     z_train, z_test = pca.transform(train), pca.transform(test)
     ratios = np.cumsum(pca.explained_variance_ratio_)
     full = linear_and_nn_accuracy(features, cv_size=cv_size, folds=folds, seed=seed)
-    linear, nearest = [], []
-    for d in dims:
-        projected = replace(features, train=z_train[:, :d], test=z_test[:, :d])
-        acc = linear_and_nn_accuracy(projected, standardise=False, svm_c=full[2])
-        linear.append(acc[0])
-        nearest.append(acc[1])
-    return PCASeparability(features.layer, tuple(int(d) for d in dims), tuple(linear), tuple(nearest),
-                           tuple(float(ratios[d - 1]) for d in dims), full[0], full[1])
+    scores = [linear_and_nn_accuracy(replace(features, train=z_train[:, :d], test=z_test[:, :d]), standardise=False,
+                                     svm_c=full.svm_c) for d in dims]
+    return PCASeparability(features.layer, tuple(int(d) for d in dims), tuple(s.linear_acc for s in scores),
+                           tuple(s.nn_acc for s in scores),
+                           tuple(paired_se(s.linear_correct, full.linear_correct) for s in scores),
+                           tuple(float(ratios[d - 1]) for d in dims), full.linear_acc, full.nn_acc)

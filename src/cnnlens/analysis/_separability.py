@@ -20,7 +20,8 @@ from torch import nn
 from ..data import stratified_indices
 from ._features import Data, Features, spatial_features
 
-__all__ = ["C_GRID", "Separability", "cross_validated_c", "layerwise_separability", "linear_and_nn_accuracy"]
+__all__ = ["C_GRID", "Scores", "Separability", "cross_validated_c", "layerwise_separability", "linear_and_nn_accuracy",
+           "paired_se"]
 
 #: the SVM's regularisation constants tried by the cross-validation
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -29,11 +30,13 @@ C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 @dataclass(frozen=True)
 class Separability:
     """Test accuracy of a linear SVM and a 1-NN classifier on the spatially averaged, standardised features of each
-    layer (Fig. 21 of 001), with the C the cross-validation chose and the feature dimension per layer."""
+    layer (Fig. 21 of 001), the paired standard error of their difference (same test items), the C the
+    cross-validation chose and the feature dimension per layer."""
 
     layers: tuple[str, ...]
     linear_acc: tuple[float, ...]
     nn_acc: tuple[float, ...]
+    difference_se: tuple[float, ...]
     svm_c: tuple[float, ...]
     dims: tuple[int, ...]
     n_train: int
@@ -59,11 +62,35 @@ def cross_validated_c(x: np.ndarray, y: np.ndarray, cv_size: int, folds: int, se
     return float(search.best_params_["C"])
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Which test items a linear SVM and a 1-NN classify correctly (bool per item) and the SVM's C."""
+
+    linear_correct: np.ndarray
+    nn_correct: np.ndarray
+    svm_c: float
+
+    @property
+    def linear_acc(self) -> float:
+        return float(np.mean(self.linear_correct))
+
+    @property
+    def nn_acc(self) -> float:
+        return float(np.mean(self.nn_correct))
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of the difference of two accuracies measured on the same test items (per-item correctness
+    a, b): the sample deviation of a - b over sqrt(n), the paired error (0 for a single item)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+
+
 def linear_and_nn_accuracy(features: Features, *, cv_size: int = 1000, folds: int = 3, seed: int = 0,
-                           standardise: bool = True, svm_c: float | None = None) -> tuple[float, float, float]:
-    """(SVM accuracy, 1-NN accuracy, C) on one layer's features, standardised on the training rows unless
-    ``standardise=False`` (features already standardised, e.g. projected on principal components). C is
-    cross-validated (:func:`cross_validated_c`) unless ``svm_c`` is given."""
+                           standardise: bool = True, svm_c: float | None = None) -> Scores:
+    """A linear SVM and a 1-NN trained on one layer's training rows and scored on its test rows, standardised on
+    the training rows unless ``standardise=False`` (features already standardised, e.g. projected on principal
+    components). C is cross-validated (:func:`cross_validated_c`) unless ``svm_c`` is given."""
     from sklearn.neighbors import KNeighborsClassifier  # on use: scikit-learn slows `import cnnlens`
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
@@ -74,10 +101,8 @@ def linear_and_nn_accuracy(features: Features, *, cv_size: int = 1000, folds: in
         train, test = scaler.transform(train), scaler.transform(test)
     c = cross_validated_c(train, features.train_labels, cv_size, folds, seed) if svm_c is None else svm_c
     svm = LinearSVC(C=c, dual="auto", max_iter=5000).fit(train, features.train_labels)
-    linear = float(np.mean(svm.predict(test) == features.test_labels))
     knn = KNeighborsClassifier(n_neighbors=1).fit(train, features.train_labels)
-    nearest = float(np.mean(knn.predict(test) == features.test_labels))
-    return linear, nearest, c
+    return Scores(svm.predict(test) == features.test_labels, knn.predict(test) == features.test_labels, c)
 
 
 def layerwise_separability(model: nn.Module, data: Data, layers: Sequence[str], *, test_data: Data | None = None,
@@ -105,6 +130,7 @@ def layerwise_separability(model: nn.Module, data: Data, layers: Sequence[str], 
                              batch_size=batch_size)
     scores = [linear_and_nn_accuracy(f, cv_size=cv_size, folds=folds, seed=seed) for f in feats.values()]
     first = next(iter(feats.values()))
-    return Separability(tuple(feats), tuple(s[0] for s in scores), tuple(s[1] for s in scores),
-                        tuple(s[2] for s in scores), tuple(f.dim for f in feats.values()), len(first.train_labels),
+    return Separability(tuple(feats), tuple(s.linear_acc for s in scores), tuple(s.nn_acc for s in scores),
+                        tuple(paired_se(s.linear_correct, s.nn_correct) for s in scores),
+                        tuple(s.svm_c for s in scores), tuple(f.dim for f in feats.values()), len(first.train_labels),
                         len(first.test_labels))

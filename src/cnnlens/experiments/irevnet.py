@@ -36,6 +36,7 @@ from ..analysis import (
     interpolate,
     jacobian_spectrum,
     layerwise_separability,
+    paired_se,
     pca_separability,
     reconstruction_error,
     spatial_features,
@@ -45,7 +46,7 @@ from ..data import ArrayDataset, stratified_subset
 from ..nn import IRevNet
 from ..nn.models import SmallResNet
 from ..train import FitResult, evaluate, seed_everything
-from ._claims import AllOf, AtMost, Binomial, Claim, Close, Exact, Greater, MeanError
+from ._claims import AllOf, AtMost, Binomial, Claim, Close, Estimated, Exact, Greater, MeanError
 from ._receptive import mean_sd
 from ._recipes import load_cifar10, load_digits
 from ._registry import ExperimentResult, RunContext, register_experiment
@@ -166,6 +167,10 @@ def _contraction_figure(rev: Contraction, res: Contraction) -> Figure:
     return fig
 
 
+def _PAIRED(key: str) -> Estimated:  # noqa: N802 - reads like the noise classes
+    return Estimated(key, "paired over the same test items: sd of the per-item difference / sqrt(n)")
+
+
 def _greater(a: str, b: str, label: str, margin: float = 0.0) -> Greater:
     return Greater(a, b, Binomial("n_test"), Binomial("n_test"), margin=margin, label=label)
 
@@ -192,8 +197,7 @@ def _claims() -> tuple[Claim, ...]:
               "An i-RevNet reaches about the accuracy of a non-invertible ResNet of similar size: the bijective model "
               "(b) is 2 points behind on ImageNet (26.7 against 24.7 top-1 error) (judged: test accuracies within "
               "0.02).",
-              Close("acc_irevnet", "acc_resnet", 0.02, Binomial("n_test"), Binomial("n_test"),
-                    label="accuracy i-RevNet - ResNet"),
+              Close("acc_irevnet", "acc_resnet", 0.02, _PAIRED("acc_gap_se"), label="accuracy i-RevNet - ResNet"),
               paper_value="top-1 error 26.7 (b) / 24.7 (a) vs ResNet 24.7", setting=_SETTING),
         Claim("ill-conditioned", "001 sec. 6.4.1, Fig. 19",
               "The singular values of dPhi_x decay fast: 80% and 97% of the energy are held by 10^3 and 10^4 of the "
@@ -216,8 +220,9 @@ def _claims() -> tuple[Claim, ...]:
         Claim("svm-above-nn", "001 sec. 6.5.1, Fig. 21",
               "The linear SVM performs slightly better than the nearest-neighbour classifier (judged: at the last "
               "block of both networks).",
-              AllOf(tuple((net, _greater(f"{prefix}linear_acc_{blk}", f"{prefix}nn_acc_{blk}",
-                                         f"{net} SVM - 1-NN accuracy, last block"))
+              AllOf(tuple((net, Greater(f"{prefix}linear_acc_{blk}", f"{prefix}nn_acc_{blk}",
+                                        _PAIRED(f"{prefix}svm_nn_se_{blk}"),
+                                        label=f"{net} SVM - 1-NN accuracy, last block"))
                           for net, prefix, blk in (("i-RevNet", "", last), ("ResNet", "resnet_", res_last)))),
               paper_value="Fig. 21", setting=_SETTING),
         Claim("contraction", "001 sec. 6.5.1, eqs. 16-17",
@@ -232,9 +237,10 @@ def _claims() -> tuple[Claim, ...]:
               "A PCA keeps the information needed for classification in a small subspace: the accuracy on the "
               "projection pi_d Phi only falls significantly for small d (d <= 200 of 3,072 on ImageNet) (judged: "
               "the SVM at d = 50 within 0.02 of all 256 components, and d = 2 more than 0.05 below).",
-              AllOf((("d = 50", Close("pca_acc_d50", "pca_acc_full", 0.02, Binomial("n_test"), Binomial("n_test"),
+              AllOf((("d = 50", Close("pca_acc_d50", "pca_acc_full", 0.02, _PAIRED("pca_se_d50"),
                                       label="SVM accuracy, d = 50 - all")),
-                     ("d = 2", _greater("pca_acc_full", "pca_acc_d2", "SVM accuracy, all - d = 2", 0.05)))),
+                     ("d = 2", Greater("pca_acc_full", "pca_acc_d2", _PAIRED("pca_se_d2"), margin=0.05,
+                                       label="SVM accuracy, all - d = 2")))),
               paper_value="falls for d <= 200 of 3,072", setting=_SETTING),
     )
 
@@ -331,8 +337,11 @@ def run(cfg: IRevNetConfig, ctx: RunContext) -> ExperimentResult:
     curves = {"i-RevNet": _train(ctx, "irevnet", rev, train, cfg), "ResNet": _train(ctx, "resnet", res, train, cfg)}
     rev.eval()
     res.eval()
+    ev_rev, ev_res = evaluate(rev, test), evaluate(res, test)
     metrics: dict[str, float] = {
-        "acc_irevnet": evaluate(rev, test).accuracy, "acc_resnet": evaluate(res, test).accuracy,
+        "acc_irevnet": ev_rev.accuracy, "acc_resnet": ev_res.accuracy,
+        "acc_gap_se": paired_se((ev_rev.predictions == test.labels).numpy(),
+                                (ev_res.predictions == test.labels).numpy()),
         "params_irevnet": float(_parameters(rev)), "params_resnet": float(_parameters(res)),
         "n_test": float(len(test))}
     rev.return_phi = True  # the analysis reads (logits, Phi)
@@ -363,6 +372,7 @@ def run(cfg: IRevNetConfig, ctx: RunContext) -> ExperimentResult:
         for i in range(len(sep.layers)):
             metrics[f"{prefix}linear_acc_block{i + 1}"] = sep.linear_acc[i]
             metrics[f"{prefix}nn_acc_block{i + 1}"] = sep.nn_acc[i]
+            metrics[f"{prefix}svm_nn_se_block{i + 1}"] = sep.difference_se[i]
             metrics[f"{prefix}contraction_block{i + 1}"] = con.ratio[i]
             metrics[f"{prefix}eq16_fraction_block{i + 1}"] = con.eq16_fraction[i]
 
@@ -370,10 +380,10 @@ def run(cfg: IRevNetConfig, ctx: RunContext) -> ExperimentResult:
     dims = [d for d in PCA_DIMS if d <= min(final.dim, len(train))]
     pca = pca_separability(final, dims, **svm)
     metrics.update(pca_acc_full=pca.full_linear_acc, pca_nn_acc_full=pca.full_nn_acc, phi_channels=float(final.dim))
-    for d, lin, nn_acc in zip(pca.dims, pca.linear_acc, pca.nn_acc, strict=True):
-        metrics[f"pca_acc_d{d}"], metrics[f"pca_nn_acc_d{d}"] = lin, nn_acc
-    unmeasured = {f"{p}acc_d{d}": f"d = {d} exceeds the {final.dim} channels of Phi or the {len(train)} training "
-                  "samples" for d in PCA_DIMS if d not in dims for p in ("pca_", "pca_nn_")}
+    for d, lin, nn_acc, se in zip(pca.dims, pca.linear_acc, pca.nn_acc, pca.difference_se, strict=True):
+        metrics[f"pca_acc_d{d}"], metrics[f"pca_nn_acc_d{d}"], metrics[f"pca_se_d{d}"] = lin, nn_acc, se
+    unmeasured = {key: f"d = {d} exceeds the {final.dim} channels of Phi or the {len(train)} training samples"
+                  for d in PCA_DIMS if d not in dims for key in (f"pca_acc_d{d}", f"pca_nn_acc_d{d}", f"pca_se_d{d}")}
 
     paths = [interpolate(rev, test.images[i], test.images[j], cfg.steps)
              for i, j in _pairs(test, cfg.interpolation_pairs, ctx.seed)]
