@@ -3,10 +3,11 @@
 Look inside any trained piecewise-affine network (``cnnlens.spline``: the exact affine map A[x]x + B[x] of 000,
 templates, partition codes and distances; ``cnnlens.recos``: anchor vectors of 003), build networks with known
 structure (``cnnlens.tiles``: the zero-error constructions of 002; ``cnnlens.nn``), and reproduce the papers'
-claims (``cnnlens run``). Data sets come from ``cnnlens.data``, training from ``cnnlens.train``.
+claims (``cnnlens run``); ``cnnlens.analysis`` measures what any network's layers separate, contract and keep (001
+ch. 6). Data sets come from ``cnnlens.data``, training from ``cnnlens.train``.
 """
 
-from . import data, nn, recos, spline, tiles, train
+from . import analysis, data, nn, recos, spline, tiles, train
 from ._errors import CheckpointError, DataIntegrityError, DataUnavailableError, ExactnessError, NotPiecewiseAffineError
 from .data import list_datasets, load
 from .spline import (
@@ -27,6 +28,7 @@ __all__ = [
     "ExactnessError",
     "NotPiecewiseAffineError",
     "affine_map",
+    "analysis",
     "data",
     "evaluate",
     "fit",

@@ -47,6 +47,10 @@ piecewise unit exactly at a breakpoint takes the piece its :class:`~cnnlens.spli
 constant piece for Hardsigmoid (derivative 0 at -3 and 3, as torch's), the zero piece for Hardshrink and Softshrink
 (their value there is 0), the constant piece ``value`` for Threshold.
 
+Module outputs (:func:`module_outputs`). For any network, piecewise affine or not, the outputs of named submodules
+(the representation Phi_j of a block, 001 sec. 6.5) are recorded by forward hooks that live only inside the
+``with`` block; this is how :mod:`cnnlens.analysis` reads layers.
+
 Errors (:func:`run_captured`). A RuntimeError raised by one of the model's own operations on x (a shape mismatch)
 becomes a ValueError that names the op and its module, with the original error chained; every other error reaches
 the caller as it is: :class:`ReplayDivergenceError` when a replay with forced regions takes another path, memory
@@ -59,7 +63,7 @@ import functools
 import math
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +99,7 @@ from ._windows import (
 )
 
 __all__ = ["UNFORCEABLE", "Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input",
-           "module_on_stack"]
+           "module_on_stack", "module_outputs"]
 
 _APPROX_HINT = (
     "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
@@ -1653,6 +1657,62 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
         cap.paths = {id(mod): path for path, mod in model.named_modules()}
     with cap:
         yield cap
+
+
+def _list_names(names: Sequence[str], limit: int = 40) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+@contextmanager
+def module_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Record the outputs of the submodules ``names`` (paths of ``model.named_modules()``) of the forward passes run
+    inside the ``with`` block: the yielded dict maps each name to its module's output of the latest pass (a tensor,
+    or the tuple a module such as an i-RevNet block returns). Works for any network (not only piecewise-affine ones)
+    and inside ``torch.func`` transforms; the hooks are removed on exit, also on errors.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module`` (or is TorchScript / compiled: the hooks would not see its modules).
+    ValueError
+        A name that is not a submodule (the message lists the available ones), or a module that runs more than
+        once in one forward pass (its output would be ambiguous: name one of the modules it calls).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"layer outputs are read from an nn.Module's submodules; received {type(model).__name__}.")
+    _check_eager(model)
+    if isinstance(names, str):
+        names = [names]
+    modules = dict(model.named_modules())
+    available = [n for n in modules if n]
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown:
+        raise ValueError(f"no submodule named {', '.join(repr(n) for n in unknown)} in {type(model).__name__}; its "
+                         f"submodules are {_list_names(available)} (names as in model.named_modules()).")
+    outputs: dict[str, Any] = {}
+    calls: dict[str, int] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise ValueError(f"module {name!r} ({type(module).__name__}) runs more than once in one forward pass, "
+                                 "so its output is ambiguous; name a module that runs once (one of its callers or "
+                                 "a copy per call site).")
+            outputs[name] = output
+        return hook
+
+    def reset(module: nn.Module, inputs: Any) -> None:
+        calls.clear()
+
+    handles = [model.register_forward_pre_hook(reset)]
+    try:
+        handles += [modules[n].register_forward_hook(hook_for(n)) for n in dict.fromkeys(names)]
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
