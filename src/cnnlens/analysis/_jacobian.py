@@ -14,8 +14,7 @@ ImageNet. Two paths:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,22 +78,6 @@ def _flat_map(model: nn.Module, shape: tuple[int, ...], layer: str | None) -> Ca
     return phi
 
 
-@contextmanager
-def _plain_autograd(model: nn.Module) -> Iterator[None]:
-    """Turn off memory-saving recomputation (a ``memory_saving`` flag, as on :class:`cnnlens.nn.IRevNet`) inside: its
-    custom autograd Function has no ``setup_context``, so torch.func transforms cannot run through it; with the
-    flag off the model computes the same function with ordinary autograd."""
-    flagged = [m for m in model.modules() if isinstance(getattr(m, "memory_saving", None), bool)]
-    saved = [m.memory_saving for m in flagged]
-    try:
-        for m in flagged:
-            m.memory_saving = False
-        yield
-    finally:
-        for m, flag in zip(flagged, saved, strict=True):
-            m.memory_saving = flag
-
-
 def _orthonormal(y: Tensor) -> Tensor:
     return torch.linalg.qr(y).Q
 
@@ -136,8 +119,7 @@ def jacobian_spectrum(model: nn.Module, x: Tensor, k: int | None = None, *, laye
     was_training = model.training
     model.eval()
     try:
-        with _plain_autograd(model):
-            values, total, full, dim_in, dim_out = _spectrum(phi, v, k, method, oversample, power_iters, probes, seed)
+        values, total, full, dim_in, dim_out = _spectrum(phi, v, k, method, oversample, power_iters, probes, seed)
     finally:
         model.train(was_training)
     return Spectrum(values, dim_in, dim_out, total, full, "full" if full else "randomized",

@@ -43,8 +43,7 @@ from ..analysis import (
     uniform_noise,
 )
 from ..data import ArrayDataset, stratified_subset
-from ..nn import IRevNet
-from ..nn.models import SmallResNet
+from ..nn import IRevNet, comparable_resnet
 from ..train import FitResult, evaluate, seed_everything
 from ._claims import AllOf, AtMost, Binomial, Claim, Close, Estimated, Exact, Greater, MeanError
 from ._receptive import mean_sd
@@ -275,26 +274,6 @@ def _parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _resnet_of_size(model: IRevNet, blocks: int) -> SmallResNet:
-    """The SmallResNet (``blocks`` per stage) whose parameter count is closest to ``model``'s: what
-    :func:`cnnlens.nn.irevnet.comparable_resnet` returns, found by doubling and bisection over the width (the count
-    grows with it) instead of building every width up to 256 (80 s on one core)."""
-    target = _parameters(model)
-
-    def build(width: int) -> SmallResNet:
-        return SmallResNet(model.num_classes, model.in_channels, width, blocks)
-
-    hi = 1
-    while _parameters(build(hi)) < target:
-        hi *= 2
-    lo = max(1, hi // 2)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _parameters(build(mid)) < target else (lo, mid)
-    width = min((lo, hi), key=lambda w: abs(_parameters(build(w)) - target))
-    return build(width)
-
-
 def _train(ctx: RunContext, name: str, model: nn.Module, train: ArrayDataset, cfg: IRevNetConfig) -> FitResult:
     return ctx.fit(name, model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
                    lr_schedule="cosine")
@@ -333,7 +312,7 @@ def run(cfg: IRevNetConfig, ctx: RunContext) -> ExperimentResult:
     seed_everything(ctx.seed)
     rev = IRevNet(channels, 10, blocks=BLOCKS, strides=STRIDES, return_phi=False)
     seed_everything(ctx.seed)
-    res = _resnet_of_size(rev, RESNET_BLOCKS)
+    res = comparable_resnet(rev, blocks=RESNET_BLOCKS)
     curves = {"i-RevNet": _train(ctx, "irevnet", rev, train, cfg), "ResNet": _train(ctx, "resnet", res, train, cfg)}
     rev.eval()
     res.eval()

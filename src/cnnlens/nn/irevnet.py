@@ -400,13 +400,25 @@ class IRevNet(nn.Module):
 
 def comparable_resnet(model: IRevNet, *, blocks: int = 1) -> SmallResNet:
     """A non-invertible :class:`~cnnlens.nn.models.SmallResNet` (``blocks`` per stage) with the width whose
-    parameter count is closest to ``model``'s: the ResNet baseline of Table 9 of 001 at the i-RevNet's size."""
+    parameter count is closest to ``model``'s: the ResNet baseline of Table 9 of 001 at the i-RevNet's size.
+
+    The count grows with the width, so the width is found by doubling and bisection, counting on the meta device
+    (no memory allocated, no weights initialised)."""
     target = sum(p.numel() for p in model.parameters())
 
     def size(width: int) -> int:
-        return sum(p.numel() for p in SmallResNet(model.num_classes, model.in_channels, width, blocks).parameters())
+        with torch.device("meta"):
+            net = SmallResNet(model.num_classes, model.in_channels, width, blocks)
+        return sum(p.numel() for p in net.parameters())
 
-    width = min(range(1, 257), key=lambda w: abs(size(w) - target))
+    hi = 1
+    while size(hi) < target:
+        hi *= 2
+    lo = max(1, hi // 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) < target else (lo, mid)
+    width = min((lo, hi), key=lambda w: abs(size(w) - target))
     return SmallResNet(model.num_classes, model.in_channels, width, blocks)
 
 
