@@ -18,8 +18,10 @@ With zero pose the block is its static counterpart, the structured convolution `
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,6 +31,31 @@ from .rfconv import _BasisConvNd
 from .steering import steer
 
 __all__ = ["BasisConv2d", "DynResNet", "DynamicSteerableBlock", "StaticResidualBlock"]
+
+
+@functools.lru_cache(maxsize=32)
+def _harmonic_steering(order: int, keep: tuple[int, ...]) -> tuple[bool, tuple[int, ...], np.ndarray]:
+    """The steering map of eq. 22 over the frame filters ``keep`` as a trigonometric polynomial in the pose,
+
+    S(theta)[keep][:, keep] = [T_0] + sum_m T_c,m cos(m theta) + T_s,m sin(m theta),
+
+    the circular-harmonic decomposition: the order-n block of :func:`~cnnlens.nn.steering.steer` is homogeneous of
+    degree n in (cos, sin), so it holds the frequencies m = n, n - 2, ... only. Returns whether a constant part
+    T_0 is present, the frequencies m >= 1 and the table (K, G, G) stacked as [T_0], T_c,1.., T_s,1... Computed
+    from ``steer`` itself at 4 * order + 4 equally spaced angles (a discrete Fourier transform, exact for a
+    trigonometric polynomial of degree <= order up to float64 rounding); zero parts are dropped."""
+    samples = 4 * order + 4
+    angles = 2 * np.pi * np.arange(samples) / samples
+    maps = steer(order, torch.tensor(angles)).numpy()[:, keep][:, :, keep]  # (J, G, G)
+    const = maps.mean(0)
+    cos = [2 * np.einsum("j,jgf->gf", np.cos(m * angles), maps) / samples for m in range(1, order + 1)]
+    sin = [2 * np.einsum("j,jgf->gf", np.sin(m * angles), maps) / samples for m in range(1, order + 1)]
+    scale = np.abs(maps).max()
+    freqs = tuple(m for m in range(1, order + 1) if max(np.abs(cos[m - 1]).max(), np.abs(sin[m - 1]).max())
+                  > 1e-12 * scale)
+    constant = bool(np.abs(const).max() > 1e-12 * scale)
+    table = ([const] if constant else []) + [cos[m - 1] for m in freqs] + [sin[m - 1] for m in freqs]
+    return constant, freqs, np.stack(table)
 
 
 class BasisConv2d(_BasisConvNd):
@@ -74,6 +101,12 @@ class DynamicSteerableBlock(nn.Module):
             nn.Conv2d(pose_width, pose_width, 3, padding=1), nn.Tanh(),
             nn.Conv2d(pose_width, outputs, 3, padding=1),
         )
+        constant, frequencies, table = _harmonic_steering(order, tuple(self._keep))
+        self._constant = constant
+        self.register_buffer("frequencies", torch.tensor(frequencies, dtype=torch.get_default_dtype()),
+                             persistent=False)
+        self.register_buffer("harmonic_table", torch.tensor(table, dtype=torch.get_default_dtype()),
+                             persistent=False)
 
     def frame_responses(self, x: torch.Tensor) -> torch.Tensor:
         """Phi(x): every input channel convolved with every frame filter, (N, in_channels, F, H, W)."""
@@ -88,15 +121,33 @@ class DynamicSteerableBlock(nn.Module):
                              f"got {tuple(x.shape)}")
         phi = self.frame_responses(x)
         theta = self.pose_net(phi.flatten(1, 2))
-        rotation = steer(self.order, theta)[..., self._keep, :][..., self._keep]  # (N, P, H, W, F, F)
-        rotation = rotation.expand(-1, phi.shape[1], -1, -1, -1, -1)  # one pose for every channel, or its own
-        steered = torch.einsum("ncyxgf,ncfyx->ncgyx", rotation, phi)
-        out = torch.einsum("ocg,ncgyx->noyx", self.static.alpha, steered)
+        n, c, f, h, w = phi.shape
+        waves = self._harmonics(theta)  # (N, P, K, H, W)
+        if self.pose_kind == "location":
+            # one pose for all channels: contract phi with the canonical weights first, (N, K * O, H, W), then
+            # weigh the K harmonic parts by the pose's cos(m theta) / sin(m theta)
+            weight = torch.einsum("ocg,kgf->kocf", self.static.alpha, self.harmonic_table)
+            parts = F.conv2d(phi.reshape(n, c * f, h, w), weight.reshape(-1, c * f, 1, 1))
+            out = (parts.view(n, waves.shape[2], -1, h, w) * waves.view(n, -1, 1, h, w)).sum(1)
+        else:
+            # a pose per channel: weigh each channel's responses by its harmonics, then one 1x1 contraction
+            weight = torch.einsum("ocg,kgf->ockf", self.static.alpha, self.harmonic_table)
+            weighed = waves.unsqueeze(3) * phi.unsqueeze(2)  # (N, C, K, F, H, W)
+            out = F.conv2d(weighed.reshape(n, -1, h, w), weight.reshape(weight.shape[0], -1, 1, 1))
         if self.static.bias is not None:
             out = out + self.static.bias.view(1, -1, 1, 1)
         if self.residual:
             out = out + x
         return (out, theta) if return_pose else out
+
+    def _harmonics(self, theta: torch.Tensor) -> torch.Tensor:
+        """The trigonometric steering functions of the pose, (N, P, K, H, W): 1 (if the table has a constant part),
+        then cos(m theta) and sin(m theta) for the frequencies of :func:`_harmonic_steering`."""
+        angles = theta.unsqueeze(2) * self.frequencies.view(1, 1, -1, 1, 1)
+        parts = [torch.cos(angles), torch.sin(angles)]
+        if self._constant:
+            parts.insert(0, torch.ones_like(theta).unsqueeze(2))
+        return torch.cat(parts, 2)
 
     def to_static(self) -> BasisConv2d:
         """The block at zero pose: the structured convolution Phi(x) W with the same frame and weights (eq. 24)."""
