@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq
 from torch.nn import functional as F
 
-from cnnlens.nn import DynamicSteerableBlock, StaticResidualBlock, steer, steer_scale
+from cnnlens.nn import DynamicSteerableBlock, RFConv2d, StaticResidualBlock, steer, steer_filter, steer_scale
 from cnnlens.nn.bases import gaussian_derivative_basis, kernel_size
-from cnnlens.nn.dynamic import _ramp_offset
+from cnnlens.nn.dynamic import _ramp_offset, frame_rotation
 
 DTYPES = [torch.float64, torch.float32]
 TOL = {torch.float64: 1e-11, torch.float32: 2e-5}
@@ -62,8 +62,7 @@ def test_constant_pose_equals_the_layer_with_steered_filters(order, theta, seed,
         torch.set_default_dtype(torch.float32)
     _constant_pose(block, theta)
     x = torch.randn(2, 2, 14, 14, dtype=dtype)
-    keep = block._keep
-    rotation = steer(order, torch.tensor(theta, dtype=dtype))[keep][:, keep]
+    rotation = _unit_norm_rotation(block, torch.tensor(theta, dtype=torch.float64)).to(dtype)
     alpha = torch.einsum("ocg,gf->ocf", block.static.alpha, rotation)
     weight = torch.einsum("ocf,fyx->ocyx", alpha, block.static.basis.flip((1, 2)))
     expected = F.conv2d(x, weight, block.static.bias, padding=block.static.padding)
@@ -123,9 +122,18 @@ def _explicit_frame_responses(block: DynamicSteerableBlock, x: torch.Tensor) -> 
     return torch.einsum("ncuvyx,fuv->ncfyx", patches, basis.flip((1, 2)))
 
 
+def _unit_norm_rotation(block: DynamicSteerableBlock, theta: torch.Tensor) -> torch.Tensor:
+    """N^-1 S(-theta)^T N over the kept derivatives, from ``steer`` and the frame filters' norms N."""
+    keep = block._keep
+    norms = gaussian_derivative_basis(block.order, 1.0).filters[keep].flatten(1).norm(dim=1)
+    return steer(block.order, -theta)[keep][:, keep].T * norms[None, :] / norms[:, None]
+
+
 def _per_location_reference(block: DynamicSteerableBlock, x: torch.Tensor) -> torch.Tensor:
-    """The block of eq. 29 location by location: every channel's frame coefficients steered by ``steer`` at the
-    pose of that location (and channel), then the canonical 1x1 weights; a loop, no shared contraction code."""
+    """The block of eq. 29 location by location: every channel's frame responses steered at the pose of that
+    location (and channel) by the rotation of the unit-norm frame built from ``steer`` (for order 1 that is
+    ``steer(1, theta)`` itself, the formulation of the first implementation), then the canonical 1x1 weights; a
+    loop, no shared contraction code."""
     phi = _explicit_frame_responses(block, x)
     theta = block.pose_net(phi.flatten(1, 2))
     keep, alpha = block._keep, block.static.alpha
@@ -136,7 +144,8 @@ def _per_location_reference(block: DynamicSteerableBlock, x: torch.Tensor) -> to
             for z in range(w):
                 for ch in range(c):
                     pose = theta[i, ch if theta.shape[1] > 1 else 0, y, z]
-                    rotation = steer(block.order, pose)[keep][:, keep]
+                    rotation = (steer(1, pose)[keep][:, keep] if block.order == 1
+                                else _unit_norm_rotation(block, pose.double()).to(x.dtype))
                     out[i, :, y, z] += alpha[:, ch] @ (rotation @ phi[i, ch, :, y, z])
     if block.static.bias is not None:
         out = out + block.static.bias.view(1, -1, 1, 1)
@@ -240,7 +249,7 @@ def test_constant_scale_pose_equals_steer_scale_applied_to_the_filters(order, fi
     m = steer_scale(order, scale, size=kernel_size(1.5, 3.0)).matrix[keep][:, keep]
     steering = d[:, None] * m.T / d[None, :]  # responses of the unit-norm frame at scale * sigma
     if both:
-        steering = steer(order, torch.tensor(theta, dtype=torch.float64))[keep][:, keep] @ steering
+        steering = frame_rotation(order, theta, tuple(keep)) @ steering
     alpha = torch.einsum("ocg,gf->ocf", block.static.alpha.double(), steering)
     weight = torch.einsum("ocf,fyx->ocyx", alpha, block.static.basis.double().flip((1, 2)))
     x = torch.randn(2, 2, 13, 13, dtype=torch.float64)
@@ -248,3 +257,45 @@ def test_constant_scale_pose_equals_steer_scale_applied_to_the_filters(order, fi
     out = block(x.to(dtype)).double()
     assert block.scale_fit_error <= 5e-6
     assert (out - expected).abs().max() <= (20 * block.scale_fit_error + 10 * TOL[dtype]) * expected.abs().max()
+
+
+@settings(max_examples=20, deadline=None)
+@given(order=st.integers(1, 4), first=st.integers(0, 4), turns=st.sampled_from([1, 2, 3]), seed=st.integers(0, 999),
+       dtype=st.sampled_from(DTYPES))
+def test_constant_pose_turns_the_image_by_multiples_of_90_degrees(order, first, turns, seed, dtype):
+    """No steering formula involved: the block at pose k pi / 2 equals its static layer applied to the image turned
+    by k quarter turns (torch.rot90), turned back."""
+    first = min(first, order)
+    torch.manual_seed(seed)
+    torch.set_default_dtype(dtype)
+    try:
+        block = DynamicSteerableBlock(2, 3, order=order, first_order=first)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    _constant_pose(block, turns * math.pi / 2)
+    x = torch.randn(2, 2, 13, 13, dtype=dtype)
+    expected = torch.rot90(block.to_static()(torch.rot90(x, turns, (-2, -1))), -turns, (-2, -1))
+    out = block(x)
+    assert (out - expected).abs().max() <= 10 * TOL[dtype] * expected.abs().max()
+
+
+@settings(max_examples=20, deadline=None)
+@given(order=st.integers(1, 4), theta=st.floats(-3.2, 3.2), seed=st.integers(0, 999))
+def test_constant_pose_equals_the_layer_steered_by_steer_filter(order, theta, seed):
+    """The block at pose theta equals an RFConv2d with the same (unit-norm) n-jet and the canonical weights,
+    steered by ``steer_filter`` (the layer path, which handles the normalisation itself) by -theta."""
+    torch.manual_seed(seed)
+    torch.set_default_dtype(torch.float64)
+    try:
+        block = DynamicSteerableBlock(2, 3, order=order, first_order=0)
+        layer = RFConv2d(2, 3, order=order, sigmas=1.0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.allclose(layer.basis, block.static.basis, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        layer.alpha.copy_(block.static.alpha)
+        layer.bias.copy_(block.static.bias)
+    _constant_pose(block, theta)
+    x = torch.randn(2, 2, 13, 13, dtype=torch.float64)
+    expected = steer_filter(layer, -theta)(x)
+    assert (block(x) - expected).abs().max() <= 1e-10 * expected.abs().max()

@@ -12,8 +12,10 @@ scale, or both), and W are the canonical 1x1 weights. The block works in four st
    in ``scale_range`` (sigma 0.8-1.5 in the text: "for scalings, we found softplus and relu nonlinearities to work
    well");
 3. the steering functions turn the responses into those of the steered frame: for rotation those of eq. 22
-   (:func:`~cnnlens.nn.steering.steer`, trigonometric in the pose, applied through their circular-harmonic
-   decomposition, a cos(m theta) / sin(m theta) table); for scale the least-squares map of
+   (:func:`~cnnlens.nn.steering.steer`, trigonometric in the pose, on the unit-norm frame: :func:`frame_rotation`;
+   the pose theta gives the responses to the frame turned by -theta, i.e. to the image turned by theta about the
+   location), applied through their circular-harmonic decomposition, a cos(m theta) / sin(m theta) table; for
+   scale the least-squares map of
    :func:`~cnnlens.nn.steering.steer_scale`, a polynomial in log scale;
 4. a 1x1 combination with the canonical weights W, folded into the steering table so that the frame responses are
    contracted first.
@@ -37,23 +39,37 @@ from .bases import gaussian_derivative_basis, kernel_size
 from .rfconv import _BasisConvNd
 from .steering import steer, steer_scale
 
-__all__ = ["BasisConv2d", "DynResNet", "DynamicSteerableBlock", "StaticResidualBlock"]
+__all__ = ["BasisConv2d", "DynResNet", "DynamicSteerableBlock", "StaticResidualBlock", "frame_rotation"]
+
+
+def frame_rotation(order: int, theta: float | torch.Tensor, keep: tuple[int, ...],
+                   sigma: float = 1.0) -> torch.Tensor:
+    """The map that turns the responses to the block's unit-norm frame (derivatives ``keep`` of the n-jet of
+    ``order`` at ``sigma``) into the responses to that frame rotated by -theta, i.e. those of the image turned by
+    theta about each location: N^-1 S(-theta)^T N over ``keep``, where S is :func:`~cnnlens.nn.steering.steer` and
+    N the filters' norms (the rotated filter is G_g^(-theta) = sum_f S(-theta)[f, g] G_f, the frame G_f / N_f).
+    For order 1 it equals S(theta) itself (S is orthogonal and both derivatives have the same norm); from order 2
+    on the two differ, as G_xy has another norm than G_xx and G_yy. Shape (*theta.shape, G, G), float64 for a
+    float ``theta``."""
+    norms = gaussian_derivative_basis(order, sigma, dtype=torch.float64).filters.flatten(1).norm(dim=1)[list(keep)]
+    turn = steer(order, -theta if isinstance(theta, torch.Tensor) else -float(theta))[..., keep, :][..., keep]
+    return turn.transpose(-1, -2) * norms.to(turn.dtype)[None, :] / norms.to(turn.dtype)[:, None]
 
 
 @functools.lru_cache(maxsize=32)
-def _harmonic_steering(order: int, keep: tuple[int, ...]) -> tuple[bool, tuple[int, ...], np.ndarray]:
-    """The steering map of eq. 22 over the frame filters ``keep`` as a trigonometric polynomial in the pose,
+def _harmonic_steering(order: int, keep: tuple[int, ...], sigma: float) -> tuple[bool, tuple[int, ...], np.ndarray]:
+    """The steering map :func:`frame_rotation` (eq. 22) as a trigonometric polynomial in the pose,
 
-    S(theta)[keep][:, keep] = [T_0] + sum_m T_c,m cos(m theta) + T_s,m sin(m theta),
+    R(theta) = [T_0] + sum_m T_c,m cos(m theta) + T_s,m sin(m theta),
 
     the circular-harmonic decomposition: the order-n block of :func:`~cnnlens.nn.steering.steer` is homogeneous of
     degree n in (cos, sin), so it holds the frequencies m = n, n - 2, ... only. Returns whether a constant part
     T_0 is present, the frequencies m >= 1 and the table (K, G, G) stacked as [T_0], T_c,1.., T_s,1... Computed
-    from ``steer`` itself at 4 * order + 4 equally spaced angles (a discrete Fourier transform, exact for a
+    from the map itself at 4 * order + 4 equally spaced angles (a discrete Fourier transform, exact for a
     trigonometric polynomial of degree <= order up to float64 rounding); zero parts are dropped."""
     samples = 4 * order + 4
     angles = 2 * np.pi * np.arange(samples) / samples
-    maps = steer(order, torch.tensor(angles)).numpy()[:, keep][:, :, keep]  # (J, G, G)
+    maps = frame_rotation(order, torch.tensor(angles), keep, sigma).numpy()  # (J, G, G)
     const = maps.mean(0)
     cos = [2 * np.einsum("j,jgf->gf", np.cos(m * angles), maps) / samples for m in range(1, order + 1)]
     sin = [2 * np.einsum("j,jgf->gf", np.sin(m * angles), maps) / samples for m in range(1, order + 1)]
@@ -175,7 +191,7 @@ class DynamicSteerableBlock(nn.Module):
             nn.Conv2d(pose_width, outputs, 3, padding=1),
         )
         dtype = torch.get_default_dtype()
-        constant, frequencies, rotation = _harmonic_steering(order, tuple(self._keep))
+        constant, frequencies, rotation = _harmonic_steering(order, tuple(self._keep), float(sigma))
         self._constant = constant
         self.register_buffer("frequencies", torch.tensor(frequencies, dtype=dtype), persistent=False)
         table = rotation
