@@ -255,7 +255,7 @@ def test_constant_scale_pose_equals_steer_scale_applied_to_the_filters(order, fi
     x = torch.randn(2, 2, 13, 13, dtype=torch.float64)
     expected = F.conv2d(x, weight, block.static.bias.double(), padding=block.static.padding)
     out = block(x.to(dtype)).double()
-    assert block.scale_fit_error <= 5e-6
+    assert block.scale_fit_error <= 1e-4
     assert (out - expected).abs().max() <= (20 * block.scale_fit_error + 10 * TOL[dtype]) * expected.abs().max()
 
 

@@ -82,7 +82,7 @@ def _harmonic_steering(order: int, keep: tuple[int, ...], sigma: float) -> tuple
 
 
 #: degree of the polynomial in log scale that stands for the scale steering map over ``scale_range``
-SCALE_DEGREE = 8
+SCALE_DEGREE = 6
 
 
 @functools.lru_cache(maxsize=32)
@@ -98,7 +98,7 @@ def scale_steering_table(order: int, sigma: float, keep: tuple[int, ...], low: f
     the scale-normalised derivatives' coefficients kept (W_s(p) = s^-2 W(p / s) for a filter W in the span).
     The constant term is the identity exactly, so scale 1 is the static block. Fitted by least squares at
     4 * degree Chebyshev nodes. Returns the table (degree, G, G) and the fit's largest error relative to
-    max |L| on 101 scales of the range (4e-7 at degree 8 for orders <= 2, 2e-6 for order 4); the scale
+    max |L| on 101 scales of the range (at degree 6: 3e-6 for order 1, 3e-5 for orders 2-3, 7e-5 for order 4); the scale
     steering itself is far less exact than the fit: see ``steer_scale``'s residual."""
     size = kernel_size(high * sigma, 3.0)
     norms = gaussian_derivative_basis(order, sigma).filters.flatten(1).norm(dim=1).numpy()
