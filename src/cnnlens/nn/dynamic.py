@@ -15,8 +15,7 @@ scale, or both), and W are the canonical 1x1 weights. The block works in four st
    (:func:`~cnnlens.nn.steering.steer`, trigonometric in the pose, on the unit-norm frame: :func:`frame_rotation`;
    the pose theta gives the responses to the frame turned by -theta, i.e. to the image turned by theta about the
    location), applied through their circular-harmonic decomposition, a cos(m theta) / sin(m theta) table; for
-   scale the least-squares map of
-   :func:`~cnnlens.nn.steering.steer_scale`, a polynomial in log scale;
+   scale the least-squares map of :func:`~cnnlens.nn.steering.steer_scale`, a polynomial in log scale;
 4. a 1x1 combination with the canonical weights W, folded into the steering table so that the frame responses are
    contracted first.
 
