@@ -8,7 +8,8 @@ Run: ``python benchmarks/bench_frames.py [--repeats 9] [--threads N]``.
    against its pixel arm (the network of the ``frames-compare`` experiment, Table 6 of 001).
 2. A training step of a ``DynamicSteerableBlock`` (eq. 29: frame responses, the tanh pose network, steering,
    canonical 1x1 weights) against its static counterpart ``to_static()`` (a ``BasisConv2d`` over the same frame,
-   eq. 24) and a ``StaticResidualBlock`` (eq. 28) of the same channels (ratios reported; no target).
+   eq. 24) and a ``StaticResidualBlock`` (eq. 28) of the same channels (ratios reported; no target), with a
+   rotation pose (the default), a scale pose and both.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def dynamic_blocks(repeats: int) -> None:
     fns = {"StaticResidualBlock(16), two 3x3 convs": _step(StaticResidualBlock(16), x),
            "BasisConv2d (the block's to_static())": _step(block.to_static(), x),
            "DynamicSteerableBlock order 2, pose 16": _step(block, x)}
+    for steering in ("scale", "both"):
+        other = DynamicSteerableBlock(16, 16, order=2, pose_width=16, residual=True, steering=steering)
+        fns[f"DynamicSteerableBlock order 2, pose 16, {steering}"] = _step(other, x)
     _print("training step, 16 -> 16 channels, batch 16, 64x64:", _interleaved_ms(fns, repeats),
            "StaticResidualBlock(16), two 3x3 convs")
 

@@ -9,6 +9,10 @@ the boundary F-score at the best threshold (ODS):
 - the dynamic steerable block of eq. 29, whose frame is the two first-order Gaussian derivatives, as in the text;
 - a fully convolutional network with about the same number of parameters;
 - the gradient magnitude, the maximum over rotations of the first-derivative filter (Fig. 10's second column).
+
+Every seed draws its own training and test blobs and its own initialisation; the metrics ``f_<arm>_<case>`` are the
+means over seeds, ``f_<arm>_<case>_sd`` the sample standard deviations, and the claims are judged on the means with
+the standard error of a mean over seeds.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from ..data import BOUNDARY_CASES, BoundaryData, boundary_blobs
 from ..nn import DynamicSteerableBlock
 from ..train import seed_everything
 from ._boundaries import boundary_f_score, gradient_magnitude, num_parameters
-from ._claims import AllOf, Claim, Close, Estimated, Greater
+from ._claims import AllOf, Claim, Close, Greater, MeanError
+from ._receptive import mean_sd
 from ._registry import ExperimentResult, RunContext, register_experiment
 
 CASES = tuple(BOUNDARY_CASES)
@@ -33,7 +38,10 @@ CASES = tuple(BOUNDARY_CASES)
 
 @dataclass(frozen=True)
 class BlobsConfig:
-    """Images per case (train / test), image size, epochs, learning rate, pose-network width, bootstrap draws."""
+    """Seeds, images per case (train / test), image size, epochs, learning rate, pose-network width, bootstrap
+    draws."""
+
+    seeds: int = 3
 
     n_train: int = 512
     n_test: int = 64
@@ -86,44 +94,49 @@ def _panel(rows: dict[str, dict[str, np.ndarray]]) -> Figure:
     return fig
 
 
-def _scores_figure(metrics: dict[str, float]) -> Figure:
+def _scores_figure(metrics: dict[str, float], per_seed: dict[str, list[float]]) -> Figure:
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     x = np.arange(len(CASES))
+    n = metrics["n_seeds"]
     for i, (arm, label) in enumerate((("dynamic", "dynamic block"), ("static", "static network"),
                                       ("gradient", "gradient magnitude"))):
         values = [metrics[f"f_{arm}_{c}"] for c in CASES]
-        errors = [2 * metrics[f"f_{arm}_{c}_se"] for c in CASES]
+        errors = [2 * metrics[f"f_{arm}_{c}_sd"] / np.sqrt(n) for c in CASES]
         ax.bar(x + (i - 1) * 0.27, values, 0.27, yerr=errors, capsize=3, label=label)
+        for j, c in enumerate(CASES):
+            ax.plot(np.full(len(per_seed[f"{arm}_{c}"]), x[j] + (i - 1) * 0.27), per_seed[f"{arm}_{c}"], "k.", ms=3)
     ax.set_xticks(x, [f"case {c}" for c in CASES])
-    ax.set(ylabel="boundary F-score (ODS)", ylim=(0, 1.05), title="held-out blobs (bars: +-2 bootstrap SE)")
+    ax.set(ylabel="boundary F-score (ODS)", ylim=(0, 1.05),
+           title=f"held-out blobs, mean of {int(n)} seed(s) (bars: +-2 SE, dots: seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _se(arm: str, case: str) -> Estimated:
-    return Estimated(f"f_{arm}_{case}_se", "bootstrap over test images")
+def _se(arm: str, case: str) -> MeanError:
+    return MeanError(f"f_{arm}_{case}_sd", "n_seeds")
 
 
 _SETTING = ("generated blobs as in the text (64 x 64, one star-shaped blob each); scikit-image textures (brick / grass "
             "for II, grass / gravel standardised to equal mean and spread for III) stand in for KTH-TIPS; a fixed "
             "set of 512 training images per case instead of an infinite stream; Adam with a cosine decay, 30 "
-            "epochs, class-balanced cross-entropy; ODS F-score with a 1-pixel tolerance on 64 held-out images")
+            "epochs, class-balanced cross-entropy; ODS F-score with a 1-pixel tolerance on 64 held-out images per "
+            "case; 3 seeds (own blobs and initialisation each), judged on the seed means")
 
 
 @register_experiment(
     "steerable-blobs",
     title="A dynamic steerable block finds boundaries of textured blobs that the gradient magnitude misses.",
     paper="001 sec. 4.4.2, Fig. 10",
-    quick=BlobsConfig(n_train=32, n_test=8, size=32, epochs=1, resamples=20),
+    quick=BlobsConfig(seeds=1, n_train=32, n_test=8, size=32, epochs=1, resamples=20),
     full=BlobsConfig(),
-    metrics=tuple(f"f_{arm}_{case}" for case in CASES for arm in ("dynamic", "static", "gradient"))
-    + ("params_dynamic", "params_static"),
+    metrics=tuple(f"f_{arm}_{case}{sd}" for case in CASES for arm in ("dynamic", "static", "gradient")
+                  for sd in ("", "_sd")) + ("n_seeds", "params_dynamic", "params_static"),
     claims=(
         Claim("binary-all-equal", "001 sec. 4.4.2, Fig. 10 I",
               "On binary blobs (case I) the gradient-magnitude invariant solves the task, the dynamic block "
               "discovers it, and a fully convolutional network of the same size achieves almost the same (judged: "
-              "both networks' F-scores within 0.05 of the gradient rule's).",
+              "both networks' mean F-scores over seeds within 0.05 of the gradient rule's).",
               AllOf((("dynamic", Close("f_dynamic_I", "f_gradient_I", 0.05, _se("dynamic", "I"),
                                        _se("gradient", "I"), label="F dynamic - gradient, case I")),
                      ("static", Close("f_static_I", "f_gradient_I", 0.05, _se("static", "I"),
@@ -131,15 +144,15 @@ _SETTING = ("generated blobs as in the text (64 x 64, one star-shaped blob each)
               setting=_SETTING),
         Claim("dynamic-beats-gradient-on-textures", "001 sec. 4.4.2, Fig. 10 II-III",
               "On textured blobs (cases II and III) the gradient magnitude gives weak or no clues while the dynamic "
-              "block largely recovers the boundaries (judged: its F-score above the gradient rule's in both "
-              "cases).",
+              "block largely recovers the boundaries (judged: its mean F-score over seeds above the gradient "
+              "rule's in both cases).",
               AllOf(tuple((f"case {c}", Greater(f"f_dynamic_{c}", f"f_gradient_{c}", _se("dynamic", c),
                                                 _se("gradient", c), label=f"F dynamic - gradient, case {c}"))
                           for c in ("II", "III"))),
               setting=_SETTING),
         Claim("static-fails-on-textures", "001 sec. 4.4.2",
               "In cases II and III the fully convolutional baseline of the same size fails to converge (judged: "
-              "its F-score more than 0.05 below the dynamic block's in both cases).",
+              "its mean F-score over seeds more than 0.05 below the dynamic block's in both cases).",
               AllOf(tuple((f"case {c}", Greater(f"f_dynamic_{c}", f"f_static_{c}", _se("dynamic", c),
                                                 _se("static", c), margin=0.05, label=f"F dynamic - static, case {c}"))
                           for c in ("II", "III"))),
@@ -147,36 +160,52 @@ _SETTING = ("generated blobs as in the text (64 x 64, one star-shaped blob each)
     ),
 )
 def run(cfg: BlobsConfig, ctx: RunContext) -> ExperimentResult:
-    """Per case: train the dynamic block and the static network, score all three detectors on held-out blobs."""
+    """Per seed and case: train the dynamic block and the static network, score all three detectors on held-out
+    blobs; the metrics are means and standard deviations over seeds."""
+    per_seed: dict[str, list[float]] = {}
     metrics: dict[str, float] = {}
     panel: dict[str, dict[str, np.ndarray]] = {}
-    for k, case in enumerate(CASES):
-        train = boundary_blobs(cfg.n_train, case, cfg.size, seed=ctx.seed)
-        test = boundary_blobs(cfg.n_test, case, cfg.size, seed=ctx.seed + 10_000)
-        seed_everything(ctx.seed + k)
-        dynamic = _train(ctx, f"dynamic-{case}", dynamic_block(cfg.pose_width), train, cfg)
-        seed_everything(ctx.seed + k)
-        static = _train(ctx, f"static-{case}", static_network(num_parameters(dynamic)), train, cfg)
-        metrics["params_dynamic"] = float(num_parameters(dynamic))
-        metrics["params_static"] = float(num_parameters(static))
-        scores = {"dynamic": _boundary_probability(dynamic, test.images),
-                  "static": _boundary_probability(static, test.images),
-                  "gradient": gradient_magnitude(test.images)}
-        for arm, score in scores.items():
-            result = boundary_f_score(score, test.boundaries, resamples=cfg.resamples, seed=ctx.seed)
-            metrics[f"f_{arm}_{case}"], metrics[f"f_{arm}_{case}_se"] = result.ods, result.ods_se
-            metrics[f"ois_{arm}_{case}"] = result.ois
-        with torch.no_grad():
-            _, pose = dynamic(test.images[:1], return_pose=True)
-        panel[case] = {"input": test.images[0, 0].numpy(), "gradient magnitude": scores["gradient"][0, 0].numpy(),
-                       "prediction": scores["dynamic"][0, 0].numpy(),
-                       "pose (rotation)": np.mod(pose[0, 0].numpy(), 2 * np.pi),
-                       "target": test.boundaries[0, 0].numpy()}
-        ctx.log(f"case {case}: ODS dynamic {metrics[f'f_dynamic_{case}']:.3f}, static "
-                f"{metrics[f'f_static_{case}']:.3f}, gradient magnitude {metrics[f'f_gradient_{case}']:.3f}")
-    notes = "; ".join(f"case {c}: F-score dynamic block {metrics[f'f_dynamic_{c}']:.3f}, static network "
-                      f"{metrics[f'f_static_{c}']:.3f}, gradient magnitude {metrics[f'f_gradient_{c}']:.3f}"
-                      for c in CASES)
-    notes = (f"Held-out ODS F-scores (1-pixel tolerance, {cfg.n_test} images per case): {notes}. The dynamic block has "
-             f"{int(metrics['params_dynamic'])} parameters, the static network {int(metrics['params_static'])}.")
-    return ExperimentResult(metrics, {"fig10_panel": _panel(panel), "f_scores": _scores_figure(metrics)}, notes)
+    for i in range(cfg.seeds):
+        seed = ctx.seed + 1000 * i
+        for k, case in enumerate(CASES):
+            train = boundary_blobs(cfg.n_train, case, cfg.size, seed=seed)
+            test = boundary_blobs(cfg.n_test, case, cfg.size, seed=seed + 10_000)
+            seed_everything(seed + k)
+            dynamic = _train(ctx, f"dynamic-{case}-seed{i}", dynamic_block(cfg.pose_width), train, cfg)
+            seed_everything(seed + k)
+            static = _train(ctx, f"static-{case}-seed{i}", static_network(num_parameters(dynamic)), train, cfg)
+            metrics["params_dynamic"] = float(num_parameters(dynamic))
+            metrics["params_static"] = float(num_parameters(static))
+            scores = {"dynamic": _boundary_probability(dynamic, test.images),
+                      "static": _boundary_probability(static, test.images),
+                      "gradient": gradient_magnitude(test.images)}
+            for arm, score in scores.items():
+                result = boundary_f_score(score, test.boundaries, resamples=cfg.resamples, seed=seed)
+                per_seed.setdefault(f"{arm}_{case}", []).append(result.ods)
+                per_seed.setdefault(f"ois_{arm}_{case}", []).append(result.ois)
+                per_seed.setdefault(f"se_{arm}_{case}", []).append(result.ods_se)
+            ctx.log(f"seed {i}, case {case}: ODS dynamic {per_seed[f'dynamic_{case}'][-1]:.3f}, static "
+                    f"{per_seed[f'static_{case}'][-1]:.3f}, gradient magnitude {per_seed[f'gradient_{case}'][-1]:.3f}")
+            if i == 0:
+                with torch.no_grad():
+                    _, pose = dynamic(test.images[:1], return_pose=True)
+                panel[case] = {"input": test.images[0, 0].numpy(),
+                               "gradient magnitude": scores["gradient"][0, 0].numpy(),
+                               "prediction": scores["dynamic"][0, 0].numpy(),
+                               "pose (rotation)": np.mod(pose[0, 0].numpy(), 2 * np.pi),
+                               "target": test.boundaries[0, 0].numpy()}
+    metrics["n_seeds"] = float(cfg.seeds)
+    for case in CASES:
+        for arm in ("dynamic", "static", "gradient"):
+            metrics[f"f_{arm}_{case}"], metrics[f"f_{arm}_{case}_sd"] = mean_sd(per_seed[f"{arm}_{case}"])
+            metrics[f"ois_{arm}_{case}"] = mean_sd(per_seed[f"ois_{arm}_{case}"])[0]
+            metrics[f"f_{arm}_{case}_bootstrap_se"] = mean_sd(per_seed[f"se_{arm}_{case}"])[0]
+    notes = "; ".join(f"case {c}: F-score dynamic block {metrics[f'f_dynamic_{c}']:.3f} +- "
+                      f"{metrics[f'f_dynamic_{c}_sd']:.3f}, static network {metrics[f'f_static_{c}']:.3f} +- "
+                      f"{metrics[f'f_static_{c}_sd']:.3f}, gradient magnitude {metrics[f'f_gradient_{c}']:.3f} +- "
+                      f"{metrics[f'f_gradient_{c}_sd']:.3f}" for c in CASES)
+    notes = (f"Held-out ODS F-scores (1-pixel tolerance, {cfg.n_test} images per case and seed), mean +- sd over "
+             f"{cfg.seeds} seed(s): {notes}. The dynamic block has {int(metrics['params_dynamic'])} parameters, the "
+             f"static network {int(metrics['params_static'])}.")
+    figures = {"fig10_panel": _panel(panel), "f_scores": _scores_figure(metrics, per_seed)}
+    return ExperimentResult(metrics, figures, notes)

@@ -147,7 +147,8 @@ class ScaleSteering(NamedTuple):
     residual: torch.Tensor
 
 
-def steer_scale(order: int, scale: float, sigma: float = 1.0, *, k: float = 3.0) -> ScaleSteering:
+def steer_scale(order: int, scale: float, sigma: float = 1.0, *, k: float = 3.0,
+                size: int | None = None) -> ScaleSteering:
     """Scale steering of Gaussian-derivative filters for small isotropic scalings (001 sec. 4.3.1: sigma 0.8-1.5).
 
     Unlike rotation, a change of scale is not exactly steerable by a finite basis: a Gaussian derivative at
@@ -155,12 +156,14 @@ def steer_scale(order: int, scale: float, sigma: float = 1.0, *, k: float = 3.0)
     least-squares one. Each basis function at ``scale * sigma`` (same normalisation, on a grid wide enough for both
     scales) is projected on the basis at ``sigma``. ``residual`` says how far each projection is off: it is small
     near scale 1 and grows with |log scale| and with the order. Coefficients a of a filter at sigma become
-    ``matrix @ a``, the coefficients (over the basis at sigma) of the same filter rescaled.
+    ``matrix @ a``, the coefficients (over the basis at sigma) of the same filter rescaled. ``size`` fixes the odd
+    grid (at least the default 2 * ceil(k * max(sigma, scale * sigma)) + 1); a fixed grid makes the map a smooth
+    function of ``scale`` over a range, where the default grid grows in steps with the scale.
     """
     _check_order(order)
     if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite factor, e.g. 1.2, got {scale!r}")
-    size = kernel_size(max(sigma, scale * sigma), k)
+    size = kernel_size(max(sigma, scale * sigma), k) if size is None else size
     base = gaussian_derivative_basis(order, sigma, size=size, k=k).filters.flatten(1)
     scaled = gaussian_derivative_basis(order, scale * sigma, size=size, k=k).filters.flatten(1)
     solution = torch.linalg.lstsq(base.T, scaled.T).solution  # base.T @ solution ~ scaled.T
