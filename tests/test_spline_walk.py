@@ -16,8 +16,8 @@ from rich.console import Console
 from torch import nn
 
 from cnnlens.spline import ReplayDivergenceError, SegmentRegions, partition_codes, regions_on_segment
-from cnnlens.spline._capture import Entry, capture, run_captured
-from cnnlens.spline._segment import _step
+from cnnlens.spline._capture import Entry, UnpairableError, capture, run_captured
+from cnnlens.spline._segment import _halves, _Reader, _step
 from cnnlens.spline._windows import pool_windows
 from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
 
@@ -256,3 +256,178 @@ def test_max_pool_step_equals_the_rule_on_explicit_windows(pool, size, seed, tie
     assert isinstance(e.probe["windows"].func, type(pool_windows)) and e.probe["windows"].func is pool_windows
     expected = _by_windows_argmax(e.probe["h"], f.probe["h"], e.states, e.probe["windows"])
     assert torch.equal(_step(e, f), expected)
+
+
+# --- the paired pass: record and replay in one batch [x; x'] ----------------------------------------------------
+
+
+class _Selections(nn.Module):
+    """Every selection and elementwise-piecewise unit the walk reads: adaptive max-pool, amax, max over a dim,
+    cummax, sort, top-k, median, Hardsigmoid, Hardshrink, Softshrink, a two-sided clamp and a minimum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.out = nn.Linear(3 * (9 + 1 + 1 + 1 + 4 + 3 + 1) + 5 * 3 * 64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        flat = h.flatten(2)
+        parts = [F.adaptive_max_pool2d(h, 3), h.amax(dim=(2, 3)), flat.max(dim=2).values,
+                 torch.cummax(flat, dim=2).values[..., -1], torch.sort(flat, dim=2).values[..., ::16],
+                 torch.topk(flat, 3, dim=2).values, flat.median(dim=2).values, F.hardsigmoid(4 * h),
+                 F.hardshrink(h, 0.3), F.softshrink(h, 0.2), h.clamp(-0.4, 0.5), torch.minimum(h, 0.2 * h)]
+        return self.out(torch.cat([p.flatten(1) for p in parts], 1))
+
+
+def _ties_net() -> nn.Module:
+    """Max-pooling on integer-valued inputs (ties in most windows), then integer weights."""
+    torch.manual_seed(3)
+    lin = nn.Linear(2 * 4 * 4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randint(-2, 3, lin.weight.shape))
+    return nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), lin, nn.ReLU(), nn.Linear(3, 2))
+
+
+def _paired_case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A model, points x and points x' further along a direction (float64, 5 samples each)."""
+    from cnnlens.nn.models import lenet5, small_resnet
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    if name == "lenet5":
+        net, shape = lenet5(num_classes=10), (1, 32, 32)
+    elif name == "small_resnet":
+        net, shape = small_resnet(num_classes=10, width=4), (1, 16, 16)
+    elif name == "ties":
+        net, shape = _ties_net(), (2, 8, 8)
+        x = torch.randint(-2, 3, (5, *shape), generator=g).double()
+        return net.double().eval(), x, x + torch.randint(-1, 2, (1, *shape), generator=g).double()
+    elif name == "clamps":
+        net, shape = nn.Sequential(nn.Linear(6, 12), nn.Hardtanh(-0.5, 0.7), nn.Linear(12, 12), nn.ReLU6(),
+                                   nn.Linear(12, 3)), (6,)
+    elif name == "leaky":
+        net, shape = nn.Sequential(nn.Conv1d(2, 4, 3), nn.LeakyReLU(0.2), nn.Conv1d(4, 4, 3), nn.PReLU(4),
+                                   nn.Flatten(), nn.Linear(4 * 6, 5), nn.RReLU(), nn.Linear(5, 2)), (2, 10)
+    else:
+        net, shape = _Selections(), (1, 8, 8)
+    x = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    return net.double().eval(), x, x + 0.7 * torch.randn(1, *shape, generator=g, dtype=torch.float64)
+
+
+def _two_passes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[Entry], list[Entry], torch.Tensor]:
+    with torch.no_grad(), capture(net, probe=True) as here:
+        run_captured(here, net, x)
+    with torch.no_grad(), capture(net, probe=True, forced=here.entries) as ahead:
+        out = run_captured(ahead, net, y)
+    return here.entries, ahead.entries, out
+
+
+PAIRED_CASES = ("lenet5", "small_resnet", "ties", "clamps", "leaky", "selections")
+
+
+@pytest.mark.parametrize("name", PAIRED_CASES)
+def test_paired_pass_equals_a_recording_and_a_replay(name):
+    """One pass on [x; x'] in which every unit takes x's pieces on both halves gives what recording at x and
+    replaying at x' give: the same layers, pieces, values, output and boundary steps."""
+    net, x, y = _paired_case(name)
+    here, ahead, out = _two_passes(net, x, y)
+    with torch.no_grad(), capture(net, probe=True, paired=True) as both:
+        out2 = run_captured(both, net, torch.cat([x, y]))
+    assert [(e.name, e.kind, e.shape) for e in both.entries] == [(e.name, e.kind, e.shape) for e in here]
+    assert len(here) >= 2
+    with torch.no_grad():
+        plain = net(x).flatten(1)
+    assert torch.allclose(out2[:len(x)], plain, rtol=1e-12, atol=1e-12)  # the first half is the plain forward
+    assert torch.allclose(out2[len(x):], out, rtol=1e-12, atol=1e-12)  # the second half is the replay
+    for e, f, entry in zip(here, ahead, both.entries, strict=True):
+        h2, f2 = _halves(entry, len(x))
+        assert torch.equal(h2.states, e.states), e.name
+        for key in ("u", "h"):
+            if key in e.probe:
+                assert torch.allclose(h2.probe[key], e.probe[key], rtol=1e-12, atol=1e-12), e.name
+                assert torch.allclose(f2.probe[key], f.probe[key], rtol=1e-12, atol=1e-12), e.name
+        with torch.no_grad():
+            s, s2 = _step(e, f), _step(h2, f2)
+        assert torch.allclose(s2, s, rtol=1e-10, atol=1e-12), (e.name, s, s2)
+
+
+@pytest.mark.parametrize("name", PAIRED_CASES)
+def test_paired_walk_equals_the_two_pass_walk(name, monkeypatch):
+    net, x, y = _paired_case(name)
+    a, b = x[0], y[0] if name != "ties" else x[1]
+    b = a + {"lenet5": 0.05, "small_resnet": 0.1, "selections": 0.05}.get(name, 1.0) * (b - a)  # tens of regions
+    paired = regions_on_segment(net, a, b, batch_size=4, progress=False)
+    monkeypatch.setattr(_Reader, "paired", False)
+    two = regions_on_segment(net, a, b, batch_size=4, progress=False)
+    assert paired.num_regions == two.num_regions > 1 and paired.layers == two.layers
+    assert torch.allclose(paired.breakpoints, two.breakpoints, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures, dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_paired_walk_equals_the_two_pass_walk_on_random_architectures(arch, dtype):
+    """Every supported part, models built in float64 and float32 (the walk runs in float64)."""
+    blocks, dims, seed = arch
+    net = random_net(blocks, dims, seed, dtype)
+    x = input_for(net, 2, seed, dtype)
+    reader = _Reader(net.double(), x[:1].double(), (x[1:] - x[:1]).double())
+    here, ahead = reader.passes(reader.points([0.2, 0.5, 0.9]))
+    assert reader.paired, "a per-sample model without control flow must be read in one paired pass"
+    paired = reader.steps(here, ahead)
+    reader.paired = False
+    two = reader.steps(*reader.passes(reader.points([0.2, 0.5, 0.9])))
+    assert torch.allclose(paired, two, rtol=1e-10, atol=1e-12)
+
+
+class _Gated(nn.Module):
+    """Control flow on a value read off the input (``bool``), optionally behind a broad ``except``."""
+
+    def __init__(self, swallow: bool) -> None:
+        super().__init__()
+        self.lin, self.out, self.swallow = nn.Linear(4, 8), nn.Linear(8, 2), swallow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.lin(x))
+        try:
+            wide = bool((h > 0).any())
+        except Exception:  # noqa: BLE001 - a model that swallows every error, on purpose
+            if not self.swallow:
+                raise
+            wide = True
+        return self.out(F.relu(h) if wide else h)
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_control_flow_on_values_falls_back_to_two_passes(swallow):
+    """The paired pass cannot take a decision of the first half on the second half; the reader notices (also when
+    the model catches the error) and reads with two passes, with the same steps."""
+    net = _Gated(swallow).double().eval()
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reader = _Reader(net, x[:1], x[1:] - x[:1])
+    steps = reader.steps(*reader.passes(reader.points([0.1, 0.6])))
+    assert not reader.paired
+    here, ahead, _ = _two_passes(net, reader.points([0.1, 0.6]),
+                                 reader.points([0.1, 0.6]) + reader.scale * reader.direction)
+    with torch.no_grad():
+        expected = torch.stack([_step(e, f) for e, f in zip(here, ahead, strict=True)]) * reader.scale
+    assert torch.equal(steps, expected)
+    walk = regions_on_segment(net, x[0], x[1], progress=False)
+    assert walk.num_regions >= 1 and not walk.partial
+
+
+def test_paired_pass_refuses_what_it_cannot_pair():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).double().eval()
+    with pytest.raises(ValueError, match="two halves"):
+        with capture(net, probe=True, paired=True) as cap:
+            run_captured(cap, net, torch.zeros(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no forced entries"):
+        capture(net, paired=True, forced=[]).__enter__()
+
+    class Flat(nn.Module):  # a ReLU on the flattened batch: dim 0 is not the sample dimension there
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(x.reshape(-1)).reshape(x.shape)
+
+    with pytest.raises(UnpairableError, match="samples in dim 0"):
+        with capture(Flat(), probe=True, paired=True) as cap:
+            run_captured(cap, Flat(), torch.zeros(4, 3, dtype=torch.float64))
