@@ -431,3 +431,40 @@ def test_paired_pass_refuses_what_it_cannot_pair():
     with pytest.raises(UnpairableError, match="samples in dim 0"):
         with capture(Flat(), probe=True, paired=True) as cap:
             run_captured(cap, Flat(), torch.zeros(4, 3, dtype=torch.float64))
+
+
+# --- the adaptive batch ------------------------------------------------------------------------------------------
+
+
+def test_adaptive_batch_walk_equals_the_sequential_walk(walk_case):
+    net, x, full = walk_case
+    walk = regions_on_segment(net, x[0], x[1], batch_size=None, progress=False)
+    assert not walk.partial and walk.layers == full.layers
+    assert torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-10)
+    for k in (3, full.num_regions - 1):
+        with pytest.warns(UserWarning, match=f"stopped at max_regions={k}"):
+            part = regions_on_segment(net, x[0], x[1], max_regions=k, progress=False)
+        _assert_prefix(part, full)
+
+
+def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
+    """Costs per point 10, 6, 5.9 (not 5% less), ...: the batch doubles twice and settles at the best size; rounds
+    with fewer points than the batch do not count; a fixed batch_size never changes; records over the memory budget
+    stop the growth."""
+    from cnnlens.spline import _segment as seg
+
+    batch = seg._BatchSize(None)
+    first = batch.size
+    batch.observe(1, 100.0, 8.0)  # a partial round: ignored
+    for cost, size in ((10.0, first), (6.0, 2 * first), (5.9, 4 * first)):
+        assert batch.size == size and not batch.settled
+        for _ in range(2):
+            batch.observe(size, cost * size, 8.0)
+    assert batch.settled and batch.size == 2 * first
+    fixed = seg._BatchSize(7)
+    fixed.observe(7, 1.0, 8.0)
+    assert fixed.settled and fixed.size == 7
+    big = seg._BatchSize(None)
+    for _ in range(2):
+        big.observe(big.size, 1.0, seg._RECORD_BUDGET / (1.5 * first))  # twice the batch would exceed the budget
+    assert big.settled and big.size == first
