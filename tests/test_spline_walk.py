@@ -381,7 +381,8 @@ def test_paired_walk_equals_the_two_pass_walk_on_random_architectures(arch, dtyp
 
 
 class _Gated(nn.Module):
-    """Control flow on a value read off the input (``bool``), optionally behind a broad ``except``."""
+    """Control flow on a value read off the input (``bool``; true on the inputs used here), optionally behind a
+    broad ``except``."""
 
     def __init__(self, swallow: bool) -> None:
         super().__init__()
@@ -390,7 +391,7 @@ class _Gated(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.lin(x))
         try:
-            wide = bool((h > 0).any())
+            wide = bool((h.abs() < 1e6).all())
         except Exception:  # noqa: BLE001 - a model that swallows every error, on purpose
             if not self.swallow:
                 raise
@@ -413,7 +414,28 @@ def test_control_flow_on_values_falls_back_to_two_passes(swallow):
         expected = torch.stack([_step(e, f) for e, f in zip(here, ahead, strict=True)]) * reader.scale
     assert torch.equal(steps, expected)
     walk = regions_on_segment(net, x[0], x[1], progress=False)
-    assert walk.num_regions >= 1 and not walk.partial
+    sequential = regions_on_segment(net, x[0], x[1], batch_size=1, progress=False)
+    assert walk.num_regions == sequential.num_regions > 1 and walk.layers == sequential.layers
+
+
+def test_a_replay_on_a_shorter_path_is_refused_by_name():
+    """A branch on a value that flips between a point and its replay further along the path: the replay meets fewer
+    nonlinearities than the record, and the walk says so instead of reading mismatched slopes."""
+
+    class Shortcut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(x)
+            return F.relu(h) if bool((x[:, 0] < 0.2).all()) else h  # true at t = 0, false at its replay
+
+    torch.manual_seed(0)
+    net = Shortcut().double().eval()
+    with pytest.raises(ReplayDivergenceError, match="regions_on_segment reads the slopes.*met 0 nonlinearities"):
+        regions_on_segment(net, torch.zeros(2, dtype=torch.float64), torch.tensor([0.4, 1.0], dtype=torch.float64),
+                           batch_size=1, progress=False)
 
 
 def test_paired_pass_refuses_what_it_cannot_pair():

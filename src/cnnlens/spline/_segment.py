@@ -42,7 +42,15 @@ import torch
 from torch import Tensor, nn
 
 from .._progress import phase
-from ._capture import Entry, ReplayDivergenceError, UnpairableError, capture, check_model_input, run_captured
+from ._capture import (
+    UNFORCEABLE,
+    Entry,
+    ReplayDivergenceError,
+    UnpairableError,
+    capture,
+    check_model_input,
+    run_captured,
+)
 from ._windows import pool_window_view, pool_windows
 
 __all__ = ["SegmentRegions", "regions_on_segment"]
@@ -55,7 +63,7 @@ _TIE = 1e-12
 #: The adaptive batch (``batch_size=None``, :class:`_BatchSize`): fronts of the first rounds, the largest batch, the
 #: memory the records of one round may take (a copy of every nonlinearity's input, both halves of the paired pass),
 #: and the factor by which doubling the batch must cut the cost per point to be kept.
-_FIRST_BATCH, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 4, 256, 2**28, 0.95
+_FIRST_BATCH, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 8, 256, 2**28, 0.95
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,11 @@ class _Reader:
             try:
                 with capture(self.model, graph=False, probe=True, forced=here.entries) as ahead:
                     run_captured(ahead, self.model, ahead_x)
+                if len(ahead.entries) != len(here.entries):  # a path with fewer nonlinearities
+                    raise ReplayDivergenceError(
+                        f"the replayed forward pass met {len(ahead.entries)} nonlinearities, where the recorded pass "
+                        f"met {len(here.entries)}: {UNFORCEABLE}, so the regions recorded at x cannot be replayed at "
+                        "another input.")
             except ReplayDivergenceError as err:
                 raise ReplayDivergenceError(f"regions_on_segment reads the slopes along the path by replaying the "
                                             f"regions of each point further along it, which this model does not "
@@ -472,7 +485,7 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     batch_size : int, optional
         Points read per pass (1: the plain sequential walk; the pass holds each point twice). Memory grows with it;
         past the size where a batch's activations leave the CPU caches, so does the time per point. None (the
-        default) adapts it: the batch doubles from 4 while the measured CPU time per point falls (up to 256 points
+        default) adapts it: the batch doubles from 8 while the measured CPU time per point falls (up to 256 points
         and 256 MB of records per round; ``benchmarks/bench_walk.py`` compares fixed sizes).
     progress : bool
         Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
