@@ -1,6 +1,7 @@
 """The segment walk at scale (issue 10, sec. 4): budgets return flagged partial prefixes of the full walk, the
 batched walk (several fronts per forward pass) finds what the sequential walk and dense sampling find, a batch of one
-is accepted as one input, and the progress bar is harmless."""
+is accepted as one input, and the progress bar is harmless; the paired pass (record and replay in one batch) equals a
+recording pass and a replay, and the adaptive batch walks the same regions."""
 
 from __future__ import annotations
 
@@ -326,10 +327,16 @@ def _two_passes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[
 PAIRED_CASES = ("lenet5", "small_resnet", "ties", "clamps", "leaky", "selections")
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("name", PAIRED_CASES)
-def test_paired_pass_equals_a_recording_and_a_replay(name):
+def test_paired_pass_equals_a_recording_and_a_replay(name, split, monkeypatch):
     """One pass on [x; x'] in which every unit takes x's pieces on both halves gives what recording at x and
-    replaying at x' give: the same layers, pieces, values, output and boundary steps."""
+    replaying at x' give: the same layers, pieces, values, output and boundary steps; also with every convolution
+    run per half (``split``, as for large batches)."""
+    from cnnlens.spline import _capture
+
+    if split:
+        monkeypatch.setattr(_capture, "_SPLIT_UNFOLD", 0)
     net, x, y = _paired_case(name)
     here, ahead, out = _two_passes(net, x, y)
     with torch.no_grad(), capture(net, probe=True, paired=True) as both:
@@ -436,6 +443,41 @@ def test_a_replay_on_a_shorter_path_is_refused_by_name():
     with pytest.raises(ReplayDivergenceError, match="regions_on_segment reads the slopes.*met 0 nonlinearities"):
         regions_on_segment(net, torch.zeros(2, dtype=torch.float64), torch.tensor([0.4, 1.0], dtype=torch.float64),
                            batch_size=1, progress=False)
+
+
+class _Overwriting(nn.Module):
+    """Overwrites the input of its ReLU and of its max-pool in place after them (legal, and rare)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(1, 2, 3), nn.Linear(2 * 3 * 3 * 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        r = F.relu(h)
+        p = F.max_pool2d(r, 2)
+        both = torch.cat([p, h.add_(1.0)[:, :, ::2, ::2][:, :, :3, :3]], 1)  # moves the ReLU's zero crossings
+        r.add_(torch.arange(r[0].numel(), dtype=r.dtype).view(r.shape[1:]))  # and the max-pool's argmax switches
+        return self.out(both.flatten(1))
+
+
+def test_probes_shared_by_reference_are_copied_when_the_model_overwrites_them():
+    """The paired pass keeps the inputs of the nonlinearities by reference; a model that overwrites one in place
+    later on is noticed (version counters) and read with copies, giving the steps of two passes."""
+    net = _Overwriting().double().eval()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reader = _Reader(net, x[:1], x[1:] - x[:1])
+    pts = reader.points([0.1, 0.4, 0.8])
+    steps = reader.steps(*reader.passes(pts))
+    assert reader.paired and not reader.shared
+    here, ahead, _ = _two_passes(net, pts, pts + reader.scale * reader.direction)
+    with torch.no_grad():
+        expected = torch.stack([_step(e, f) for e, f in zip(here, ahead, strict=True)]) * reader.scale
+    assert torch.allclose(steps, expected, rtol=1e-10, atol=0)
+    clean = _Reader(_conv_net(), torch.zeros(1, 1, 12, 12, dtype=torch.float64),
+                    torch.ones(1, 1, 12, 12, dtype=torch.float64))
+    clean.passes(clean.points([0.5]))
+    assert clean.shared  # nothing overwritten: no copies
 
 
 def test_paired_pass_refuses_what_it_cannot_pair():

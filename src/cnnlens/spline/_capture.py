@@ -395,8 +395,11 @@ class Capture(TorchFunctionMode):
 
     def __init__(self, *, graph: bool, approximate: bool = False, probe: bool = False,
                  forced: list[Entry] | None = None, tape: Tape | None = None,
-                 decisions: list[tuple[Callable, Any]] | None = None, paired: bool = False) -> None:
+                 decisions: list[tuple[Callable, Any]] | None = None, paired: bool = False,
+                 shared_probes: bool = False) -> None:
         super().__init__()
+        self.shared_probes = shared_probes
+        self._shared: list[tuple[Tensor, int]] = []  # probes kept by reference, with their version counters
         if paired and (forced is not None or decisions is not None or tape is not None or graph):
             raise ValueError("a paired pass records its own pieces and forces them on its second half: it takes no "
                              "forced entries or decisions, no tape and no autograd graph.")
@@ -863,6 +866,19 @@ class Capture(TorchFunctionMode):
     def record(self, entry: Entry) -> None:
         self.entries.append(entry)
 
+    def _kept(self, t: Tensor, modified: bool = False) -> Tensor:
+        """The probe of a nonlinearity's input ``t``: a copy, since the op itself (``modified``: in place) or a later
+        in-place op of the model may overwrite ``t``; with ``shared_probes``, ``t`` itself when the op does not
+        modify it, its version counter noted, so that :meth:`probes_intact` tells whether a later op did."""
+        if self.shared_probes and not modified:
+            self._shared.append((t, t._version))
+            return t
+        return t.clone()
+
+    def probes_intact(self) -> bool:
+        """Whether every probe kept by reference still holds the values it had at its op (``shared_probes``)."""
+        return all(t._version == version for t, version in self._shared)
+
     # paired passes ------------------------------------------------------------------------------------------------
     def _run_halves(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A linear op of a paired pass: a CPU convolution that would unfold a large batch (:data:`_SPLIT_UNFOLD`)
@@ -1058,7 +1074,7 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
     own = not cap.graph and forced is None and cap.half is None  # the model's own op gives the value
     u = None if own and zero_floor and not cap.probe else pre()
     # the model's own tensors are copied: an in-place op (this one or a later one) may overwrite them
-    probe = {"u": u.clone() if cap.is_tracked(u) else u} if cap.probe else {}
+    probe = {"u": cap._kept(u, inplace_target is not None) if cap.is_tracked(u) else u} if cap.probe else {}
     if own:
         mask = None if zero_floor else u > 0  # before the op: an in-place op (abs_) overwrites u
         out = cap._run(func, args, kwargs)
@@ -1224,7 +1240,7 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         state = cap._paired_code(state_of, h, h)
     else:
         state = state_of(h)
-    probe = {"h": h.clone(), "lo": lo_t, "hi": hi_t} if cap.probe else {}  # copied: in-place ops overwrite h
+    probe = {"h": cap._kept(h, inplace), "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
     if not cap.graph and forced is None and not cap.probe and cap.half is None:
         out = _finish(cap, h, cap._run(func, args, kwargs), False)
@@ -1283,7 +1299,7 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
         if paired:
             idx, rel = _twice(idx), _twice(rel)
-    probe = {"h": h.clone(), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
+    probe = {"h": cap._kept(h), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
                                                           ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
     return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
@@ -1427,7 +1443,7 @@ def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: 
             code = code_of(signed)
     probe: dict[str, Any] = {}
     if cap.probe:
-        probe = {"h": signed.clone(), "windows": windows}
+        probe = {"h": cap._kept(signed), "windows": windows}
         if ranks is not None:
             probe["ranks"] = ranks
     cap.record(Entry(name, kind, out_shape, num_states, _small_states(code, num_states), (code, indices), probe))
@@ -1508,7 +1524,8 @@ def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) 
         idx = _twice(idx)
     kmax = adaptive_layout(in_sizes, out_sizes)[3]
     code = adaptive_code(idx, in_sizes, out_sizes)
-    probe = {"h": h.clone(), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} if cap.probe else {}
+    probe = {"h": cap._kept(h), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} \
+        if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(kmax), _small_states(code, math.prod(kmax)), idx, probe))
     return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
 
@@ -1616,7 +1633,7 @@ def _elementwise(cap: Capture, func: Callable, rule: ElementwisePiecewise, args:
     else:
         code = cap._paired_code(pieces.code, h, h) if cap.half is not None else pieces.code(h)
     slope, offset = pieces.coefficients(code, h.dtype)
-    probe = {"h": h.clone(), "pieces": pieces} if cap.probe else {}
+    probe = {"h": cap._kept(h, inplace), "pieces": pieces} if cap.probe else {}
     cap.record(Entry(layer, "piecewise", shape, pieces.num_pieces, _small_states(code, pieces.num_pieces), code,
                      probe))
     if not cap.graph and forced is None and cap.half is None:
@@ -1754,16 +1771,17 @@ def _check_eager(model: Callable[[Tensor], Tensor]) -> None:
 @contextmanager
 def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
             probe: bool = False, forced: list[Entry] | None = None, decisions: list[tuple[Callable, Any]] | None = None,
-            paired: bool = False, cap: Capture | None = None) -> Iterator[Capture]:
+            paired: bool = False, shared_probes: bool = False, cap: Capture | None = None) -> Iterator[Capture]:
     """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors).
 
     ``forced`` and ``decisions`` (the ``entries`` and ``decisions`` of a recorded capture) make it a replay: every
     nonlinearity takes the recorded piece and every value read off a tracked tensor is the recorded one.
     ``paired=True`` makes the pass a recording of its first half and a replay of those pieces on its second half
-    (module docstring); its entries hold both halves.
+    (module docstring); its entries hold both halves. ``shared_probes=True`` keeps the probes by reference
+    instead of copying them (:meth:`Capture.probes_intact` then tells whether the model overwrote one in place).
     """
     cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced,
-                                              decisions=decisions, paired=paired)
+                                              decisions=decisions, paired=paired, shared_probes=shared_probes)
     if isinstance(model, nn.Module):
         cap.paths = {id(mod): path for path, mod in model.named_modules()}
     with cap:

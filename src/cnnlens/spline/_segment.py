@@ -280,6 +280,9 @@ class _Reader:
 
     #: False once the model needed two passes (an instance attribute from then on)
     paired = True
+    #: whether the paired pass keeps the inputs of the nonlinearities by reference (no copies); False once the
+    #: model overwrote one of them in place after its nonlinearity
+    shared = True
     #: memory of the records of the last pass per point (the probes of both halves)
     bytes_per_point = 0.0
 
@@ -299,11 +302,14 @@ class _Reader:
         with torch.no_grad():
             if self.paired:
                 try:
-                    with capture(self.model, probe=True, paired=True) as both:
+                    with capture(self.model, probe=True, paired=True, shared_probes=self.shared) as both:
                         run_captured(both, self.model, torch.cat([x, ahead_x]))
                 except UnpairableError:
                     self.paired = False
                 else:
+                    if not both.probes_intact():  # the model overwrote an input of a nonlinearity later on
+                        self.shared = False
+                        return self._passes(x)
                     halves = [_halves(e, x.shape[0]) for e in both.entries]
                     return [h for h, _ in halves], [f for _, f in halves]
             with capture(self.model, graph=False, probe=True) as here:
