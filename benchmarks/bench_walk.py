@@ -1,13 +1,16 @@
 """Benchmark of the segment walk: regions per second and cost per region against one forward pass.
 
-Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 16] [--repeats 3]``. Each model
+Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes 1 16 auto] [--repeats 3]``
+(``auto``: ``batch_size=None``, the adaptive batch). Each model
 walks a piece of the segment between two random 32x32 inputs (``--fraction`` of it, around its middle) with
 :func:`cnnlens.spline.regions_on_segment`; the cost of one region is compared with one forward pass of one sample
 in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Times are CPU times of the
 process (``time.process_time``), so that other processes on a shared machine do not skew the ratios. Target (issue
-10): at most 2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest)
-into its parts: the recording pass, the replay further along the path, and the boundary steps; and give the cost of a
-round per point at several batch sizes (the walk reads a few percent more points than it finds regions).
+10): at most 2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest
+fixed size) into its parts: the paired pass (the points and the points further along the path in one batch, each
+nonlinearity taking the points' pieces on both halves), and the boundary steps, with the recording pass and the
+replay the paired pass replaces for comparison; and give the cost of a round per point at several batch sizes (the
+walk reads a few percent more points than it finds regions).
 
 ``resnet18`` is the torchvision layout (7x7 stem, max-pool, 4 stages of 2 basic blocks, 11.2 M parameters) written
 out here, as torchvision is not a dependency.
@@ -25,8 +28,7 @@ from torch import Tensor, nn
 
 from cnnlens.nn.models import lenet5, small_resnet
 from cnnlens.spline import regions_on_segment
-from cnnlens.spline._capture import capture, run_captured
-from cnnlens.spline._segment import _step
+from cnnlens.spline._segment import _Reader
 
 
 class _Basic(nn.Module):
@@ -93,37 +95,29 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _round_parts(model: nn.Module, a: Tensor, direction: Tensor, points: int, repeats: int) -> dict[str, float]:
-    """Milliseconds of the three parts of one round of the walk on ``points`` points (as in ``_read_regions``)."""
-    t = torch.linspace(0.1, 0.9, points, dtype=torch.float64).view(-1, *([1] * (a.dim() - 1)))
-    x = a + t * direction
+    """Milliseconds of the parts of one round of the walk on ``points`` points (as in ``_Reader.read``): the paired
+    pass, the boundary steps, and the two passes (recording, replay) that the paired pass replaces."""
+    reader = _Reader(model, a, direction)
+    x = reader.points(torch.linspace(0.1, 0.9, points).tolist())
+    entries = reader.passes(x)
+    if not reader.paired:
+        raise ValueError("the model needs two passes (control flow on values); the breakdown assumes a paired pass")
+    two = _Reader(model, a, direction)
+    two.paired = False
+    return {"paired pass": _median_ms(lambda: reader.passes(x), repeats),
+            "steps": _median_ms(lambda: reader.steps(*entries), repeats),
+            "two passes": _median_ms(lambda: two.passes(x), repeats)}
 
-    def record() -> object:
-        with torch.no_grad(), capture(model, graph=False, probe=True) as cap:
-            run_captured(cap, model, x)
-        return cap
 
-    here = record()
-
-    def replay() -> object:
-        with torch.no_grad(), capture(model, graph=False, probe=True, forced=here.entries) as cap:
-            run_captured(cap, model, x + direction)
-        return cap
-
-    ahead = replay()
-
-    def steps() -> None:
-        with torch.no_grad():
-            for e, f in zip(here.entries, ahead.entries, strict=True):
-                _step(e, f)
-
-    return {"record": _median_ms(record, repeats), "replay": _median_ms(replay, repeats),
-            "steps": _median_ms(steps, repeats)}
+def _batch_size(text: str) -> int | None:
+    return None if text == "auto" else int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18"], choices=sorted(MODELS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--batch-sizes", nargs="+", type=_batch_size, default=[1, 16, None],
+                        help="fronts per pass; auto: the adaptive batch (batch_size=None)")
     parser.add_argument("--repeats", type=int, default=3, help="walks per setting (the median is printed)")
     parser.add_argument("--fraction", type=float, default=None, help="fraction of the segment walked (default: "
                         "per model, a few hundred regions)")
@@ -162,18 +156,24 @@ def main() -> None:
         for g in args.batch_sizes:
             ms = statistics.median(walk_ms[g])
             per = ms / counts[g]
-            print(f"  batch_size={g:<4d} {counts[g]:6d} regions in {ms / 1e3:7.2f} s: {1e3 / per:8.1f} regions/s, "
-                  f"{per:8.2f} ms per region = {per / fwd:5.2f}x a forward pass (target <= 2x)")
+            print(f"  batch_size={g or 'auto':<4} {counts[g]:6d} regions in {ms / 1e3:7.2f} s: "
+                  f"{1e3 / per:8.1f} regions/s, {per:8.2f} ms per region = {per / fwd:5.2f}x a forward pass "
+                  "(target <= 2x)")
         if len(set(counts.values())) > 1:
             print(f"  region counts differ between batch sizes: {counts}")
-        g = max(args.batch_sizes)
+        g = max((g for g in args.batch_sizes if g is not None), default=16)
         parts = _round_parts(model, x0[None], (x1 - x0)[None], g, max(3, args.repeats))
+        two = parts.pop("two passes")
         total = sum(parts.values())
         split = ", ".join(f"{k} {v / g:.2f} ms ({100 * v / total:.0f}%)" for k, v in parts.items())
-        batched = _median_ms(lambda: model(x0.expand(g, *shape)), 5) / g  # noqa: B023 - called right here
+        batched = _median_ms(lambda: model(x0.expand(2 * g, *shape)), 5) / g  # noqa: B023 - called right here
         print(f"  one round on {g} points, per point: {split}; {total / g / fwd:.2f}x a forward pass of one sample "
-              f"(a batch-{g} forward pass: {batched:.2f} ms per sample)")
-        curve = {n: sum(_round_parts(model, x0[None], (x1 - x0)[None], n, 3).values()) / n for n in (1, 4, 16, 64)}
+              f"(a plain forward pass of the {2 * g} samples: {batched:.2f} ms per point; the recording pass and "
+              f"the replay the paired pass replaces: {two / g:.2f} ms per point)")
+        curve = {}
+        for n in (1, 4, 16, 64):
+            timed = _round_parts(model, x0[None], (x1 - x0)[None], n, 3)
+            curve[n] = (timed["paired pass"] + timed["steps"]) / n
         print("  one round per point, as a multiple of a forward pass: "
               + ", ".join(f"{n} points {ms / fwd:.2f}x" for n, ms in curve.items()))
 

@@ -1,6 +1,7 @@
 """The segment walk at scale (issue 10, sec. 4): budgets return flagged partial prefixes of the full walk, the
 batched walk (several fronts per forward pass) finds what the sequential walk and dense sampling find, a batch of one
-is accepted as one input, and the progress bar is harmless."""
+is accepted as one input, and the progress bar is harmless; the paired pass (record and replay in one batch) equals a
+recording pass and a replay, and the adaptive batch walks the same regions."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from rich.console import Console
 from torch import nn
 
 from cnnlens.spline import ReplayDivergenceError, SegmentRegions, partition_codes, regions_on_segment
-from cnnlens.spline._capture import Entry, capture, run_captured
-from cnnlens.spline._segment import _step
+from cnnlens.spline._capture import Entry, UnpairableError, capture, run_captured
+from cnnlens.spline._segment import _halves, _Reader, _step
 from cnnlens.spline._windows import pool_windows
 from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
 
@@ -256,3 +257,278 @@ def test_max_pool_step_equals_the_rule_on_explicit_windows(pool, size, seed, tie
     assert isinstance(e.probe["windows"].func, type(pool_windows)) and e.probe["windows"].func is pool_windows
     expected = _by_windows_argmax(e.probe["h"], f.probe["h"], e.states, e.probe["windows"])
     assert torch.equal(_step(e, f), expected)
+
+
+# --- the paired pass: record and replay in one batch [x; x'] ----------------------------------------------------
+
+
+class _Selections(nn.Module):
+    """Every selection and elementwise-piecewise unit the walk reads: adaptive max-pool, amax, max over a dim,
+    cummax, sort, top-k, median, Hardsigmoid, Hardshrink, Softshrink, a two-sided clamp and a minimum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.out = nn.Linear(3 * (9 + 1 + 1 + 1 + 4 + 3 + 1) + 5 * 3 * 64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        flat = h.flatten(2)
+        parts = [F.adaptive_max_pool2d(h, 3), h.amax(dim=(2, 3)), flat.max(dim=2).values,
+                 torch.cummax(flat, dim=2).values[..., -1], torch.sort(flat, dim=2).values[..., ::16],
+                 torch.topk(flat, 3, dim=2).values, flat.median(dim=2).values, F.hardsigmoid(4 * h),
+                 F.hardshrink(h, 0.3), F.softshrink(h, 0.2), h.clamp(-0.4, 0.5), torch.minimum(h, 0.2 * h)]
+        return self.out(torch.cat([p.flatten(1) for p in parts], 1))
+
+
+def _ties_net() -> nn.Module:
+    """Max-pooling on integer-valued inputs (ties in most windows), then integer weights."""
+    torch.manual_seed(3)
+    lin = nn.Linear(2 * 4 * 4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randint(-2, 3, lin.weight.shape))
+    return nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), lin, nn.ReLU(), nn.Linear(3, 2))
+
+
+def _paired_case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A model, points x and points x' further along a direction (float64, 5 samples each)."""
+    from cnnlens.nn.models import lenet5, small_resnet
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    if name == "lenet5":
+        net, shape = lenet5(num_classes=10), (1, 32, 32)
+    elif name == "small_resnet":
+        net, shape = small_resnet(num_classes=10, width=4), (1, 16, 16)
+    elif name == "ties":
+        net, shape = _ties_net(), (2, 8, 8)
+        x = torch.randint(-2, 3, (5, *shape), generator=g).double()
+        return net.double().eval(), x, x + torch.randint(-1, 2, (1, *shape), generator=g).double()
+    elif name == "clamps":
+        net, shape = nn.Sequential(nn.Linear(6, 12), nn.Hardtanh(-0.5, 0.7), nn.Linear(12, 12), nn.ReLU6(),
+                                   nn.Linear(12, 3)), (6,)
+    elif name == "leaky":
+        net, shape = nn.Sequential(nn.Conv1d(2, 4, 3), nn.LeakyReLU(0.2), nn.Conv1d(4, 4, 3), nn.PReLU(4),
+                                   nn.Flatten(), nn.Linear(4 * 6, 5), nn.RReLU(), nn.Linear(5, 2)), (2, 10)
+    else:
+        net, shape = _Selections(), (1, 8, 8)
+    x = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    return net.double().eval(), x, x + 0.7 * torch.randn(1, *shape, generator=g, dtype=torch.float64)
+
+
+def _two_passes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[Entry], list[Entry], torch.Tensor]:
+    with torch.no_grad(), capture(net, probe=True) as here:
+        run_captured(here, net, x)
+    with torch.no_grad(), capture(net, probe=True, forced=here.entries) as ahead:
+        out = run_captured(ahead, net, y)
+    return here.entries, ahead.entries, out
+
+
+PAIRED_CASES = ("lenet5", "small_resnet", "ties", "clamps", "leaky", "selections")
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("name", PAIRED_CASES)
+def test_paired_pass_equals_a_recording_and_a_replay(name, split, monkeypatch):
+    """One pass on [x; x'] in which every unit takes x's pieces on both halves gives what recording at x and
+    replaying at x' give: the same layers, pieces, values, output and boundary steps; also with every convolution
+    run per half (``split``, as for large batches)."""
+    from cnnlens.spline import _capture
+
+    if split:
+        monkeypatch.setattr(_capture, "_SPLIT_UNFOLD", 0)
+    net, x, y = _paired_case(name)
+    here, ahead, out = _two_passes(net, x, y)
+    with torch.no_grad(), capture(net, probe=True, paired=True) as both:
+        out2 = run_captured(both, net, torch.cat([x, y]))
+    assert [(e.name, e.kind, e.shape) for e in both.entries] == [(e.name, e.kind, e.shape) for e in here]
+    assert len(here) >= 2
+    with torch.no_grad():
+        plain = net(x).flatten(1)
+    assert torch.allclose(out2[:len(x)], plain, rtol=1e-12, atol=1e-12)  # the first half is the plain forward
+    assert torch.allclose(out2[len(x):], out, rtol=1e-12, atol=1e-12)  # the second half is the replay
+    for e, f, entry in zip(here, ahead, both.entries, strict=True):
+        h2, f2 = _halves(entry, len(x))
+        assert torch.equal(h2.states, e.states), e.name
+        for key in ("u", "h"):
+            if key in e.probe:
+                assert torch.allclose(h2.probe[key], e.probe[key], rtol=1e-12, atol=1e-12), e.name
+                assert torch.allclose(f2.probe[key], f.probe[key], rtol=1e-12, atol=1e-12), e.name
+        with torch.no_grad():
+            s, s2 = _step(e, f), _step(h2, f2)
+        assert torch.allclose(s2, s, rtol=1e-10, atol=1e-12), (e.name, s, s2)
+
+
+@pytest.mark.parametrize("name", PAIRED_CASES)
+def test_paired_walk_equals_the_two_pass_walk(name, monkeypatch):
+    net, x, y = _paired_case(name)
+    a, b = x[0], y[0] if name != "ties" else x[1]
+    b = a + {"lenet5": 0.05, "small_resnet": 0.1, "selections": 0.05}.get(name, 1.0) * (b - a)  # tens of regions
+    paired = regions_on_segment(net, a, b, batch_size=4, progress=False)
+    monkeypatch.setattr(_Reader, "paired", False)
+    two = regions_on_segment(net, a, b, batch_size=4, progress=False)
+    assert paired.num_regions == two.num_regions > 1 and paired.layers == two.layers
+    assert torch.allclose(paired.breakpoints, two.breakpoints, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures, dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_paired_walk_equals_the_two_pass_walk_on_random_architectures(arch, dtype):
+    """Every supported part, models built in float64 and float32 (the walk runs in float64)."""
+    blocks, dims, seed = arch
+    net = random_net(blocks, dims, seed, dtype)
+    x = input_for(net, 2, seed, dtype)
+    reader = _Reader(net.double(), x[:1].double(), (x[1:] - x[:1]).double())
+    here, ahead = reader.passes(reader.points([0.2, 0.5, 0.9]))
+    assert reader.paired, "a per-sample model without control flow must be read in one paired pass"
+    paired = reader.steps(here, ahead)
+    reader.paired = False
+    two = reader.steps(*reader.passes(reader.points([0.2, 0.5, 0.9])))
+    assert torch.allclose(paired, two, rtol=1e-10, atol=1e-12)
+
+
+class _Gated(nn.Module):
+    """Control flow on a value read off the input (``bool``; true on the inputs used here), optionally behind a
+    broad ``except``."""
+
+    def __init__(self, swallow: bool) -> None:
+        super().__init__()
+        self.lin, self.out, self.swallow = nn.Linear(4, 8), nn.Linear(8, 2), swallow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.lin(x))
+        try:
+            wide = bool((h.abs() < 1e6).all())
+        except Exception:  # noqa: BLE001 - a model that swallows every error, on purpose
+            if not self.swallow:
+                raise
+            wide = True
+        return self.out(F.relu(h) if wide else h)
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_control_flow_on_values_falls_back_to_two_passes(swallow):
+    """The paired pass cannot take a decision of the first half on the second half; the reader notices (also when
+    the model catches the error) and reads with two passes, with the same steps."""
+    net = _Gated(swallow).double().eval()
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reader = _Reader(net, x[:1], x[1:] - x[:1])
+    steps = reader.steps(*reader.passes(reader.points([0.1, 0.6])))
+    assert not reader.paired
+    here, ahead, _ = _two_passes(net, reader.points([0.1, 0.6]),
+                                 reader.points([0.1, 0.6]) + reader.scale * reader.direction)
+    with torch.no_grad():
+        expected = torch.stack([_step(e, f) for e, f in zip(here, ahead, strict=True)]) * reader.scale
+    assert torch.equal(steps, expected)
+    walk = regions_on_segment(net, x[0], x[1], progress=False)
+    sequential = regions_on_segment(net, x[0], x[1], batch_size=1, progress=False)
+    assert walk.num_regions == sequential.num_regions > 1 and walk.layers == sequential.layers
+
+
+def test_a_replay_on_a_shorter_path_is_refused_by_name():
+    """A branch on a value that flips between a point and its replay further along the path: the replay meets fewer
+    nonlinearities than the record, and the walk says so instead of reading mismatched slopes."""
+
+    class Shortcut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(x)
+            return F.relu(h) if bool((x[:, 0] < 0.2).all()) else h  # true at t = 0, false at its replay
+
+    torch.manual_seed(0)
+    net = Shortcut().double().eval()
+    with pytest.raises(ReplayDivergenceError, match="regions_on_segment reads the slopes.*met 0 nonlinearities"):
+        regions_on_segment(net, torch.zeros(2, dtype=torch.float64), torch.tensor([0.4, 1.0], dtype=torch.float64),
+                           batch_size=1, progress=False)
+
+
+class _Overwriting(nn.Module):
+    """Overwrites the input of its ReLU and of its max-pool in place after them (legal, and rare)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(1, 2, 3), nn.Linear(2 * 3 * 3 * 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        r = F.relu(h)
+        p = F.max_pool2d(r, 2)
+        both = torch.cat([p, h.add_(1.0)[:, :, ::2, ::2][:, :, :3, :3]], 1)  # moves the ReLU's zero crossings
+        r.add_(torch.arange(r[0].numel(), dtype=r.dtype).view(r.shape[1:]))  # and the max-pool's argmax switches
+        return self.out(both.flatten(1))
+
+
+def test_probes_shared_by_reference_are_copied_when_the_model_overwrites_them():
+    """The paired pass keeps the inputs of the nonlinearities by reference; a model that overwrites one in place
+    later on is noticed (version counters) and read with copies, giving the steps of two passes."""
+    net = _Overwriting().double().eval()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reader = _Reader(net, x[:1], x[1:] - x[:1])
+    pts = reader.points([0.1, 0.4, 0.8])
+    steps = reader.steps(*reader.passes(pts))
+    assert reader.paired and not reader.shared
+    here, ahead, _ = _two_passes(net, pts, pts + reader.scale * reader.direction)
+    with torch.no_grad():
+        expected = torch.stack([_step(e, f) for e, f in zip(here, ahead, strict=True)]) * reader.scale
+    assert torch.allclose(steps, expected, rtol=1e-10, atol=0)
+    clean = _Reader(_conv_net(), torch.zeros(1, 1, 12, 12, dtype=torch.float64),
+                    torch.ones(1, 1, 12, 12, dtype=torch.float64))
+    clean.passes(clean.points([0.5]))
+    assert clean.shared  # nothing overwritten: no copies
+
+
+def test_paired_pass_refuses_what_it_cannot_pair():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).double().eval()
+    with pytest.raises(ValueError, match="two halves"):
+        with capture(net, probe=True, paired=True) as cap:
+            run_captured(cap, net, torch.zeros(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no forced entries"):
+        capture(net, paired=True, forced=[]).__enter__()
+
+    class Flat(nn.Module):  # a ReLU on the flattened batch: dim 0 is not the sample dimension there
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(x.reshape(-1)).reshape(x.shape)
+
+    with pytest.raises(UnpairableError, match="samples in dim 0"):
+        with capture(Flat(), probe=True, paired=True) as cap:
+            run_captured(cap, Flat(), torch.zeros(4, 3, dtype=torch.float64))
+
+
+# --- the adaptive batch ------------------------------------------------------------------------------------------
+
+
+def test_adaptive_batch_walk_equals_the_sequential_walk(walk_case):
+    net, x, full = walk_case
+    walk = regions_on_segment(net, x[0], x[1], batch_size=None, progress=False)
+    assert not walk.partial and walk.layers == full.layers
+    assert torch.allclose(walk.breakpoints, full.breakpoints, rtol=0, atol=1e-10)
+    for k in (3, full.num_regions - 1):
+        with pytest.warns(UserWarning, match=f"stopped at max_regions={k}"):
+            part = regions_on_segment(net, x[0], x[1], max_regions=k, progress=False)
+        _assert_prefix(part, full)
+
+
+def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
+    """Costs per point 10, 6, 5.9 (not 5% less), ...: the batch doubles twice and settles at the best size; rounds
+    with fewer points than the batch do not count; a fixed batch_size never changes; records over the memory budget
+    stop the growth."""
+    from cnnlens.spline import _segment as seg
+
+    batch = seg._BatchSize(None)
+    first = batch.size
+    batch.observe(1, 100.0, 8.0)  # a partial round: ignored
+    for cost, size in ((10.0, first), (6.0, 2 * first), (5.9, 4 * first)):
+        assert batch.size == size and not batch.settled
+        for _ in range(2):
+            batch.observe(size, cost * size, 8.0)
+    assert batch.settled and batch.size == 2 * first
+    fixed = seg._BatchSize(7)
+    fixed.observe(7, 1.0, 8.0)
+    assert fixed.settled and fixed.size == 7
+    big = seg._BatchSize(None)
+    for _ in range(2):
+        big.observe(big.size, 1.0, seg._RECORD_BUDGET / (1.5 * first))  # twice the batch would exceed the budget
+    assert big.settled and big.size == first

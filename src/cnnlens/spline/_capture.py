@@ -51,6 +51,14 @@ Module outputs (:func:`module_outputs`). For any network, piecewise affine or no
 (the representation Phi_j of a block, 001 sec. 6.5) are recorded by forward hooks that live only inside the
 ``with`` block; this is how :mod:`cnnlens.analysis` reads layers.
 
+Paired passes (the region walk of :mod:`._segment`). With ``paired=True`` the batch holds two halves, points x
+and the same points moved along a direction, ``[x; x']``; every nonlinearity decides its piece on the first half
+and applies the same piece to the second half (a ReLU mask, a clamp state, a max-pool argmax, an order, the piece of
+an elementwise unit), so the second half is the replay of x's regions at x' (``forced=``) in the same pass: one pass
+of 2N samples instead of a recording pass and a replay of N each, with half the per-operation overhead. The model
+must be per-sample (it is checked: the input of every nonlinearity must keep the samples in dim 0); a value read off
+an input-dependent tensor other than a shape raises :class:`UnpairableError`, and the caller falls back to two passes.
+
 Errors (:func:`run_captured`). A RuntimeError raised by one of the model's own operations on x (a shape mismatch)
 becomes a ValueError that names the op and its module, with the original error chained; every other error reaches
 the caller as it is: :class:`ReplayDivergenceError` when a replay with forced regions takes another path, memory
@@ -98,8 +106,8 @@ from ._windows import (
     selected_positions,
 )
 
-__all__ = ["UNFORCEABLE", "Capture", "Entry", "ReplayDivergenceError", "capture", "check_model_input",
-           "module_on_stack", "module_outputs"]
+__all__ = ["UNFORCEABLE", "Capture", "Entry", "ReplayDivergenceError", "UnpairableError", "capture",
+           "check_model_input", "module_on_stack", "module_outputs"]
 
 _APPROX_HINT = (
     "Pass approximate=True to affine_map/templates to get the local linearisation (the Jacobian at x) instead, "
@@ -121,6 +129,14 @@ class ReplayDivergenceError(RuntimeError):
     depends on the input values, so the regions recorded at x cannot be replayed at another input (the offset
     propagated at input 0 by :func:`cnnlens.testing.assert_affine_exact`). The affine map at x itself is still exact.
     """
+
+
+class UnpairableError(Exception):
+    """A paired pass (:func:`capture` with ``paired=True``) met an operation it cannot pair: a value read off an
+    input-dependent tensor (control flow the second half would have to take as the first half does), or a
+    nonlinearity whose input does not keep the samples in dim 0. The caller falls back to a recording pass and a
+    replay (two passes). Not a RuntimeError, so that the model's own error handling does not mistake it for a
+    failing op, and the capture notes it (``Capture.unpairable``) in case the model swallows it."""
 
 
 _FAILED_OP = "_cnnlens_failed_op"  # attribute set on a RuntimeError raised by one of the model's own operations
@@ -216,6 +232,12 @@ _DISCRETE: set[Callable] = {
 #: Results that never depend on the input values.
 _CONSTANT_LIKE: set[Callable] = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
                                  T.new_zeros, T.new_ones, T.new_empty, T.new_full, T.new_tensor}
+
+#: Reads of a tensor's metadata (shape, size, dimensions, dtype, layout): the same on both halves of a paired pass.
+_METADATA: set[Callable] = {T.shape.__get__, T.ndim.__get__, T.dtype.__get__, T.device.__get__, T.layout.__get__,
+                            T.is_cuda.__get__, T.requires_grad.__get__} | \
+    _torch("size", "dim", "ndimension", "numel", "nelement", "stride", "is_contiguous", "is_floating_point",
+           "is_complex", "element_size", "__len__", "get_device", "storage_offset")
 
 _RELU = {F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_}
 _LEAKY = {F.leaky_relu, F.leaky_relu_}
@@ -377,8 +399,17 @@ class Capture(TorchFunctionMode):
 
     def __init__(self, *, graph: bool, approximate: bool = False, probe: bool = False,
                  forced: list[Entry] | None = None, tape: Tape | None = None,
-                 decisions: list[tuple[Callable, Any]] | None = None) -> None:
+                 decisions: list[tuple[Callable, Any]] | None = None, paired: bool = False,
+                 shared_probes: bool = False) -> None:
         super().__init__()
+        self.shared_probes = shared_probes
+        self._shared: list[tuple[Tensor, int]] = []  # probes kept by reference, with their version counters
+        if paired and (forced is not None or decisions is not None or tape is not None or graph):
+            raise ValueError("a paired pass records its own pieces and forces them on its second half: it takes no "
+                             "forced entries or decisions, no tape and no autograd graph.")
+        self.paired = paired
+        self.half: int | None = None  # paired: the number of samples of the first half, set by run_captured
+        self.unpairable = ""  # paired: why the pass could not be paired (UnpairableError), also if the model caught it
         self.tape = tape  # when set, every op on a tracked tensor is recorded for the transposed sweep
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
         self.approximate = approximate
@@ -535,7 +566,7 @@ class Capture(TorchFunctionMode):
             return rule.handler(self, func, args, kwargs)
         if isinstance(rule, Linear):
             self._check_affine(func, args, kwargs, tracked, rule)
-            out = self._run(func, args, kwargs)
+            out = self._run_halves(func, args, kwargs) if self.half is not None else self._run(func, args, kwargs)
             self.track(out)
             if self.tape is not None and self.tape.ok:
                 describe = lambda: f"{_op_name(func)}{self._where()}"  # noqa: E731 - only called on a switch-off
@@ -706,6 +737,8 @@ class Capture(TorchFunctionMode):
         """
         k = len(self.decisions)
         self.decisions.append((func, out))
+        if self.half is not None and func not in _METADATA:
+            raise self._unpairable(f"{_op_name(func)}{self._where()} reads a value off an input-dependent tensor")
         forced = self.forced_decisions
         if forced is None:
             self._note_escaped(out)
@@ -836,6 +869,62 @@ class Capture(TorchFunctionMode):
 
     def record(self, entry: Entry) -> None:
         self.entries.append(entry)
+
+    def _kept(self, t: Tensor, modified: bool = False) -> Tensor:
+        """The probe of a nonlinearity's input ``t``: a copy, since the op itself (``modified``: in place) or a later
+        in-place op of the model may overwrite ``t``; with ``shared_probes``, ``t`` itself when the op does not
+        modify it, its version counter noted, so that :meth:`probes_intact` tells whether a later op did."""
+        if self.shared_probes and not modified:
+            self._shared.append((t, t._version))
+            return t
+        return t.clone()
+
+    def probes_intact(self) -> bool:
+        """Whether every probe kept by reference still holds the values it had at its op (``shared_probes``)."""
+        return all(t._version == version for t, version in self._shared)
+
+    # paired passes ------------------------------------------------------------------------------------------------
+    def _run_halves(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """A linear op of a paired pass: a CPU convolution that would unfold a large batch (:data:`_SPLIT_UNFOLD`)
+        runs on each half, as on a recording pass and a replay (the same numbers, bit for bit: it convolves sample
+        by sample); every other op runs once on the whole batch."""
+        h = args[0] if args else None
+        if func not in _CONV_ND or not isinstance(h, Tensor) or h.device.type != "cpu" or \
+                not self._is(h, self._samples) or h.shape[0] != 2 * self.half:
+            return self._run(func, args, kwargs)
+        w = _arg(args, kwargs, 1, "weight")
+        stride = _ntuple(_arg(args, kwargs, 3, "stride", 1), h.dim() - 2)
+        unfolded = h.shape[1] * math.prod(w.shape[2:]) * h.element_size() * h.shape[0] * \
+            math.prod(-(-n // s) for n, s in zip(h.shape[2:], stride, strict=True))
+        if unfolded <= _SPLIT_UNFOLD:
+            return self._run(func, args, kwargs)
+        n = self.half
+        return torch.cat([self._run(func, (h[:n], *args[1:]), kwargs), self._run(func, (h[n:], *args[1:]), kwargs)])
+
+    def _unpairable(self, why: str) -> UnpairableError:
+        self.unpairable = why
+        return UnpairableError(f"the pass cannot be paired: {why}")
+
+    def _first_half(self, t: Tensor, *operands: Any) -> Tensor:
+        """The first half of ``t`` (2N, ...) on a paired pass: the points whose pieces both halves take. Raise
+        :class:`UnpairableError` unless dim 0 of ``t`` and of every input-dependent operand is the sample dimension
+        (an operand that is not per-sample could mix the halves)."""
+        n = self.half
+        if t.dim() == 0 or t.shape[0] != 2 * n or any(
+                isinstance(o, Tensor) and self.is_tracked(o)
+                and not (self._is(o, self._samples) and o.shape[0] == 2 * n) for o in operands):
+            raise self._unpairable(f"the input of {self._where().strip() or 'a nonlinearity'} does not keep the "
+                                   "samples in dim 0")
+        return t[:n]
+
+    def _paired_code(self, code_of: Callable[[Tensor], Tensor], t: Tensor, *operands: Any) -> Tensor:
+        """``code_of`` of the first half of ``t``, repeated for the second half (:meth:`_first_half`)."""
+        return _twice(code_of(self._first_half(t, *operands)))
+
+
+def _twice(code: Tensor) -> Tensor:
+    """``[code; code]``: the pieces of the first half, taken by the second half too."""
+    return torch.cat([code, code])
 
 
 def _is_discrete(value: Any) -> bool:
@@ -972,7 +1061,7 @@ def _indicator(mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, shape: tuple[int, ...],
             pre: Callable[[], Tensor], make_out: Callable[[Tensor], Tensor] | None, inplace_target: Tensor | None,
             slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False,
-            select: tuple[Tensor, Tensor] | None = None) -> Tensor:
+            select: tuple[Tensor, Tensor] | None = None, operands: tuple[Any, ...] = ()) -> Tensor:
     """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return its output: the model's
     own op on a pass at the points themselves, ``make_out(mask)`` on a masked pass (None with ``zero_floor``).
 
@@ -983,18 +1072,24 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
     of a pass at the points themselves is read off the model's own output (``out != 0`` exactly when ``u > 0``,
     a third of the cost of the comparison), and a masked pass (a replay, the autograd graph) computes ``h`` times
     the mask as 1.0 / 0.0, equal to ``make_out(mask)`` up to the sign of zero, and faster.
+    ``operands``: the op's input tensors (a paired pass checks that they keep the samples in dim 0).
     """
     forced = cap._next_forced(name, "binary", shape)
-    own = not cap.graph and forced is None  # the model's own op gives the value
+    own = not cap.graph and forced is None and cap.half is None  # the model's own op gives the value
     u = None if own and zero_floor and not cap.probe else pre()
     # the model's own tensors are copied: an in-place op (this one or a later one) may overwrite them
-    probe = {"u": u.clone() if cap.is_tracked(u) else u} if cap.probe else {}
+    probe = {"u": cap._kept(u, inplace_target is not None) if cap.is_tracked(u) else u} if cap.probe else {}
     if own:
         mask = None if zero_floor else u > 0  # before the op: an in-place op (abs_) overwrites u
         out = cap._run(func, args, kwargs)
         mask = out.bool() if mask is None else mask
     else:
-        mask = forced.selector if forced is not None else u > 0
+        if forced is not None:
+            mask = forced.selector
+        elif cap.half is not None:
+            mask = cap._paired_code(lambda v: v > 0, u, *operands)
+        else:
+            mask = u > 0
         out = _masked_output(cap, mask, make_out, inplace_target, slope[0] if zero_floor else None)
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe))
     if cap.tape is not None and cap.tape.ok:
@@ -1092,7 +1187,7 @@ def _relu_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     else:
         slope = -1.0
     return _binary(cap, func, args, kwargs, name, tuple(h.shape[1:]), lambda: h, make, h if inplace else None,
-                   (h, slope), zero_floor=func in _RELU)
+                   (h, slope), zero_floor=func in _RELU, operands=(h,))
 
 
 def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -1132,19 +1227,26 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         zero_floor = hi is None and bound.numel() == 1 and bool(bound == 0)
         return _binary(cap, func, args, kwargs, name, shape, (lambda: h - lo_t) if hi is None else (lambda: hi_t - h),
                        None if zero_floor else lambda m: torch.where(m, h, bound), target, (h, 0.0),
-                       zero_floor=zero_floor)
+                       zero_floor=zero_floor, operands=(h,))
     if bool(torch.any(lo_t > hi_t)):
         raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
     shape = tuple(h.shape[1:])
     forced = cap._next_forced(name, "ternary", shape)
+
+    def state_of(v: Tensor) -> Tensor:
+        return torch.ones(v.shape, dtype=torch.uint8).masked_fill(v <= lo_t, 0).masked_fill(v >= hi_t, 2)
+
     if forced is not None:
         state = forced.selector
+    elif cap.half is not None:
+        if any(b.dim() >= h.dim() and b.shape[0] != 1 for b in (lo_t, hi_t)):  # a bound per sample of the batch
+            raise cap._unpairable(f"clamp{cap._where()} has a bound with a sample dimension")
+        state = cap._paired_code(state_of, h, h)
     else:
-        state = torch.ones(h.shape, dtype=torch.uint8)
-        state = state.masked_fill(h <= lo_t, 0).masked_fill(h >= hi_t, 2)
-    probe = {"h": h.clone(), "lo": lo_t, "hi": hi_t} if cap.probe else {}  # copied: in-place ops overwrite h
+        state = state_of(h)
+    probe = {"h": cap._kept(h, inplace), "lo": lo_t, "hi": hi_t} if cap.probe else {}
     cap.record(Entry(name, "ternary", shape, 3, state, state, probe))
-    if not cap.graph and forced is None and not cap.probe:
+    if not cap.graph and forced is None and not cap.probe and cap.half is None:
         out = _finish(cap, h, cap._run(func, args, kwargs), False)
     else:
         out = _finish(cap, h, torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype)), inplace)
@@ -1172,7 +1274,7 @@ def _maximum_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> An
         raise
     ab = torch.broadcast_tensors(a, b)
     return _binary(cap, func, args, kwargs, name, tuple(u.shape[1:]), lambda: u,
-                   lambda m: torch.where(m, ab[0], ab[1]), None, select=(a, b))
+                   lambda m: torch.where(m, ab[0], ab[1]), None, select=(a, b), operands=(a, b))
 
 
 def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -1191,18 +1293,29 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
                          f"input (N, C, {', '.join('L' * d)}) with the sample dimension first.")
     pool = (F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)[d - 1]
     name = cap._layer_name(func)
-    values, idx = _pool_with_indices(cap, pool, h, (k, s, p, dil, ceil_mode))
+    paired = cap.half is not None
+    values, idx = _pool_with_indices(cap, pool, cap._first_half(h, h) if paired else h, (k, s, p, dil, ceil_mode))
     shape = tuple(values.shape[1:])
     forced = cap._next_forced(name, "argmax", shape)
     if forced is not None:
         idx, rel = forced.selector, forced.states
     else:
         rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
-    probe = {"h": h.clone(), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
+        if paired:
+            idx, rel = _twice(idx), _twice(rel)
+    probe = {"h": cap._kept(h), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
                                                           ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
-    return _selected(cap, func, h, values, idx, return_indices, forced is not None)
+    return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
 
+
+#: A paired pass runs a CPU convolution on each half when unfolding the whole batch (its im2col buffer, N x C_in x
+#: prod(kernel) x output positions, which float64 convolutions allocate anew on every call) would take more than this
+#: many bytes: larger buffers outgrow the allocator's reuse and fault their pages in on every call (measured: the
+#: small ResNet at 16 points, 22 000 page faults and 4 ms of system time per point on a paired pass against 5 500
+#: and 1 ms on two passes, the user time 12% lower).
+_SPLIT_UNFOLD = 2**23
+_CONV_ND = {F.conv1d, F.conv2d, F.conv3d}
 
 #: 2-d max-pooling on CPU runs on a channels-last copy of inputs with at least this many elements: PyTorch's
 #: channels-last kernel gives the same values and indices (also on ties) 1.4-4.5x faster than its NCHW kernel, the
@@ -1227,9 +1340,10 @@ def _pool_with_indices(cap: Capture, pool: Callable, h: Tensor, params: tuple) -
 def _selected(cap: Capture, func: Callable, h: Tensor, values: Tensor, idx: Tensor, return_indices: bool,
               forced: bool) -> Any:
     """The values a pooling selects from ``h`` at the flat per-channel indices ``idx`` (max-pool, adaptive
-    max-pool), as a gather on the masked graph or on a replay, recorded on the tape; with the indices if asked."""
+    max-pool), as a gather on the masked graph or on a replay (``forced``, also a paired pass), recorded on the tape;
+    with the indices if asked."""
     if cap.graph or forced:
-        values = h.flatten(2).gather(2, idx.flatten(2)).view(values.shape)
+        values = h.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
     if cap.tape is not None and cap.tape.ok:
         cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
     cap.track(values)
@@ -1323,17 +1437,22 @@ def _select(cap: Capture, func: Callable, h: Tensor, windows: Windows, code_of: 
     forced = cap._next_forced(name, kind, out_shape)
     if forced is not None:
         code, indices = forced.selector
+    elif cap.half is not None:
+        with torch.no_grad():
+            code = cap._paired_code(code_of, signed, h)
+        if indices is not None:  # the op's own indices of the first half, as a replay returns the recorded ones
+            indices = _twice(cap._first_half(indices))
     else:
         with torch.no_grad():
             code = code_of(signed)
     probe: dict[str, Any] = {}
     if cap.probe:
-        probe = {"h": signed.clone(), "windows": windows}
+        probe = {"h": cap._kept(signed), "windows": windows}
         if ranks is not None:
             probe["ranks"] = ranks
     cap.record(Entry(name, kind, out_shape, num_states, _small_states(code, num_states), (code, indices), probe))
     tape = cap.tape is not None and cap.tape.ok
-    linear = cap.graph or forced is not None or out is None
+    linear = cap.graph or forced is not None or out is None or cap.half is not None
     if linear or tape:
         src = selected_positions(windows, tuple(h.shape[1:]), code)
     values = h.flatten(1).gather(1, src.flatten(1)).view(h.shape[0], *out_shape) if linear else out
@@ -1398,17 +1517,21 @@ def _adaptive_max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) 
         bool(_arg(args, kwargs, 2, "return_indices", False))
     pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[d - 1]
     name = cap._layer_name(func)
-    values, idx = cap._run(pool, (h, size), {"return_indices": True})
+    paired = cap.half is not None
+    values, idx = cap._run(pool, (cap._first_half(h, h) if paired else h, size), {"return_indices": True})
     out_sizes, in_sizes = tuple(values.shape[2:]), tuple(h.shape[2:])
     shape = tuple(values.shape[1:])
     forced = cap._next_forced(name, "argmax", shape)
     if forced is not None:
         idx = forced.selector
+    elif paired:
+        idx = _twice(idx)
     kmax = adaptive_layout(in_sizes, out_sizes)[3]
     code = adaptive_code(idx, in_sizes, out_sizes)
-    probe = {"h": h.clone(), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} if cap.probe else {}
+    probe = {"h": cap._kept(h), "windows": functools.partial(adaptive_windows, out_sizes=out_sizes)} \
+        if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(kmax), _small_states(code, math.prod(kmax)), idx, probe))
-    return _selected(cap, func, h, values, idx, return_indices, forced is not None)
+    return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
 
 
 def _running_max(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -1478,7 +1601,8 @@ def _order_statistic(cap: Capture, func: Callable, args: tuple, kwargs: dict) ->
     out, indices = _select(cap, func, h, windows, code_of, out_shape=shape, num_states=size, kind="rank",
                            sign=1.0 if descending else -1.0, out=values,
                            indices=ref[1] if isinstance(ref, tuple) else None, ranks=ranks.expand(shape))
-    if op == "topk" and not bool(_arg(args, kwargs, 4, "sorted", True)) and not torch.equal(out, values):
+    first = slice(cap.half)  # a paired pass: the second half takes the first half's order, not its own
+    if op == "topk" and not bool(_arg(args, kwargs, 4, "sorted", True)) and not torch.equal(out[first], values[first]):
         raise ValueError(f"topk(sorted=False){cap._where()} returned its elements in an unspecified order; pass "
                          "sorted=True, so that cnnlens records the order the model uses.")
     if op == "msort":
@@ -1508,19 +1632,25 @@ def _elementwise(cap: Capture, func: Callable, rule: ElementwisePiecewise, args:
     layer = cap._layer_name(func)
     shape = tuple(h.shape[1:])
     forced = cap._next_forced(layer, "piecewise", shape)
-    code = forced.selector if forced is not None else pieces.code(h)
+    if forced is not None:
+        code = forced.selector
+    else:
+        code = cap._paired_code(pieces.code, h, h) if cap.half is not None else pieces.code(h)
     slope, offset = pieces.coefficients(code, h.dtype)
-    probe = {"h": h.clone(), "pieces": pieces} if cap.probe else {}
+    probe = {"h": cap._kept(h, inplace), "pieces": pieces} if cap.probe else {}
     cap.record(Entry(layer, "piecewise", shape, pieces.num_pieces, _small_states(code, pieces.num_pieces), code,
                      probe))
-    if not cap.graph and forced is None:
+    if not cap.graph and forced is None and cap.half is None:
         expected = h * slope + offset if rule.verify else None
         out = cap._run(func, args, kwargs)
         if expected is not None:
             _verify_pieces(cap, name, out, expected)
         cap.track(out)
     else:
-        out = _finish(cap, h, h * slope + offset, inplace)
+        out = h * slope + offset
+        if cap.half is not None and rule.verify:  # the first half is the recording: check the rule there
+            _verify_pieces(cap, name, cap._first_half(cap._run(func, args, kwargs)), out[:cap.half])
+        out = _finish(cap, h, out, inplace)
     if cap.tape is not None and cap.tape.ok:
         describe = lambda: f"{name}{cap._where()}"  # noqa: E731 - only called on a switch-off
         cap.tape.add(Node("scale", (h,), out, {"coef": slope}), describe)
@@ -1645,14 +1775,17 @@ def _check_eager(model: Callable[[Tensor], Tensor]) -> None:
 @contextmanager
 def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
             probe: bool = False, forced: list[Entry] | None = None, decisions: list[tuple[Callable, Any]] | None = None,
-            cap: Capture | None = None) -> Iterator[Capture]:
+            paired: bool = False, shared_probes: bool = False, cap: Capture | None = None) -> Iterator[Capture]:
     """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors).
 
     ``forced`` and ``decisions`` (the ``entries`` and ``decisions`` of a recorded capture) make it a replay: every
     nonlinearity takes the recorded piece and every value read off a tracked tensor is the recorded one.
+    ``paired=True`` makes the pass a recording of its first half and a replay of those pieces on its second half
+    (module docstring); its entries hold both halves. ``shared_probes=True`` keeps the probes by reference
+    instead of copying them (:meth:`Capture.probes_intact` then tells whether the model overwrote one in place).
     """
     cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced,
-                                              decisions=decisions)
+                                              decisions=decisions, paired=paired, shared_probes=shared_probes)
     if isinstance(model, nn.Module):
         cap.paths = {id(mod): path for path, mod in model.named_modules()}
     with cap:
@@ -1719,11 +1852,17 @@ def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> 
     """Run ``model(x)`` inside an active capture; return the output flattened to (N, C)."""
     cap.track(x)
     cap.batch = x.shape[0]
+    if cap.paired:
+        if x.shape[0] % 2:
+            raise ValueError(f"a paired pass takes a batch of two halves [x; x']; received {x.shape[0]} samples.")
+        cap.half = x.shape[0] // 2
     cap._mark(cap._samples, [x])
     try:
         out = model(x)
     except _Unsupported as err:
         raise NotPiecewiseAffineError(str(err)) from None
+    except UnpairableError:
+        raise
     except RuntimeError as err:
         failed = getattr(err, _FAILED_OP, None)
         if failed is None:  # not the model's own op failing on x (replay divergence, memory, a bug): as it is
@@ -1740,4 +1879,6 @@ def run_captured(cap: Capture, model: Callable[[Tensor], Tensor], x: Tensor) -> 
     if cap._pooled and cap._is(out, cap._pooled):
         raise ValueError("the model's output is computed from a reduction over all samples of the batch (x.sum(), "
                          f"x.mean(), ... without dim), so it mixes the samples of the batch. {_PER_SAMPLE_HINT}")
+    if cap.unpairable:  # raised inside the model, which caught it
+        raise UnpairableError(f"the pass cannot be paired: {cap.unpairable}")
     return out.reshape(out.shape[0], -1)
