@@ -38,7 +38,8 @@ class HCNNConfig:
     validation: int = 1000
     arch: HCNNArch = field(default_factory=HCNNArch)
     cnn_widths: tuple[int, ...] = (4, 8, 16, 32, 64)
-    budget: RFBudget = RFBudget(images=16_000, min_epochs=4, max_epochs=30, lr=1e-2, lr_grid=(3e-3, 1e-2, 3e-2))
+    budget: RFBudget = RFBudget(images=20_000, min_epochs=4, max_epochs=30, lr=1e-2,
+                                lr_grid=(3e-3, 1e-2, 3e-2, 1e-1))
     tune_images: int = 4_000
     cifar100_size: int = 5_000
 
