@@ -382,3 +382,35 @@ def test_cifar100_corrupt_files(tmp_path: Path) -> None:
         read_cifar_meta(folder / "meta")
     with pytest.raises(ValueError, match="a CIFAR meta file lists the names of b'fine_labels', b'coarse_labels'"):
         cifar_loader("x", CIFAR100_FILES, label_key=b"labels", meta=CIFAR100_META)
+
+
+def test_load_cifar100_recipe_reads_the_python_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_cifar100`` (the experiments' recipe) returns both splits of ``DIR/cifar100/cifar-100-python/``: the
+    images equal the written uint8 rows reshaped by hand to (3, 32, 32) / 255 and the labels the fine labels."""
+    from cnnlens.experiments._recipes import load_cifar100
+    from cnnlens.experiments._registry import RunContext
+
+    written = cifar100_files(tmp_path / "cifar100" / CIFAR100_FOLDER, {"train": 6, "test": 4}, seed=3)
+    monkeypatch.setattr("cnnlens.data._download.verify_file", lambda path, spec: None)  # no published checksum
+    clear_cache()
+    loaded = load_cifar100(RunContext(tmp_path / "run", data_dir=tmp_path, progress=False), "test")
+    assert isinstance(loaded, tuple)
+    for dataset, split in zip(loaded, ("train", "test"), strict=True):
+        data, fine = written[split]
+        by_hand = np.stack([np.stack([row[c * 1024:(c + 1) * 1024].reshape(32, 32) for c in range(3)])
+                            for row in data]) / 255.0
+        np.testing.assert_allclose(dataset.images.numpy(), by_hand, rtol=0, atol=1e-7)
+        assert dataset.labels.tolist() == fine and dataset.num_classes == 100
+    clear_cache()
+
+
+def test_load_cifar100_recipe_names_the_files_to_place(tmp_path: Path) -> None:
+    from cnnlens.experiments._recipes import load_cifar100
+    from cnnlens.experiments._registry import RunContext
+
+    reason = load_cifar100(RunContext(tmp_path / "run", data_dir=tmp_path, progress=False), "the arm is skipped")
+    assert isinstance(reason, str)
+    assert "train, test and meta" in reason and str(tmp_path / "cifar100" / CIFAR100_FOLDER) in reason
+    assert "cifar-100-python.tar.gz" in reason
+    quick = load_cifar100(RunContext(tmp_path / "run", data_dir=tmp_path, quick=True, progress=False), "skipped")
+    assert isinstance(quick, str) and "--quick" in quick

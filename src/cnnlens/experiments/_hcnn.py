@@ -1,5 +1,6 @@
 """What the Hierarchical Attribute CNN experiments of 001 ch. 5 share: the data (CIFAR-10 when the data folder has
-it, else mnist5k), the CPU-sized network, one "train and test" step and the settings' wording."""
+it, else mnist5k; CIFAR-100 when the folder has it), the CPU-sized network, one "train and test" step and the
+settings' wording."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..data import ArrayDataset, stratified_subset
+from ..data import ArrayDataset, stratified_indices
 from ..nn import HierarchicalCNN
-from ._receptive import RFBudget, train_error
-from ._recipes import load_cifar10, load_digits
+from ._receptive import RFBudget, held_out, train_error
+from ._recipes import load_cifar10, load_cifar100, load_digits
 from ._registry import RunContext
 
-__all__ = ["HCNNArch", "HCNNData", "hcnn_data", "train_test"]
+__all__ = ["HCNNArch", "HCNNData", "hcnn_cifar100", "hcnn_data", "train_test"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class HCNNArch:
 
 @dataclass
 class HCNNData:
-    """Training and test images, their channels and classes, and the sentence a claim's setting quotes."""
+    """Training, test and (when asked) held-out validation images, their channels and classes, and the sentence a
+    claim's setting quotes."""
 
     train: ArrayDataset
     test: ArrayDataset
@@ -49,21 +51,47 @@ class HCNNData:
     classes: int
     description: str
     unmeasured: dict[str, str] = field(default_factory=dict)
+    val: ArrayDataset | None = None
 
 
-def hcnn_data(ctx: RunContext, train_size: int, purpose: str) -> HCNNData:
+def _split(pool: ArrayDataset, test: ArrayDataset, train_size: int, validation: int, seed: int, channels: int,
+           description: str) -> HCNNData:
+    """A class-stratified training subset of ``pool`` and, when ``validation > 0``, a stratified held-out set of
+    ``validation`` items from the rest of ``pool`` (never the test split); ``description``'s first ``{train}``,
+    ``{held}`` and ``{test}`` become the sizes."""
+    chosen = stratified_indices(pool.labels, min(train_size, len(pool)), seed)
+    train = pool.subset(chosen)
+    val = held_out(pool, chosen, validation, seed) if validation > 0 else None
+    held = f", {len(val):,} held-out for the learning rate" if val is not None else ""
+    sizes = {"{train}": f"{len(train):,}", "{held}": held, "{test}": f"{len(test):,}"}
+    for placeholder, value in sizes.items():
+        description = description.replace(placeholder, value, 1)
+    return HCNNData(train, test, channels, pool.num_classes, description, val=val)
+
+
+def hcnn_data(ctx: RunContext, train_size: int, purpose: str, *, validation: int = 0) -> HCNNData:
     """CIFAR-10 (the paper's data, a class-stratified subset of ``train_size`` images) when the data folder has it,
-    else mnist5k's real digits (28 x 28, one channel); ``purpose`` completes the log line of the fall-back."""
+    else mnist5k's real digits (28 x 28, one channel); ``purpose`` completes the log line of the fall-back;
+    ``validation`` held-out training images (stratified, outside the training subset) for :func:`tune_lr`."""
     cifar = load_cifar10(ctx, purpose)
     if isinstance(cifar, tuple):
-        train, test = cifar
-        train = stratified_subset(train, min(train_size, len(train)), seed=ctx.seed)
-        return HCNNData(train, test, 3, 10, f"CIFAR-10: {len(train):,} class-stratified training images of 50,000 "
-                                            f"/ {len(test):,} test images")
-    digits = load_digits(ctx, train_size=train_size, transforms=())
-    return HCNNData(digits.train, digits.test, 1, 10,
-                    f"mnist5k ({len(digits.train):,} training / {len(digits.test):,} test digits, 28 x 28) for "
-                    f"CIFAR-10 ({cifar})")
+        pool, test = cifar
+        return _split(pool, test, train_size, validation, ctx.seed, 3,
+                      "CIFAR-10: {train} class-stratified training images of 50,000{held} / {test} test images")
+    digits = load_digits(ctx, transforms=())
+    return _split(digits.train, digits.test, train_size, validation, ctx.seed, 1,
+                  "mnist5k ({train} training{held} / {test} test digits, 28 x 28) for CIFAR-10 (" + cifar + ")")
+
+
+def hcnn_cifar100(ctx: RunContext, train_size: int, *, validation: int = 0) -> HCNNData | str:
+    """CIFAR-100 (a class-stratified subset of ``train_size`` of its 50,000 training images, 100 fine labels) when
+    the data folder has it, else why not (the files to place)."""
+    cifar = load_cifar100(ctx, "the CIFAR-100 arm is not measured")
+    if isinstance(cifar, str):
+        return cifar
+    pool, test = cifar
+    return _split(pool, test, train_size, validation, ctx.seed, 3,
+                  "CIFAR-100: {train} class-stratified training images of 50,000{held} / {test} test images")
 
 
 def train_test(ctx: RunContext, name: str, build: Callable[[], nn.Module], data: HCNNData, budget: RFBudget,

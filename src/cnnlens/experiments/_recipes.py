@@ -17,8 +17,8 @@ from ..nn.models import get_model
 from ..train import evaluate, seed_everything
 from ._registry import RunContext
 
-__all__ = ["AdamBudget", "Digits", "LeNetBudget", "Trained", "load_cifar10", "load_digits", "train_adam",
-           "train_sgd", "transforms_for"]
+__all__ = ["AdamBudget", "Digits", "LeNetBudget", "Trained", "load_cifar10", "load_cifar100", "load_digits",
+           "train_adam", "train_sgd", "transforms_for"]
 
 
 _MNIST_TRAIN = 60_000  # digits in MNIST's training split
@@ -103,6 +103,26 @@ def load_cifar10(ctx: RunContext, purpose: str, *, transforms: tuple[str, ...] =
         first = str(err).splitlines()[0].rstrip(":")
         ctx.log(f"CIFAR-10 is not available, so {purpose}: {first}", warn=True)
         return f"no CIFAR-10 files in the data folder: {first}"
+
+
+def load_cifar100(ctx: RunContext, purpose: str, *, transforms: tuple[str, ...] = ()
+                  ) -> tuple[ArrayDataset, ArrayDataset] | str:
+    """CIFAR-100's training and test splits (100 fine labels) from ``DIR/cifar100/cifar-100-python/`` (files
+    ``train``, ``test`` and ``meta``, or the archive ``cifar-100-python.tar.gz`` in ``DIR/cifar100/``), or why this
+    run does not have them, naming the files to place; ``purpose`` completes the logged sentence "CIFAR-100 is not
+    available, so ...". As for :func:`load_cifar10`, a ``--quick`` run never loads it.
+    """
+    if ctx.quick:
+        return "a --quick run does not load CIFAR-100 (full configuration only)"
+    try:
+        return (load("cifar100", "train", ctx.data_dir, transforms=transforms),
+                load("cifar100", "test", ctx.data_dir, transforms=transforms))
+    except DataUnavailableError as err:
+        folder = (ctx.data_dir if ctx.data_dir is not None else default_data_dir()) / "cifar100"
+        first = str(err).splitlines()[0].rstrip(":")
+        ctx.log(f"CIFAR-100 is not available, so {purpose}: {first}", warn=True)
+        return (f"no CIFAR-100 files in the data folder (place train, test and meta in {folder / 'cifar-100-python'}"
+                f", or cifar-100-python.tar.gz in {folder}): {first}")
 
 
 @dataclass(frozen=True)
