@@ -85,44 +85,40 @@ def load_digits(ctx: RunContext, *, full_mnist: bool = False, train_size: int | 
     return Digits(train, test, text, used == "mnist", "" if used == "mnist" else why)
 
 
+def _load_cifar(name: str, label: str, hint: str, ctx: RunContext, purpose: str, transforms: tuple[str, ...]
+                ) -> tuple[ArrayDataset, ArrayDataset] | str:
+    """The training and test splits of data set ``name`` (printed as ``label``), or why this run does not have them.
+
+    A ``--quick`` run never loads them (it cannot decide a claim, and a data folder without the files would start a
+    download of 170 MB or more where the internet is reachable). ``hint`` names the files to place.
+    """
+    if ctx.quick:
+        return f"a --quick run does not load {label} (full configuration only)"
+    try:
+        return (load(name, "train", ctx.data_dir, transforms=transforms),
+                load(name, "test", ctx.data_dir, transforms=transforms))
+    except DataUnavailableError as err:
+        first = str(err).splitlines()[0].rstrip(":")
+        ctx.log(f"{label} is not available, so {purpose}: {first}", warn=True)
+        return f"no {label} files in the data folder{hint}: {first}"
+
+
 def load_cifar10(ctx: RunContext, purpose: str, *, transforms: tuple[str, ...] = ()
                  ) -> tuple[ArrayDataset, ArrayDataset] | str:
     """CIFAR-10's training and test splits from the data folder, or why this run does not have them (for
     ``ExperimentResult.unmeasured`` or a claim's setting); ``purpose`` completes the logged sentence "CIFAR-10 is not
-    available, so ...".
-
-    A ``--quick`` run never loads CIFAR-10 (it cannot decide a claim, and a data folder without the files would
-    start a 170 MB download where the internet is reachable).
-    """
-    if ctx.quick:
-        return "a --quick run does not load CIFAR-10 (full configuration only)"
-    try:
-        return (load("cifar10", "train", ctx.data_dir, transforms=transforms),
-                load("cifar10", "test", ctx.data_dir, transforms=transforms))
-    except DataUnavailableError as err:
-        first = str(err).splitlines()[0].rstrip(":")
-        ctx.log(f"CIFAR-10 is not available, so {purpose}: {first}", warn=True)
-        return f"no CIFAR-10 files in the data folder: {first}"
+    available, so ...". A ``--quick`` run never loads CIFAR-10."""
+    return _load_cifar("cifar10", "CIFAR-10", "", ctx, purpose, transforms)
 
 
 def load_cifar100(ctx: RunContext, purpose: str, *, transforms: tuple[str, ...] = ()
                   ) -> tuple[ArrayDataset, ArrayDataset] | str:
     """CIFAR-100's training and test splits (100 fine labels) from ``DIR/cifar100/cifar-100-python/`` (files
     ``train``, ``test`` and ``meta``, or the archive ``cifar-100-python.tar.gz`` in ``DIR/cifar100/``), or why this
-    run does not have them, naming the files to place; ``purpose`` completes the logged sentence "CIFAR-100 is not
-    available, so ...". As for :func:`load_cifar10`, a ``--quick`` run never loads it.
-    """
-    if ctx.quick:
-        return "a --quick run does not load CIFAR-100 (full configuration only)"
-    try:
-        return (load("cifar100", "train", ctx.data_dir, transforms=transforms),
-                load("cifar100", "test", ctx.data_dir, transforms=transforms))
-    except DataUnavailableError as err:
-        folder = (ctx.data_dir if ctx.data_dir is not None else default_data_dir()) / "cifar100"
-        first = str(err).splitlines()[0].rstrip(":")
-        ctx.log(f"CIFAR-100 is not available, so {purpose}: {first}", warn=True)
-        return (f"no CIFAR-100 files in the data folder (place train, test and meta in {folder / 'cifar-100-python'}"
-                f", or cifar-100-python.tar.gz in {folder}): {first}")
+    run does not have them, naming the files to place; as :func:`load_cifar10` otherwise."""
+    folder = (ctx.data_dir if ctx.data_dir is not None else default_data_dir()) / "cifar100"
+    hint = f" (place train, test and meta in {folder / 'cifar-100-python'}, or cifar-100-python.tar.gz in {folder})"
+    return _load_cifar("cifar100", "CIFAR-100", hint, ctx, purpose, transforms)
 
 
 @dataclass(frozen=True)
