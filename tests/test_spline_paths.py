@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -248,34 +249,50 @@ def test_replay_divergence_is_its_own_error():
 
 
 class Alternating(nn.Module):
-    """Takes one more layer on every other call: control flow on state that the capture does not see."""
+    """Takes one more layer on every other call: control flow on state that the capture does not see.
 
-    def __init__(self) -> None:
+    ``shift``: add a constant made by ``torch.from_numpy``, which the capture cannot tell independent of x (so B
+    cannot be summed in the sweep and must be replayed at input 0)."""
+
+    def __init__(self, shift: bool = False) -> None:
         super().__init__()
         self.first = nn.Linear(3, 4)
         self.extra = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
         self.calls = 0
+        self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         h = torch.relu(self.first(x))
         if self.calls % 2:
             h = torch.relu(self.extra(h))
+        if self.shift:
+            h = h + torch.from_numpy(np.full(4, 0.5))
         return self.head(h)
 
 
 def test_replay_divergence_is_its_own_error_and_affine_map_says_so():
     torch.manual_seed(0)
-    net = Alternating().double().eval()
+    net = Alternating(shift=True).double().eval()
     x = torch.randn(2, 3, dtype=torch.float64)
     with pytest.warns(UserWarning, match=r"B is f\(x\) - A x, because the propagation of B could not replay"):
         # one chunk of samples (no memory probe), so the recording pass is the model's first call
         result = affine_map(net, x, chunk_size=x.shape[0])  # the map of the call that recorded it is still exact
     assert result.identity_error is None and "cannot force" in result.bias_fallback
+    assert result.bias_method is None
     net.calls = 0  # the recording call takes the extra layer, as in affine_map
     jac = _jacobian(net, x)
     assert float((result.A - jac).abs().max()) <= 1e-12 * float(jac.abs().max())
+    # without the numpy constant, B is summed in the sweep of the recording call: exact, and checked
+    plain = Alternating().double().eval()
+    plain.load_state_dict(net.state_dict())
+    swept = affine_map(plain, x, chunk_size=x.shape[0])
+    assert swept.bias_method == "swept" and swept.identity_error <= 1e-12
+    plain.calls = 0
+    with torch.no_grad():
+        offset = plain(x) - torch.einsum("ncd,nd->nc", swept.A, x)
+    assert float((swept.B - offset).abs().max()) <= 1e-12 * float(offset.abs().max())
     with pytest.raises(ReplayDivergenceError, match="depends on something the replay cannot force") \
             as info:
         assert_affine_exact(net, x)

@@ -680,8 +680,8 @@ def test_assert_affine_exact_catches_a_wrong_a_that_the_identity_misses(monkeypa
     x = torch.randn(3, 1, 6, 6, dtype=F64)
     original = affine_module.transpose_rows
 
-    def corrupted(tape, xt, y, rows, out=None):
-        a = original(tape, xt, y, rows, out=out)
+    def corrupted(tape, xt, y, rows, out=None, bias=None):
+        a = original(tape, xt, y, rows, out=out, bias=bias)
         flat = xt.reshape(xt.shape[0], 1, -1)
         noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(0), dtype=a.dtype)
         noise = noise - (noise * flat).sum(-1, keepdim=True) / (flat * flat).sum(-1, keepdim=True) * flat

@@ -15,10 +15,19 @@ network (:mod:`._transpose`), and ``"autograd"``, batched autograd over the capt
 operation has no exact transpose rule (the reason names it and its module) and always for ``approximate=True``.
 Both give the same A up to rounding.
 
-B is not ``f(x) - A x``: it is propagated through the masked network at input 0 (eq. 7 of 000, one extra forward
-pass, :mod:`._exactness`), and ``A x + B == f(x)`` is checked on every call. The measured error is on the result
-(``.identity_error``); a failed check raises :class:`cnnlens.ExactnessError` (or a ValueError for a model whose
-outputs mix the samples of the batch) saying what the capture missed.
+B is not ``f(x) - A x``: it is propagated through the masked network (eq. 7 of 000, :mod:`._exactness`), and
+``A x + B == f(x)`` is checked on every call. The same reverse sweep that computes A sums, over the biases of the
+network (convolution and linear biases, batch-norm shifts, constants added, the constant pieces of clamps and of
+registered units, an affine op's value at 0), the cotangent at each bias times the bias: eq. 7 of 000 read from
+the output back, at no extra forward pass (``.bias_method == "swept"``). It takes only the model's own constants
+(its parameters, buffers and tensor attributes, and what its ops compute from them) as biases; when some constant
+could come from x where the capture cannot see (a value read off x with ``item()`` or ``numpy()``, a tensor from
+compiled code or a global), or a recorded tensor does not keep the samples in dim 0, B is instead the forward
+pass at input 0 with the recorded pieces forced (``"replayed"``), which also recomputes those constants. Either
+way A, B and f(x) are computed independently, and a part of the model the capture did not see breaks the
+identity. The measured error is on the result (``.identity_error``); a failed check raises
+:class:`cnnlens.ExactnessError` (or a ValueError for a model whose outputs mix the samples of the batch) saying what
+the capture missed.
 
 Memory (:func:`affine_map`'s ``max_memory``). A itself takes N * C * D * itemsize bytes (0.6 GB for ResNet-18 at
 3x224x224 with 1000 classes in float32); it is allocated once and every chunk writes its rows into it. The
@@ -42,7 +51,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_leaves
 from torch.utils.data import Dataset
 
 from ._capture import Capture, Entry, capture, check_model_input, run_captured
@@ -118,6 +126,10 @@ class AffineMap(_AffineMapFields):
     bias_fallback : str or None
         None when B was propagated; otherwise why B is ``f(x) - A x`` (then the identity holds by construction and
         checks nothing): a linearised part (``approximate=True``) or a replay that took another path (warned).
+    bias_method : str or None
+        How B was propagated (module docstring): ``"swept"``, summed over the biases in the reverse sweep that
+        computes A, or ``"replayed"``, by a forward pass at input 0 with the pieces of x forced (when a constant of
+        the model could not be told independent of x; the reason is logged at DEBUG level); None on a fallback.
     chunking : Chunking or None
         How the work was split to stay within the memory budget (samples per chunk, classes per sweep, budget).
     """
@@ -128,11 +140,13 @@ class AffineMap(_AffineMapFields):
     fallback_reason: str | None
     identity_error: float | None
     bias_fallback: str | None
+    bias_method: str | None
     chunking: Chunking | None
 
     def __new__(cls, A: Tensor, B: Tensor, approximate: bool = False, linearised: Sequence[str] = (),
                 path: str = TRANSPOSED, fallback_reason: str | None = None, identity_error: float | None = None,
-                bias_fallback: str | None = None, chunking: Chunking | None = None) -> AffineMap:
+                bias_fallback: str | None = None, chunking: Chunking | None = None,
+                bias_method: str | None = None) -> AffineMap:
         self = super().__new__(cls, A, B)
         self.approximate = approximate
         self.linearised = tuple(linearised)
@@ -140,6 +154,7 @@ class AffineMap(_AffineMapFields):
         self.fallback_reason = fallback_reason
         self.identity_error = identity_error
         self.bias_fallback = bias_fallback
+        self.bias_method = bias_method
         self.chunking = chunking
         return self
 
@@ -287,7 +302,7 @@ def _forward_bytes(codes: int, largest: int) -> int:
 def _entries_bytes(entries: list[Entry]) -> int:
     """Memory held by the recorded region codes (masks, argmax indices), each storage counted once."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for e in entries for t in tree_leaves((e.states, e.selector)) if isinstance(t, Tensor)}
+                for e in entries for t in (e.states, e.selector) if isinstance(t, Tensor)}
     return sum(storages.values())
 
 
@@ -321,6 +336,7 @@ class _Chunk:
     offset: Offset | None = None  # B of one chunk, how it was obtained and checked (_exactness.offset_of)
     identity_error: float | None = None  # of all chunks (_chunked_map)
     bias_fallback: str | None = None
+    bias_method: str | None = None
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
@@ -357,11 +373,13 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
             if step is None or probe:
                 return None
             a = memory.a[start:start + n]
+            swept = None if cap.bias_blocker is not None else y.new_empty(n, rows.numel())
             for j in range(0, rows.numel(), step):
-                if transpose_rows(tape, xt, y, rows[j:j + step], out=a[:, j:j + step]) is None:
+                b_part = None if swept is None else swept[:, j:j + step]
+                if transpose_rows(tape, xt, y, rows[j:j + step], out=a[:, j:j + step], bias=b_part) is None:
                     break  # an operation without a transpose rule: the tape is off, with the reason
         if tape.ok:
-            off = offset_of(model, xt, a, y, rows, cap)
+            off = offset_of(model, xt, a, y, rows, cap, swept)
             return _Chunk(a, off.b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None, off)
         reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "
                   "masked graph instead (same A, slower)")
@@ -426,7 +444,11 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
         part.entries = []  # the region codes of a chunk are not kept (memory)
         parts.append(part)
         start += part.a.shape[0]
-    identity_error, bias_fallback = _checked(model, x, [p.offset for p in parts], caller)
+    offsets = [p.offset for p in parts]
+    identity_error, bias_fallback = _checked(model, x, offsets, caller)
+    methods = list(dict.fromkeys(o.method for o in offsets if o.method))
+    for why in dict.fromkeys(o.why_replayed for o in offsets if o.why_replayed):
+        _log.debug("%s: B replayed at input 0 rather than summed in the sweep: %s", caller, why)
     linearised = sorted({op for part in parts for op in part.linearised})
     if linearised:
         warnings.warn(f"{caller}(approximate=True): the model is not piecewise affine ({'; '.join(linearised)}); "
@@ -441,7 +463,7 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
     _log.debug("%s on %d samples: path %s%s, %s", caller, x.shape[0], path, f" ({reason})" if reason else "",
                memory.chunking)
     return _Chunk(memory.a, torch.cat([p.b for p in parts]), torch.cat([p.outputs for p in parts]), linearised, [],
-                  path, reason, None, identity_error, bias_fallback), memory.chunking
+                  path, reason, None, identity_error, bias_fallback, " and ".join(methods) or None), memory.chunking
 
 
 def _checked(model: Callable[[Tensor], Tensor], x: Tensor, offsets: list[Offset], caller: str
@@ -526,7 +548,7 @@ def affine_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     res, chunking = _chunked_map(model, x, classes, chunk_size, approximate, "affine_map", max_memory)
     return AffineMap(res.a, res.b, approximate=bool(res.linearised), linearised=res.linearised, path=res.path,
                      fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback,
-                     chunking=chunking)
+                     chunking=chunking, bias_method=res.bias_method)
 
 
 @dataclass(frozen=True)
@@ -555,6 +577,8 @@ class Templates:
         The measured error of ``inner_products + biases == outputs``, as :attr:`AffineMap.identity_error`.
     bias_fallback : str or None
         As :attr:`AffineMap.bias_fallback`.
+    bias_method : str or None
+        As :attr:`AffineMap.bias_method`.
     chunking : Chunking or None
         As :attr:`AffineMap.chunking`.
     """
@@ -570,6 +594,7 @@ class Templates:
     identity_error: float | None = None
     bias_fallback: str | None = None
     chunking: Chunking | None = None
+    bias_method: str | None = None
 
 
 def templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: Sequence[int] | Tensor | None = None,
@@ -608,7 +633,7 @@ def templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: S
     return Templates(templates=res.a.reshape(n, r, *x.shape[1:]), biases=res.b, inner_products=inner,
                      outputs=res.outputs, classes=rows, approximate=bool(res.linearised), path=res.path,
                      fallback_reason=res.reason, identity_error=res.identity_error, bias_fallback=res.bias_fallback,
-                     chunking=chunking)
+                     chunking=chunking, bias_method=res.bias_method)
 
 
 def propagated_bias(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

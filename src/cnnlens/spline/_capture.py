@@ -93,7 +93,7 @@ from ._ops import (
     register_builtin,
     rule_of,
 )
-from ._transpose import Node, Tape, record_linear
+from ._transpose import Node, Tape, _mutates_first, record_linear
 from ._windows import (
     Windows,
     adaptive_code,
@@ -411,6 +411,13 @@ class Capture(TorchFunctionMode):
         self.half: int | None = None  # paired: the number of samples of the first half, set by run_captured
         self.unpairable = ""  # paired: why the pass could not be paired (UnpairableError), also if the model caught it
         self.tape = tape  # when set, every op on a tracked tensor is recorded for the transposed sweep
+        # with a tape: the tensors known not to depend on x (the model's parameters, buffers and tensor attributes,
+        # and what ops on them compute); B[x] accumulated in the sweep is an independent check only when every
+        # constant on the tape is one of them and every recorded tensor keeps the samples in dim 0, else
+        # ``bias_blocker`` says why not (and B is replayed at input 0 instead: _exactness)
+        self._known: dict[int, weakref.ref] | None = {} if tape is not None else None
+        self._held: dict[int, weakref.ref] = {}  # the tensors the model holds (parameters, buffers, attributes)
+        self.bias_blocker: str | None = None
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
         self.approximate = approximate
         self.probe = probe
@@ -527,20 +534,64 @@ class Capture(TorchFunctionMode):
             out = self.dispatch(func, args, kwargs)
         if self.batch is not None:
             self._follow_samples(func, args, kwargs, out)
+            if self._known is not None and self.bias_blocker is None:
+                self._check_sample_major(func, out)
         return out
+
+    # the constants of the tape (B[x] accumulated in the sweep) ---------------------------------------------------
+    def know(self, objs: Any) -> None:
+        """Mark the tensors among ``objs`` as constants that do not depend on x."""
+        if self._known is not None:
+            self._mark(self._known, [t for t in tree_leaves(objs) if isinstance(t, Tensor)])
+
+    def _constant_op(self, func: Callable, args: tuple, kwargs: dict, others: list[Tensor], out: Any) -> None:
+        """An op on no tracked tensor: its results are known constants when its arguments are (known tensors,
+        numbers, shapes, dtypes); an in-place write into a tensor the model holds is state kept between calls."""
+        if others and _mutates_first(func) and self._is(args[0], self._held):
+            self.bias_blocker = f"{_op_name(func)}{self._where()} changes a tensor the model holds"
+        elif all(self._is(t, self._known) for t in others) and all(
+                isinstance(v, (Tensor, *_PLAIN)) or v is None or v is Ellipsis
+                for v in tree_leaves((args, kwargs))):
+            self.know(out)  # computed from constants only (factories, ops on parameters)
+
+    def _check_constants(self, func: Callable, others: list[Tensor]) -> None:
+        """An op on tracked tensors whose other tensor operands must all be known constants for the sweep's B."""
+        for t in others:
+            if not self._is(t, self._known):
+                self.bias_blocker = (f"{_op_name(func)}{self._where()} takes a tensor that is not a parameter, buffer "
+                                     "or tensor attribute of the model nor computed from them (it may depend on x "
+                                     "where the capture cannot see)")
+                return
+
+    def _check_sample_major(self, func: Callable, out: Any) -> None:
+        """A tracked result whose dim 0 is not the sample dimension: the sweep cannot split B by sample there."""
+        for t in ([out] if isinstance(out, Tensor) else tree_leaves(out) if _has_tensor(out) else []):
+            if isinstance(t, Tensor) and self._is(t, self._tracked) and t.dim() > 0 and \
+                    not self._is(t, self._samples):
+                self.bias_blocker = f"{_op_name(func)}{self._where()} makes a tensor whose dim 0 is not the samples"
+                return
 
     def dispatch(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # noqa: C901 - one dispatch table
         """Run ``func`` on a captured forward pass by its rule in the registry (see the module docstring)."""
         if self._escaped:
             self._check_escaped(func, args, kwargs)
-        tracked, discrete = [], []
+        tracked, discrete, others = [], [], []
         for t in _tensors(args, kwargs):
             if self._is(t, self._tracked):
                 tracked.append(t)
             elif self._discrete and self._is(t, self._discrete):
                 discrete.append(t)
+            else:
+                others.append(t)
+        if self._known is not None and self.bias_blocker is None and _is_random(func, args, kwargs):
+            self.bias_blocker = f"{_op_name(func)}{self._where()} draws random numbers"
         if not tracked and not discrete:
-            return self._run(func, args, kwargs)
+            out = self._run(func, args, kwargs)
+            if self._known is not None and self.bias_blocker is None:
+                self._constant_op(func, args, kwargs, others, out)
+            return out
+        if self._known is not None and self.bias_blocker is None and others:
+            self._check_constants(func, others)
         if func in _DETACH_LIKE:
             return self._identity(func, args, kwargs, discrete)
         if func in _COPY_LIKE and self.is_tracked(_arg(args, kwargs, _COPY_LIKE[func], "data")):
@@ -552,7 +603,9 @@ class Capture(TorchFunctionMode):
             self.track(out, discrete=True)
             return out
         if builtin == "constant":
-            return self._run(func, args, kwargs)
+            out = self._run(func, args, kwargs)
+            self.know(out)  # zeros_like(h), h.new_ones(...): values that do not depend on x
+            return out
         if discrete:
             out = self._run(func, args, kwargs)
             if not _has_tensor(out):
@@ -742,6 +795,10 @@ class Capture(TorchFunctionMode):
         forced = self.forced_decisions
         if forced is None:
             self._note_escaped(out)
+            if self._known is not None and self.bias_blocker is None and func not in _METADATA and \
+                    not _is_discrete(out):
+                self.bias_blocker = (f"{_op_name(func)}{self._where()} reads a value off an input-dependent tensor "
+                                     "that may flow back in where the capture cannot see (a float or an array)")
             return out
         if k >= len(forced) or forced[k][0] != func:
             recorded = _op_name(forced[k][0]) if k < len(forced) else f"nothing (it read {len(forced)} values)"
@@ -1061,7 +1118,8 @@ def _indicator(mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, shape: tuple[int, ...],
             pre: Callable[[], Tensor], make_out: Callable[[Tensor], Tensor] | None, inplace_target: Tensor | None,
             slope: tuple[Tensor | None, Any] = (None, 0.0), zero_floor: bool = False,
-            select: tuple[Tensor, Tensor] | None = None, operands: tuple[Any, ...] = ()) -> Tensor:
+            select: tuple[Tensor, Tensor] | None = None, operands: tuple[Any, ...] = (),
+            floor: Tensor | None = None) -> Tensor:
     """Record a two-piece unit whose active piece is ``u > 0`` (``u = pre()``) and return its output: the model's
     own op on a pass at the points themselves, ``make_out(mask)`` on a masked pass (None with ``zero_floor``).
 
@@ -1073,6 +1131,7 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
     a third of the cost of the comparison), and a masked pass (a replay, the autograd graph) computes ``h`` times
     the mask as 1.0 / 0.0, equal to ``make_out(mask)`` up to the sign of zero, and faster.
     ``operands``: the op's input tensors (a paired pass checks that they keep the samples in dim 0).
+    ``floor``: the constant output on the other piece when there is one (``clamp(h, min=c)``: c), for B[x].
     """
     forced = cap._next_forced(name, "binary", shape)
     own = not cap.graph and forced is None and cap.half is None  # the model's own op gives the value
@@ -1093,7 +1152,7 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
         out = _masked_output(cap, mask, make_out, inplace_target, slope[0] if zero_floor else None)
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe))
     if cap.tape is not None and cap.tape.ok:
-        _tape_binary(cap, func, mask, out, slope, select, inplace_target)
+        _tape_binary(cap, func, mask, out, slope, select, inplace_target, floor)
     cap.track(out)
     return out
 
@@ -1115,8 +1174,9 @@ def _masked_output(cap: Capture, mask: Tensor, make_out: Callable[[Tensor], Tens
 
 
 def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope: tuple[Tensor | None, Any],
-                 select: tuple[Tensor, Tensor] | None, inplace_target: Tensor | None) -> None:
-    """The transpose rule of a two-piece unit: a slope per unit (``scale``) or the selected operand (``select``)."""
+                 select: tuple[Tensor, Tensor] | None, inplace_target: Tensor | None, floor: Tensor | None) -> None:
+    """The transpose rule of a two-piece unit: a slope per unit (``scale``) or the selected operand (``select``),
+    with the unit's constant term where its piece has one (a constant operand, a clamp's bound), for B[x]."""
     tape = cap.tape
     describe = lambda: f"{_op_name(func)}{cap._where()}"  # noqa: E731 - only called on a switch-off
     if select is not None:
@@ -1125,8 +1185,12 @@ def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope:
             tape.switch_off(f"the operation {describe()} with operands of different numbers of dimensions "
                             "(broadcast over the sample dimension)")
             return
-        tape.add(Node("select", tuple(t for t, _ in ins), out, {"mask": mask, "take": tuple(t for _, t in ins)}),
-                 describe)
+        data: dict[str, Any] = {"mask": mask, "take": tuple(t for _, t in ins)}
+        for t, take in zip(select, (True, False), strict=True):
+            if not cap.is_tracked(t):  # maximum(h, c): c where the constant is selected
+                data["offset"] = torch.where(mask if take else ~mask, t.detach().to(out.dtype),
+                                             torch.zeros((), dtype=out.dtype))
+        tape.add(Node("select", tuple(t for t, _ in ins), out, data), describe)
         return
     h, s = slope
     if h.shape != out.shape:
@@ -1136,7 +1200,10 @@ def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope:
         coef = _indicator(mask, h.dtype)
     else:
         coef = torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))
-    tape.add(Node("scale", (h,), out, {"coef": coef}), describe)
+    data = {"coef": coef}
+    if floor is not None:
+        data["offset"] = torch.where(mask, torch.zeros((), dtype=h.dtype), floor.to(h.dtype))
+    tape.add(Node("scale", (h,), out, data), describe)
     if inplace_target is not None:
         tape.mutated(inplace_target, describe)
 
@@ -1227,7 +1294,7 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         zero_floor = hi is None and bound.numel() == 1 and bool(bound == 0)
         return _binary(cap, func, args, kwargs, name, shape, (lambda: h - lo_t) if hi is None else (lambda: hi_t - h),
                        None if zero_floor else lambda m: torch.where(m, h, bound), target, (h, 0.0),
-                       zero_floor=zero_floor, operands=(h,))
+                       zero_floor=zero_floor, operands=(h,), floor=None if zero_floor else bound)
     if bool(torch.any(lo_t > hi_t)):
         raise ValueError(f"clamp/hardtanh with min {lo} > max {hi} is constant; cnnlens expects min <= max.")
     shape = tuple(h.shape[1:])
@@ -1252,7 +1319,8 @@ def _clamp_like(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         out = _finish(cap, h, torch.where(state == 1, h, torch.where(state == 0, lo_t, hi_t).to(h.dtype)), inplace)
     if cap.tape is not None and cap.tape.ok:
         describe = lambda: f"{_op_name(func)}{cap._where()}"  # noqa: E731 - only called on a switch-off
-        cap.tape.add(Node("scale", (h,), out, {"coef": (state == 1).to(h.dtype)}), describe)
+        bounds = torch.where(state == 0, lo_t, torch.where(state == 2, hi_t, 0).to(h.dtype))  # B's share
+        cap.tape.add(Node("scale", (h,), out, {"coef": (state == 1).to(h.dtype), "offset": bounds}), describe)
         if inplace:
             cap.tape.mutated(h, describe)
     return out
@@ -1653,7 +1721,12 @@ def _elementwise(cap: Capture, func: Callable, rule: ElementwisePiecewise, args:
         out = _finish(cap, h, out, inplace)
     if cap.tape is not None and cap.tape.ok:
         describe = lambda: f"{name}{cap._where()}"  # noqa: E731 - only called on a switch-off
-        cap.tape.add(Node("scale", (h,), out, {"coef": slope}), describe)
+        data = {"coef": slope}
+        if isinstance(offset, Tensor) and bool((offset != 0).any()):
+            data["offset"] = offset  # the pieces' constant terms: B's share
+        elif not isinstance(offset, Tensor) and offset != 0:
+            data["offset"] = torch.as_tensor(offset, dtype=h.dtype)
+        cap.tape.add(Node("scale", (h,), out, data), describe)
         if inplace:
             cap.tape.mutated(h, describe)
     return out
@@ -1788,8 +1861,75 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
                                               decisions=decisions, paired=paired, shared_probes=shared_probes)
     if isinstance(model, nn.Module):
         cap.paths = {id(mod): path for path, mod in model.named_modules()}
+    if cap.tape is not None:
+        held = _constants_of(model)
+        cap.know(held)
+        cap._mark(cap._held, held)
     with cap:
         yield cap
+
+
+#: Arguments that carry no values of x into a constant (numbers, shapes, dtypes, devices, ...): a numpy array or
+#: any other object may (``torch.from_numpy`` is not even seen by the mode).
+_PLAIN = (bool, int, float, complex, str, slice, torch.dtype, torch.device, torch.layout, torch.memory_format,
+          torch.Size)
+_RANDOM = frozenset({"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "bernoulli",
+                     "bernoulli_", "normal", "normal_", "uniform_", "random_", "exponential_", "geometric_", "cauchy_",
+                     "log_normal_", "poisson", "multinomial"})
+#: Random only in training mode, with the position of their ``training`` argument and its default.
+_RANDOM_IN_TRAINING = {"dropout": (2, True), "dropout1d": (2, True), "dropout2d": (2, True), "dropout3d": (2, True),
+                       "alpha_dropout": (2, False), "feature_alpha_dropout": (2, False), "rrelu": (3, False),
+                       "rrelu_": (3, False)}
+
+
+def _is_random(func: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether ``func`` draws random numbers (``torch.rand``, ``F.dropout`` in training mode, ...)."""
+    name = getattr(func, "__name__", "")
+    if name in _RANDOM:
+        return True
+    if name in _RANDOM_IN_TRAINING:
+        pos, default = _RANDOM_IN_TRAINING[name]
+        return bool(_arg(args, kwargs, pos, "training", default))
+    return False
+
+
+def _constants_of(model: Any, depth: int = 0) -> list[Tensor]:
+    """The tensors a model holds: the parameters, buffers and tensor attributes of its modules, also of the modules
+    and tensors a plain function closes over (or a bound method's module, a ``functools.partial``'s arguments)."""
+    if isinstance(model, Tensor):
+        return [model]
+    if isinstance(model, nn.Module):
+        mods = list(model.modules())
+        found = [t for mod in mods for table in (mod._parameters, mod._buffers, vars(mod)) for t in table.values()
+                 if isinstance(t, Tensor)]
+        if depth <= 2:
+            forwards = {next((k.__dict__["forward"] for k in type(mod).__mro__ if "forward" in k.__dict__), None)
+                        for mod in mods}
+            for forward in forwards:
+                if not getattr(forward, "__module__", "torch.").startswith("torch."):  # torch's layers name none
+                    found += _constants_of(forward, depth + 1)
+        return found
+    if depth > 2:
+        return []
+    found = []
+    parts: list[Any] = [getattr(model, "__self__", None), getattr(model, "func", None)]
+    code, names = getattr(model, "__code__", None), getattr(model, "__globals__", None)
+    if code is not None and isinstance(names, dict):  # the modules and tensors a function names as globals
+        parts += [names[k] for k in code.co_names if isinstance(names.get(k), (Tensor, nn.Module))]
+    parts += list(getattr(model, "args", ()) or ()) if isinstance(model, functools.partial) else []
+    parts += list((getattr(model, "keywords", None) or {}).values()) if isinstance(model, functools.partial) else []
+    for cell in getattr(model, "__closure__", None) or ():
+        try:
+            parts.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    for part in parts:
+        if isinstance(part, (list, tuple)):
+            for item in part:
+                found += _constants_of(item, depth + 1)
+        elif part is not None:
+            found += _constants_of(part, depth + 1)
+    return found
 
 
 def _list_names(names: Sequence[str], limit: int = 40) -> str:

@@ -1,11 +1,21 @@
 """The independent check of an affine map: ``A[x] x + B[x] == f(x)`` with B propagated, not ``f(x) - A x``.
 
 For a piecewise-affine network, conditioned on the region of x (and on the control-flow path the forward pass took),
-the network is the masked network of eq. 7 of 000, an affine function of its input. Its offset ``B[x]`` is that
-function at input 0: :func:`replay_offset` replays the forward pass at 0 with every nonlinearity forced to the piece
-recorded at x and every value the model read off an input-dependent tensor (``bool()``, ``item()``) forced to the
-recorded one. A, B and f(x) are then three independent computations (a reverse sweep, a forward at 0, the model's
-own forward at x), and eq. 9 of 000, ``A[x] x + B[x] = f(x)``, checks them against each other. It fails, and
+the network is the masked network of eq. 7 of 000, an affine function of its input. Its offset ``B[x]`` is eq. 7's
+sum over the biases, each carried to the output by the masked layers after it. Two ways compute it without f(x):
+
+* summed in the reverse sweep that computes A (``SWEPT``, :func:`._transpose.transpose_rows`): the cotangent of
+  row c at every bias (convolution and linear biases, batch-norm shifts, constant operands, the constant pieces of
+  clamps and registered units) times the bias. It takes the model's constants as they are, so it is used only when
+  the capture found each of them to be the model's own (parameters, buffers, tensor attributes, what ops compute
+  from them): a constant made from x where the capture cannot see (numpy, ``item()``, compiled code) would enter
+  B at its value at x and keep the identity true for a wrong A;
+* replayed (``REPLAYED``, :func:`replay_offset`): the forward pass at 0 with every nonlinearity forced to the piece
+  recorded at x and every value the model read off an input-dependent tensor (``bool()``, ``item()``) forced to
+  the recorded one; the model's code runs again, so such a constant is recomputed at 0 and breaks the identity.
+
+A, B and f(x) are then independent computations (a reverse sweep, the biases summed in it or a forward at 0, the
+model's own forward at x), and eq. 9 of 000, ``A[x] x + B[x] = f(x)``, checks them against each other. It fails, and
 :func:`raise_inexact` says why, when the capture did not see everything the model computes: TorchScript or other
 compiled code called from a plain function, a model whose outputs mix the samples of the batch, random numbers or
 state in ``forward``, or a precision too low for the model.
@@ -29,7 +39,7 @@ from torch import Tensor
 from .._errors import ExactnessError
 from ._capture import UNFORCEABLE, Capture, Entry, ReplayDivergenceError, capture, run_captured
 
-__all__ = ["Offset", "check_precision", "offset_of", "raise_inexact", "replay_offset", "tolerance"]
+__all__ = ["REPLAYED", "SWEPT", "Offset", "check_precision", "offset_of", "raise_inexact", "replay_offset", "tolerance"]
 
 #: Relative tolerance of the identity for each dtype (relative to max(|f(x)|, |A x|, |B|) per sample).
 _TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -79,27 +89,37 @@ def identity_errors(a: Tensor, b: Tensor, x: Tensor, f: Tensor) -> Tensor:
     return err / scale.clamp_min(torch.finfo(err.dtype).tiny)
 
 
+#: How B was propagated (``AffineMap.bias_method``): summed over the biases in the reverse sweep, or replayed.
+SWEPT, REPLAYED = "swept", "replayed"
+
+
 @dataclass
 class Offset:
     """``B`` of one chunk and how it was obtained.
 
     ``errors`` holds the per-sample relative error of ``A x + B`` against ``f(x)`` when ``B`` was propagated (an
     independent check), None when ``B = f(x) - A x`` (then ``fallback`` says why); ``seen`` is whether the capture
-    saw the output computed from x at all.
+    saw the output computed from x at all; ``method`` is :data:`SWEPT` or :data:`REPLAYED` (None on a fallback),
+    ``why_replayed`` why the sweep's B could not be used.
     """
 
     b: Tensor
     errors: Tensor | None
     fallback: str | None
     seen: bool
+    method: str | None = None
+    why_replayed: str | None = None
 
 
 def offset_of(model: Callable[[Tensor], Tensor], x: Tensor, a: Tensor, y: Tensor, rows: Tensor,
-              cap: Capture) -> Offset:
+              cap: Capture, swept: Tensor | None = None) -> Offset:
     """``B`` for rows ``rows`` of the map whose recording capture is ``cap`` and captured output ``y`` (N, C).
 
-    Propagated (:func:`replay_offset`) and checked against ``y``; with linearised parts (``approximate=True``) B is
-    ``f(x) - A x`` by definition of the local linearisation, and when the replay diverges it falls back to that too.
+    ``swept``: B accumulated in the transposed sweep (the biases of eq. 7 of 000 times the cotangents), used when
+    the capture found every constant on the tape to be the model's own (``cap.bias_blocker`` is None); otherwise B
+    is propagated by :func:`replay_offset`. Either is checked against ``y``. With linearised parts
+    (``approximate=True``) B is ``f(x) - A x`` by definition of the local linearisation, and when the replay
+    diverges it falls back to that too.
     """
     seen = cap.is_tracked(y)
     f = y.detach()[:, rows]
@@ -108,12 +128,16 @@ def offset_of(model: Callable[[Tensor], Tensor], x: Tensor, a: Tensor, y: Tensor
         return Offset(f - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1)), None,
                       "approximate=True linearised part of the model: B is f(x) - A x by definition of the local "
                       "linearisation at x", seen)
+    if swept is not None and cap.bias_blocker is None:
+        return Offset(swept, identity_errors(a, swept, x, f), None, seen, SWEPT)
+    why = cap.bias_blocker or "A was not computed by the transposed sweep"
     try:
         b = replay_offset(model, x, cap.entries, cap.decisions)[:, rows]
     except ReplayDivergenceError as err:
         return Offset(f - torch.einsum("nrd,nd->nr", a, x.reshape(n, -1)), None,
-                      f"B is f(x) - A x, because the propagation of B could not replay the recorded pass: {err}", seen)
-    return Offset(b, identity_errors(a, b, x, f), None, seen)
+                      f"B is f(x) - A x, because the propagation of B could not replay the recorded pass: {err}", seen,
+                      why_replayed=why)
+    return Offset(b, identity_errors(a, b, x, f), None, seen, REPLAYED, why)
 
 
 def raise_inexact(model: Callable[[Tensor], Tensor], x: Tensor, errors: Tensor, seen: bool, caller: str) -> None:

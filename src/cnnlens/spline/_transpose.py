@@ -173,6 +173,38 @@ def _mutates_first(func: Any) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
+def _channel_offset(bias: Tensor | None, out: Tensor) -> Tensor | None:
+    """A per-channel bias (conv, batch-norm shift) shaped to broadcast against ``out`` (N, C, ...)."""
+    return None if bias is None else bias.detach().reshape(1, -1, *[1] * (out.dim() - 2))
+
+
+def _with_offset(data: dict[str, Any], offset: Tensor | None) -> dict[str, Any]:
+    """``data`` with the node's constant term ``offset`` (broadcastable to its output), when it has one.
+
+    The offsets of the nodes are the biases of eq. 7 of 000: B[x] is the sum over the nodes of the cotangent of a
+    node's output times its offset (:func:`transpose_rows`)."""
+    if offset is not None:
+        data["offset"] = offset
+    return data
+
+
+def _offset_rows(g: Tensor, offset: Tensor, r: int) -> Tensor:
+    """``<g_row, offset>`` for each of the R*N cotangents ``g`` of a node's output: (R, N), a node's share of
+    B[x] (eq. 7 of 000). The dimensions along which ``offset`` is constant are summed out of ``g`` first (a
+    per-channel bias costs one reduction of the cotangent, no cotangent-sized temporary)."""
+    n = g.shape[0] // r
+    if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
+        return (g @ offset.to(g.dtype)).view(r, n)
+    offset = offset.to(g.dtype).reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
+    dims = tuple(d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1)
+    if g.dim() > 2 and offset.shape[0] == 1 and dims == tuple(range(2, g.dim())) and offset.shape[1] == g.shape[1]:
+        return (g.sum(dims) @ offset.reshape(-1)).view(r, n)  # a per-channel bias
+    gs = g.sum(dims, keepdim=True) if dims else g
+    if offset.shape[0] == 1:
+        return (gs.reshape(r * n, -1) @ offset.reshape(-1)).view(r, n)
+    return torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
+
+
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
               is_tracked: Callable[[Any], bool]) -> Node | None:
     """The node of a dedicated (fast) rule, or None when the generic rule must take the op.
@@ -187,18 +219,24 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         padding = args[4] if len(args) > 4 else 0
         if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
             return None
-        return Node("conv", (x,), out, {"func": func, "args": (None, *args[1:])})  # the activation is not kept
+        data = {"func": func, "args": (None, *args[1:])}  # the activation is not kept
+        return Node("conv", (x,), out, _with_offset(data, _channel_offset(args[2] if len(args) > 2 else None, out)))
     if func is F.linear:
-        return Node("linear", (x,), out, {"func": func, "args": (None, *args[1:])}) if (
-            alone and not kwargs and x.dim() >= 2) else None
+        if not alone or kwargs or x.dim() < 2:
+            return None
+        bias = args[2] if len(args) > 2 else None
+        return Node("linear", (x,), out, _with_offset({"func": func, "args": (None, *args[1:])},
+                                                      None if bias is None else bias.detach()))
     if func is F.batch_norm:  # F.batch_norm hands weight, bias, eps, ... to the mode as keywords
         if not alone or len(args) < 3 or x.dim() < 2:
             return None
         weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
         eps = kwargs.get("eps", args[7] if len(args) > 7 else 1e-5)
+        bias = kwargs.get("bias", args[4] if len(args) > 4 else None)
         scale = torch.rsqrt(args[2] + eps)
         scale = scale if weight is None else scale * weight.detach()
-        return Node("channel_scale", (x,), out, {"scale": scale})
+        shift = -args[1] * scale if bias is None else bias.detach() - args[1] * scale
+        return Node("channel_scale", (x,), out, {"scale": scale, "offset": _channel_offset(shift, out)})
     if func in _VIEWS or func in _DROPOUT:
         same_batch = x.dim() >= 1 and out.shape[0] == x.shape[0] and out.dtype == x.dtype
         keep = func not in _DROPOUT or out.shape == x.shape
@@ -208,9 +246,16 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
                 any(isinstance(a, Tensor) and is_tracked(a) for a in kwargs.values()):
             return None
         alpha = kwargs.get("alpha", 1)
-        signs = [1.0 if i == 0 else (-alpha if func in _SUB else alpha)
-                 for i, a in enumerate(args[:2]) if isinstance(a, Tensor) and is_tracked(a)]
-        return Node("sum", tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a)), out, {"signs": signs})
+        signs, offset = [], None
+        for i, a in enumerate(args[:2]):
+            sign = 1.0 if i == 0 else (-alpha if func in _SUB else alpha)
+            if isinstance(a, Tensor) and is_tracked(a):
+                signs.append(sign)
+            else:  # a constant term: its share of B (eq. 7 of 000)
+                term = (a.detach() if isinstance(a, Tensor) else torch.tensor(a, dtype=out.dtype)) * sign
+                offset = term if offset is None else offset + term
+        return Node("sum", tuple(a for a in args if isinstance(a, Tensor) and is_tracked(a)), out,
+                    _with_offset({"signs": signs}, offset))
     if func in _MUL or func in _DIV:
         if len(args) != 2 or kwargs or len(tracked) != 1 or tracked[0].shape != out.shape:
             return None
@@ -528,17 +573,18 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
     raise _NoRule(f"a recorded operation of kind {kind!r}")
 
 
-def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> list[Tensor]:
-    """The generic rule: the op's own VJP at zeros (the same at every point of an affine op), over the R rows."""
+def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    """The generic rule: the op's own VJP at zeros (the same at every point of an affine op), over the R rows;
+    also the op's value at zeros, its constant term (the node's share of B[x], eq. 7 of 000)."""
     outs = node.data["outs"]
     like = next(g for g in gs if g is not None)  # the device of the sweep (the nodes hold stand-ins)
     primals = [torch.zeros(t.shape, dtype=t.dtype, device=like.device) for t in node.ins]
     with torch.enable_grad():
-        _, pull = torch.func.vjp(node.data["fn"], *primals)
+        at_zero, pull = torch.func.vjp(node.data["fn"], *primals)
     cots = tuple(torch.zeros(r, *o.shape, dtype=o.dtype, device=like.device) if g is None else g.view(r, *o.shape)
                  for g, o in zip(gs, outs, strict=True))
     grads = torch.func.vmap(pull)(cots)
-    return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)]
+    return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)], at_zero
 
 
 def _fuse(nodes: list[Node], rows: int) -> list[Node]:
@@ -568,12 +614,16 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
                 source.data["args"][1].numel() <= rows * node.out.numel():
             weight = source.data.get("weight", source.data["args"][1]).detach()
             scale = node.data["scale"].to(weight.dtype).view(-1, *[1] * (weight.dim() - 1))
+            offset = node.data["offset"]  # the fused layer's bias: scale * (the layer's bias) + the shift
+            if "offset" in source.data:
+                offset = offset + source.data["offset"] * node.data["scale"].reshape(offset.shape)
             fused[made_by[id(node.ins[0])]] = Node(source.kind, source.ins, node.out,
-                                                   {**source.data, "weight": weight * scale})
+                                                   {**source.data, "weight": weight * scale, "offset": offset})
             made_by[id(node.out)] = made_by[id(node.ins[0])]
             continue
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
+                "offset" not in prev.data and \
                 uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape and \
                 rows * prev.out.numel() >= 8 * node.data["idx"].numel():
             idx = node.data["idx"]
@@ -619,11 +669,16 @@ def _accumulate(cot: dict[int, Tensor], owned: set[int], key: int, g: Tensor, ne
         owned.add(key)
 
 
-def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor | None:
+def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tensor | None = None,
+                   bias: Tensor | None = None) -> Tensor | None:
     """Rows ``rows`` of A[x] for every sample: (N, R, D), or None when the tape holds an op without a rule.
 
     ``out``: an (N, R, D) tensor (a slice of a preallocated A) to write the rows into instead of a new tensor.
-    Then ``tape.reason`` says which op. Errors of the rules themselves (out of memory, bugs) propagate.
+    ``bias``: an (N, R) tensor to write the same rows of B[x] into, accumulated in the same sweep as the sum over
+    the recorded nodes of ``<cotangent of the node's output, the node's constant term>`` (the biases of eq. 7 of 000,
+    propagated by the transposed masked network; valid when every node's output keeps the samples in dim 0).
+    Returns None when the tape holds an op without a rule; then ``tape.reason`` says which op. Errors of the rules
+    themselves (out of memory, bugs) propagate.
     """
     if not tape.ok:
         return None
@@ -635,6 +690,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     y_key, x_key = id(tape.shadow(y_raw)), id(tape.shadow(x))
     cot: dict[int, Tensor] = {y_key: seed.view(r * n, *y_raw.shape[1:])}
     owned = {y_key}  # cotangents no other cotangent shares memory with: their rules may work in place
+    b_rows = None if bias is None else y_raw.new_zeros(r, n)
     try:
         with torch.no_grad():
             for node in reversed(tape.plan()):
@@ -643,14 +699,21 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     owned.difference_update(id(o) for o in node.data["outs"])
                     if all(g is None for g in gs):
                         continue
-                    grads, fresh = _apply_vjp(node, gs, r), [False] * len(node.ins)
-                    del gs
+                    grads, at_zero = _apply_vjp(node, gs, r)
+                    fresh = [False] * len(node.ins)
+                    if b_rows is not None:
+                        for g, const in zip(gs, at_zero, strict=True):
+                            if g is not None:
+                                b_rows += _offset_rows(g, const, r)
+                    del gs, at_zero
                 else:
                     g = cot.pop(id(node.out), None)
                     if g is None:
                         continue
                     own = id(node.out) in owned
                     owned.discard(id(node.out))
+                    if b_rows is not None and "offset" in node.data:  # before the rule, which may work in place
+                        b_rows += _offset_rows(g, node.data["offset"], r)
                     grads, fresh = _apply(node, g, r, own), _owned(node, own)
                     del g  # freed as soon as its rule has run (unless a result is a view of it)
                 for inp, new in zip(node.ins, fresh, strict=True):
@@ -659,6 +722,8 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
         tape.switch_off(f"{err} (no transpose rule)")
         return None
     gx = cot.pop(x_key, None)
+    if bias is not None:
+        bias.copy_(b_rows.T)
     if out is None:
         out = x.new_empty(n, r, x[0].numel())
     if gx is None:
@@ -674,6 +739,9 @@ def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     if node.kind == "conv":
         return _conv_workspace(node, onednn, batch)
     if node.kind == "gather":
+        return node.out.numel(), 0
+    if node.kind in ("scale", "channel_scale", "sum", "linear") and "offset" in node.data and \
+            node.data["offset"].numel() > (node.out.shape[1] if node.out.dim() > 1 else 1):  # B's share: a product
         return node.out.numel(), 0
     if node.kind in ("select", "generic", "vjp"):
         return sum(t.numel() for t in (*node.ins, *outs)), 0
