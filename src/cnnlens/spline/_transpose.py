@@ -205,6 +205,31 @@ def _offset_rows(g: Tensor, offset: Tensor, r: int) -> Tensor:
     return torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
 
 
+#: id(running_var) -> (a weak reference to it, the versions and eps it was computed for, scale, shift): a
+#: batch-norm's affine form in eval mode, recomputed when any of its tensors changes (their version counters) or is
+#: replaced (another key); an entry goes with its tensor.
+_BN_AFFINE: dict[int, tuple[weakref.ref, tuple, Tensor, Tensor]] = {}
+
+
+def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                       dim: int) -> tuple[Tensor, Tensor]:
+    """(scale, shift) of a batch-norm in eval mode, ``y = scale * x + shift`` per channel; the shift shaped to
+    broadcast against a ``dim``-d output (the node's share of B[x])."""
+    parts = (mean, var, weight, bias)
+    key = (tuple(None if t is None else (id(t), t._version) for t in parts), eps, dim)
+    hit = _BN_AFFINE.get(id(var))
+    if hit is not None and hit[0]() is var and hit[1] == key:
+        return hit[2], hit[3]
+    with torch.no_grad():
+        scale = torch.rsqrt(var + eps)
+        scale = scale if weight is None else scale * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        shift = _channel_offset(shift, torch.empty((1,) * dim, device="meta"))
+    k = id(var)
+    _BN_AFFINE[k] = (weakref.ref(var, lambda _: _BN_AFFINE.pop(k, None)), key, scale, shift)
+    return scale, shift
+
+
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
               is_tracked: Callable[[Any], bool]) -> Node | None:
     """The node of a dedicated (fast) rule, or None when the generic rule must take the op.
@@ -233,10 +258,8 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
         eps = kwargs.get("eps", args[7] if len(args) > 7 else 1e-5)
         bias = kwargs.get("bias", args[4] if len(args) > 4 else None)
-        scale = torch.rsqrt(args[2] + eps)
-        scale = scale if weight is None else scale * weight.detach()
-        shift = -args[1] * scale if bias is None else bias.detach() - args[1] * scale
-        return Node("channel_scale", (x,), out, {"scale": scale, "offset": _channel_offset(shift, out)})
+        scale, shift = _batch_norm_affine(args[1], args[2], weight, bias, eps, out.dim())
+        return Node("channel_scale", (x,), out, {"scale": scale, "offset": shift})
     if func in _VIEWS or func in _DROPOUT:
         same_batch = x.dim() >= 1 and out.shape[0] == x.shape[0] and out.dtype == x.dtype
         keep = func not in _DROPOUT or out.shape == x.shape
