@@ -276,3 +276,19 @@ def test_a_wrong_rule_is_not_hidden_by_the_swept_bias():
         assert _close(res.B, _reference_offset(lambda v: head(soft_relu(lin(v))), x), F64)
     finally:
         unregister_op(right or op)
+
+
+def test_batch_norm_changed_in_place_between_calls_is_read_again():
+    """The batch-norm's affine form is kept between calls; an in-place change of any of its tensors (or a new
+    tensor) is seen."""
+    net = OneOffset("conv_bn", F64)
+    x = torch.randn(3, 2, 5, 5, dtype=F64)
+    first = affine_map(net, x, classes=[0])
+    with torch.no_grad():
+        for t in (net.bn.bias, net.bn.weight, net.bn.running_mean, net.bn.running_var):
+            t.mul_(1.5)
+            res = affine_map(net, x, classes=[0])
+            assert _close(res.B, _reference_offset(net, x)[:, [0]], F64)
+            assert not torch.allclose(res.B, first.B)
+        net.bn.running_var = net.bn.running_var.clone() + 0.5
+    assert _close(affine_map(net, x).B, _reference_offset(net, x), F64)
