@@ -292,3 +292,23 @@ def test_batch_norm_changed_in_place_between_calls_is_read_again():
             assert not torch.allclose(res.B, first.B)
         net.bn.running_var = net.bn.running_var.clone() + 0.5
     assert _close(affine_map(net, x).B, _reference_offset(net, x), F64)
+
+
+def test_a_model_that_ignores_its_input_has_its_output_as_b():
+    """A = 0 and B = f(x); an output of unknown origin (numpy) is replayed instead."""
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("c", torch.randn(1, 3, generator=torch.Generator().manual_seed(3), dtype=F64))
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return self.c.expand(v.shape[0], 3) * 2.0
+
+    net = Constant()
+    x = torch.randn(4, 5, dtype=F64)
+    res = affine_map(net, x, classes=[2, 0])
+    assert res.bias_method == "swept" and float(res.A.abs().max()) == 0.0
+    assert torch.equal(res.B, (2.0 * net.c).expand(4, 3)[:, [2, 0]])
+    ones = affine_map(lambda v: torch.from_numpy(np.ones((v.shape[0], 3))), x)
+    assert ones.bias_method == "replayed" and torch.equal(ones.B, torch.ones(4, 3, dtype=F64))

@@ -642,7 +642,8 @@ def test_property_b_is_the_offset_of_the_region(seed, double, n, fallback):
     scale = float(net(x).abs().max().clamp_min(1.0))
     assert float((result.B - offset).abs().max()) <= tol * scale
     assert result.identity_error <= tol and t.identity_error <= tol
-    assert torch.equal(t.biases, result.B[:, [2, 0]])
+    # the same rows up to rounding (the sweep folds batch-norms for some numbers of rows and not others)
+    assert float((t.biases - result.B[:, [2, 0]]).abs().max()) <= tol * scale
 
 
 class Escapes(nn.Module):

@@ -373,12 +373,16 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
             if step is None or probe:
                 return None
             a = memory.a[start:start + n]
+            if not cap.is_tracked(y) and not cap.is_known(y):
+                cap.bias_blocker = "the output is not computed from x by operations the capture saw"
             swept = None if cap.bias_blocker is not None else y.new_empty(n, rows.numel())
             for j in range(0, rows.numel(), step):
                 b_part = None if swept is None else swept[:, j:j + step]
                 if transpose_rows(tape, xt, y, rows[j:j + step], out=a[:, j:j + step], bias=b_part) is None:
                     break  # an operation without a transpose rule: the tape is off, with the reason
         if tape.ok:
+            if swept is not None and not cap.is_tracked(y):  # a constant model: A = 0 and B is its output
+                swept.copy_(y[:, rows])
             off = offset_of(model, xt, a, y, rows, cap, swept)
             return _Chunk(a, off.b, y[:, rows], cap.linearised, cap.entries, TRANSPOSED, None, off)
         reason = (f"no exact transpose rule for {tape.reason}; A was computed by batched autograd over the captured "

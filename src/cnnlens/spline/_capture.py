@@ -554,6 +554,10 @@ class Capture(TorchFunctionMode):
                 for v in tree_leaves((args, kwargs))):
             self.know(out)  # computed from constants only (factories, ops on parameters)
 
+    def is_known(self, t: Any) -> bool:
+        """Whether ``t`` is a constant known not to depend on x (the model's own, or computed from those)."""
+        return self._known is not None and self._is(t, self._known)
+
     def _check_constants(self, func: Callable, others: list[Tensor]) -> None:
         """An op on tracked tensors whose other tensor operands must all be known constants for the sweep's B."""
         for t in others:
