@@ -417,6 +417,7 @@ class Capture(TorchFunctionMode):
         # ``bias_blocker`` says why not (and B is replayed at input 0 instead: _exactness)
         self._known: dict[int, weakref.ref] | None = {} if tape is not None else None
         self._held: dict[int, weakref.ref] = {}  # the tensors the model holds (parameters, buffers, attributes)
+        self._used: set[int] = set()  # storages of the constants the tape holds (an in-place write would change them)
         self.bias_blocker: str | None = None
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
         self.approximate = approximate
@@ -547,8 +548,10 @@ class Capture(TorchFunctionMode):
     def _constant_op(self, func: Callable, args: tuple, kwargs: dict, others: list[Tensor], out: Any) -> None:
         """An op on no tracked tensor: its results are known constants when its arguments are (known tensors,
         numbers, shapes, dtypes); an in-place write into a tensor the model holds is state kept between calls."""
-        if others and _mutates_first(func) and self._is(args[0], self._held):
-            self.bias_blocker = f"{_op_name(func)}{self._where()} changes a tensor the model holds"
+        if others and _mutates_first(func) and isinstance(args[0], Tensor) and (
+                self._is(args[0], self._held) or args[0].untyped_storage().data_ptr() in self._used):
+            self.bias_blocker = (f"{_op_name(func)}{self._where()} changes in place a tensor the model holds or "
+                                 "the map already used")
         elif all(self._is(t, self._known) for t in others) and all(
                 isinstance(v, (Tensor, *_PLAIN)) or v is None or v is Ellipsis
                 for v in tree_leaves((args, kwargs))):
@@ -558,14 +561,19 @@ class Capture(TorchFunctionMode):
         """Whether ``t`` is a constant known not to depend on x (the model's own, or computed from those)."""
         return self._known is not None and self._is(t, self._known)
 
-    def _check_constants(self, func: Callable, others: list[Tensor]) -> None:
-        """An op on tracked tensors whose other tensor operands must all be known constants for the sweep's B."""
+    def _check_constants(self, func: Callable, args: tuple, others: list[Tensor]) -> None:
+        """An op on tracked tensors whose other tensor operands must all be known constants for the sweep's B, and
+        must not be written in place by it (the tape keeps constants by reference, with their values when used)."""
+        if others and _mutates_first(func) and isinstance(args[0], Tensor) and not self.is_tracked(args[0]):
+            self.bias_blocker = f"{_op_name(func)}{self._where()} writes values of x into a constant in place"
+            return
         for t in others:
             if not self._is(t, self._known):
                 self.bias_blocker = (f"{_op_name(func)}{self._where()} takes a tensor that is not a parameter, buffer "
                                      "or tensor attribute of the model nor computed from them (it may depend on x "
                                      "where the capture cannot see)")
                 return
+            self._used.add(t.untyped_storage().data_ptr())
 
     def _check_sample_major(self, func: Callable, out: Any) -> None:
         """A tracked result whose dim 0 is not the sample dimension: the sweep cannot split B by sample there."""
@@ -595,7 +603,7 @@ class Capture(TorchFunctionMode):
                 self._constant_op(func, args, kwargs, others, out)
             return out
         if self._known is not None and self.bias_blocker is None and others:
-            self._check_constants(func, others)
+            self._check_constants(func, args, others)
         if func in _DETACH_LIKE:
             return self._identity(func, args, kwargs, discrete)
         if func in _COPY_LIKE and self.is_tracked(_arg(args, kwargs, _COPY_LIKE[func], "data")):
