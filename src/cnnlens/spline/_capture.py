@@ -32,6 +32,15 @@ tracked tensor whose dim 0 is the sample dimension (:meth:`Capture._check_sample
 (``bool()``, ``item()``) are recorded, so that a replay can take the recorded control-flow path
 (:meth:`Capture._decision`).
 
+Constants (for B[x] summed in the transposed sweep, :mod:`._exactness`). A recording pass with a tape also tells
+which tensors are known not to depend on x: the model's parameters, buffers and tensor attributes (also those of
+the modules and tensors a plain function closes over or names as globals) and the results of operations on known
+tensors and plain arguments (numbers, shapes, dtypes). Every constant operand of an operation on a tracked tensor
+must be known, or ``Capture.bias_blocker`` says why the sweep's B cannot be used (then B is replayed at input 0):
+a tensor of unknown origin (``torch.from_numpy``, compiled code), a value read off x as a float or an array
+(``item()``, ``numpy()``), random numbers, an in-place write into a tensor the model holds or one the tape already
+uses, or a tracked tensor whose dim 0 is not the samples.
+
 Tie rule (used identically by the affine map, the partition codes and the region walk). A max-affine unit
 ``max_r <a_r, x> + b_r`` whose maximum is attained by several pieces takes the *first* piece in the order of Props. 2-3
 of 000. Hence: ReLU, leaky ReLU, RReLU, PReLU and abs are "active" (code 1, slope 1) only when the pre-activation is
