@@ -512,14 +512,21 @@ def test_adaptive_batch_walk_equals_the_sequential_walk(walk_case):
 
 
 def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
-    """Costs per point 10, 6, 5.9 (not 5% less), ...: the batch doubles twice and settles at the best size; rounds
-    with fewer points than the batch do not count; a fixed batch_size never changes; records over the memory budget
-    stop the growth."""
+    """The first round sets the start: the largest power of two of points whose records fit the starting budget,
+    at least the smallest start. Then costs per point 10, 6, 5.9 (not 5% less), ...: the batch doubles twice and
+    settles at the best size; rounds with fewer points than the batch do not count; a fixed batch_size never
+    changes; records over the memory budget stop the growth."""
     from cnnlens.spline import _segment as seg
 
+    for per_point, start in ((seg._START_RECORDS / 24, 16), (seg._START_RECORDS / 3, seg._FIRST_BATCH),
+                             (seg._START_RECORDS * 4, seg._FIRST_BATCH), (1.0, seg._MAX_BATCH)):
+        batch = seg._BatchSize(None)
+        batch.observe(1, 1.0, per_point)
+        assert batch.size == start and not batch.settled, per_point
     batch = seg._BatchSize(None)
+    batch.observe(1, 100.0, seg._START_RECORDS / 24)  # the first round (one point): sets the start, not timed
     first = batch.size
-    batch.observe(1, 100.0, 8.0)  # a partial round: ignored
+    batch.observe(first - 1, 100.0, 8.0)  # a partial round: ignored
     for cost, size in ((10.0, first), (6.0, 2 * first), (5.9, 4 * first)):
         assert batch.size == size and not batch.settled
         for _ in range(2):
@@ -529,6 +536,8 @@ def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
     fixed.observe(7, 1.0, 8.0)
     assert fixed.settled and fixed.size == 7
     big = seg._BatchSize(None)
+    big.observe(1, 1.0, seg._START_RECORDS / 24)
+    first = big.size
     for _ in range(2):
         big.observe(big.size, 1.0, seg._RECORD_BUDGET / (1.5 * first))  # twice the batch would exceed the budget
     assert big.settled and big.size == first

@@ -60,10 +60,22 @@ __all__ = ["SegmentRegions", "regions_on_segment"]
 _REGIONS_PER_FRONT = 8
 #: Steps to two boundaries closer than this (relative) are one crossing, named after the first layer in forward order.
 _TIE = 1e-12
-#: The adaptive batch (``batch_size=None``, :class:`_BatchSize`): fronts of the first rounds, the largest batch, the
-#: memory the records of one round may take (a copy of every nonlinearity's input, both halves of the paired pass),
-#: and the factor by which doubling the batch must cut the cost per point to be kept.
-_FIRST_BATCH, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 8, 256, 2**28, 0.95
+#: The adaptive batch (``batch_size=None``, :class:`_BatchSize`): the fewest fronts it starts from, the records of a
+#: round it starts from (the largest power of two of fronts within them), the largest batch, the memory the records
+#: of one round may take (every nonlinearity's input, both halves of the paired pass), and the factor by which
+#: doubling the batch must cut the cost per point to be kept.
+_FIRST_BATCH, _START_RECORDS, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 8, 2**23, 256, 2**28, 0.95
+
+
+#: glibc's malloc serves blocks above a threshold (128 KB at first) with fresh mappings, whose pages fault in on first
+#: use, and raises that threshold to the size of a freed mapped block (up to 32 MB), the heap's trim threshold to
+#: twice it. A walk allocates the records of every round anew (about 30 MB per round for the small ResNet at 16
+#: points): with low thresholds every round faults its pages in again (measured, small ResNet, 8-32 fronts: 260-290
+#: page faults and 0.5-0.8 ms of system time per region, 5.0-7.6 ms per region in all), after one block of 32 MB was
+#: freed 6-27 faults per region (3.5-4.4 ms per region in all). :func:`regions_on_segment`
+#: allocates and frees one such block (no page touched) first, as a program that once used a buffer of that size
+#: has done; with other allocators it changes nothing.
+_MAPPED_BLOCK = 2**25 - 2**13  # bytes: the chunk with its header stays within glibc's 32 MB maximum
 
 
 @dataclass(frozen=True)
@@ -361,19 +373,30 @@ class _BatchSize:
 
     A larger batch shares the per-operation overhead of a pass among more points, until its activations leave the
     CPU caches (or their buffers outgrow the allocator's reuse and every pass faults its pages in anew): then the
-    cost per point rises again (``benchmarks/bench_walk.py``). Adapted, the batch starts at ``_FIRST_BATCH`` fronts
-    and doubles while the CPU time per point of full rounds (the best of two at each size) falls by at least
-    ``1 - _GAIN``, within ``_MAX_BATCH`` and the memory budget ``_RECORD_BUDGET``; then it stays at the best size.
+    cost per point rises again (``benchmarks/bench_walk.py``). Adapted, the batch starts, after the first round (one
+    point: the records' size per point is then known), at the largest power of two of fronts, at least
+    ``_FIRST_BATCH``, whose records take at most ``_START_RECORDS``: LeNet-5 64 (0.2 MB per point), the small
+    ResNet 8 (1.2 MB), ResNet-18 at 32x32 16 (1.0 MB). Where per-operation overhead dominates (LeNet-5) the cost
+    per point falls up to 64 points and more; where the arithmetic does, it rises once a round's records outgrow
+    about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point of full rounds
+    (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH`` and the memory budget
+    ``_RECORD_BUDGET``; then it stays at the best size.
     """
 
     def __init__(self, batch_size: int | None) -> None:
         self.size = batch_size or _FIRST_BATCH
         self.settled = batch_size is not None
+        self._started = self.settled  # whether the starting size is set (from the records of the first round)
         self._best = (math.inf, self.size)  # (cost per point, batch size)
         self._costs: list[float] = []  # of full rounds at the current size
 
     def observe(self, points: int, seconds: float, bytes_per_point: float) -> None:
         """Note the CPU time of a round on ``points`` points whose records took ``bytes_per_point`` each."""
+        if not self._started:
+            self._started = True
+            fit = min(_MAX_BATCH, _START_RECORDS / max(bytes_per_point, 1.0))
+            self.size = max(_FIRST_BATCH, 2 ** math.floor(math.log2(max(fit, 1.0))))
+            self._best = (math.inf, self.size)
         if self.settled or points < self.size:
             return
         self._costs.append(seconds / points)
@@ -497,8 +520,9 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     batch_size : int, optional
         Points read per pass (1: the plain sequential walk; the pass holds each point twice). Memory grows with it;
         past the size where a batch's activations leave the CPU caches, so does the time per point. None (the
-        default) adapts it: the batch doubles from 8 while the measured CPU time per point falls (up to 256 points
-        and 256 MB of records per round; ``benchmarks/bench_walk.py`` compares fixed sizes).
+        default) adapts it: the batch starts where the records of a round take about 16 MB (at least 8 points) and
+        doubles while the measured CPU time per point falls (up to 256 points and 256 MB of records per round;
+        ``benchmarks/bench_walk.py`` compares fixed sizes).
     progress : bool
         Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
 
@@ -524,6 +548,7 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         model = copy.deepcopy(model).double()
     check_model_input(model, torch.stack([x0, x1]).double(), what="x0/x1")  # before any forward pass (eval mode)
     a, b = _endpoints(model, x0, x1)
+    torch.empty(_MAPPED_BLOCK, dtype=torch.uint8)  # freed at once: the allocator's thresholds (_MAPPED_BLOCK)
     direction = b - a
     tol = min(1e-12, min_step / 4)  # the same point reached by two fronts differs by rounding only
     reader = _Reader(model, a, direction)
