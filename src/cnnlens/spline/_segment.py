@@ -375,10 +375,11 @@ class _BatchSize:
     CPU caches (or their buffers outgrow the allocator's reuse and every pass faults its pages in anew): then the
     cost per point rises again (``benchmarks/bench_walk.py``). Adapted, the batch starts, after the first round (one
     point: the records' size per point is then known), at the largest power of two of fronts, at least
-    ``_FIRST_BATCH``, whose records take at most ``_START_RECORDS``: LeNet-5 64 (0.2 MB per point), the small
-    ResNet 8 (1.2 MB), ResNet-18 at 32x32 16 (1.0 MB). Where per-operation overhead dominates (LeNet-5) the cost
-    per point falls up to 64 points and more; where the arithmetic does, it rises once a round's records outgrow
-    about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point of full rounds
+    ``_FIRST_BATCH``, whose records take at most ``_START_RECORDS``: LeNet-5 32 (0.2 MB per point), the small
+    ResNet 8 (1.2 MB), ResNet-18 at 32x32 8 (1.0 MB). Where per-operation overhead dominates (LeNet-5) the cost
+    per point falls up to 64 points and more (but more fronts read more regions twice: 1.09 points per region at
+    32 fronts, 1.18 at 64, on the benchmark's 620 regions); where the arithmetic does, it rises once a round's
+    records outgrow about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point of full rounds
     (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH`` and the memory budget
     ``_RECORD_BUDGET``; then it stays at the best size.
     """
@@ -520,7 +521,7 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     batch_size : int, optional
         Points read per pass (1: the plain sequential walk; the pass holds each point twice). Memory grows with it;
         past the size where a batch's activations leave the CPU caches, so does the time per point. None (the
-        default) adapts it: the batch starts where the records of a round take about 16 MB (at least 8 points) and
+        default) adapts it: the batch starts where the records of a round take about 8 MB (at least 8 points) and
         doubles while the measured CPU time per point falls (up to 256 points and 256 MB of records per round;
         ``benchmarks/bench_walk.py`` compares fixed sizes).
     progress : bool
