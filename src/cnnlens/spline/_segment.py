@@ -379,9 +379,9 @@ class _BatchSize:
     ResNet 8 (1.2 MB), ResNet-18 at 32x32 8 (1.0 MB). Where per-operation overhead dominates (LeNet-5) the cost
     per point falls up to 64 points and more (but more fronts read more regions twice: 1.09 points per region at
     32 fronts, 1.18 at 64, on the benchmark's 620 regions); where the arithmetic does, it rises once a round's
-    records outgrow about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point of full rounds
-    (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH`` and the memory budget
-    ``_RECORD_BUDGET``; then it stays at the best size.
+    records outgrow about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point
+    of full rounds (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH`` and the
+    memory budget ``_RECORD_BUDGET``; then it stays at the best size.
     """
 
     def __init__(self, batch_size: int | None) -> None:
