@@ -549,7 +549,7 @@ def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
     """The first round sets the start: the largest power of two of points whose records fit the starting budget,
     at least the smallest start. Then costs per point 10, 6, 5.9 (not 5% less), ...: the batch doubles twice and
     settles at the best size; rounds with fewer points than the batch do not count; a fixed batch_size never
-    changes; records over the memory budget stop the growth."""
+    changes; records over the memory budget stop the growth, and so does a segment too short for twice the fronts."""
     from cnnlens.spline import _segment as seg
 
     for per_point, start in ((seg._START_RECORDS / 24, 16), (seg._START_RECORDS / 3, seg._FIRST_BATCH),
@@ -575,3 +575,8 @@ def test_adaptive_batch_doubles_while_the_cost_per_point_falls():
     for _ in range(2):
         big.observe(big.size, 1.0, seg._RECORD_BUDGET / (1.5 * first))  # twice the batch would exceed the budget
     assert big.settled and big.size == first
+    short = seg._BatchSize(None)
+    short.observe(1, 1.0, seg._START_RECORDS / 24)
+    for _ in range(2):
+        short.observe(short.size, 1.0, 8.0, room=1.5 * first)  # the rest of the segment holds fewer fronts
+    assert short.settled and short.size == first

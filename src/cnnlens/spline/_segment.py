@@ -380,8 +380,10 @@ class _BatchSize:
     per point falls up to 64 points and more (but more fronts read more regions twice: 1.09 points per region at
     32 fronts, 1.18 at 64, on the benchmark's 620 regions); where the arithmetic does, it rises once a round's
     records outgrow about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point
-    of full rounds (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH`` and the
-    memory budget ``_RECORD_BUDGET``; then it stays at the best size.
+    of full rounds (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH``, the
+    memory budget ``_RECORD_BUDGET`` and the fronts the rest of the segment holds at the full spacing (on a short
+    walk more fronts would mostly read regions twice: LeNet-5 grew to 128 on the benchmark's 620 regions, 1.26
+    points per region, and now stops at 64, 1.17); then it stays at the best size.
     """
 
     def __init__(self, batch_size: int | None) -> None:
@@ -391,8 +393,9 @@ class _BatchSize:
         self._best = (math.inf, self.size)  # (cost per point, batch size)
         self._costs: list[float] = []  # of full rounds at the current size
 
-    def observe(self, points: int, seconds: float, bytes_per_point: float) -> None:
-        """Note the CPU time of a round on ``points`` points whose records took ``bytes_per_point`` each."""
+    def observe(self, points: int, seconds: float, bytes_per_point: float, room: float = math.inf) -> None:
+        """Note the CPU time of a round on ``points`` points whose records took ``bytes_per_point`` each; ``room``:
+        the fronts the rest of the segment holds at the full spacing (more fronts would read more regions twice)."""
         if not self._started:
             self._started = True
             fit = min(_MAX_BATCH, _START_RECORDS / max(bytes_per_point, 1.0))
@@ -407,7 +410,7 @@ class _BatchSize:
         grow = self.size * 2
         if cost < _GAIN * self._best[0]:
             self._best = (cost, self.size)
-            if grow <= min(_MAX_BATCH, _RECORD_BUDGET / max(bytes_per_point, 1.0)):
+            if grow <= min(_MAX_BATCH, _RECORD_BUDGET / max(bytes_per_point, 1.0), room):
                 self.size = grow
                 return
         self.size = self._best[1]
@@ -561,14 +564,16 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     with phase("region walk", 100, enabled=progress) as advance:
         shown = 0.0
         while not fronts[0].done:
+            room = math.inf  # fronts the rest of the segment holds at the full spacing
             if widths:
                 width = max(statistics.median(widths), 2 * min_step)
                 _spawn(fronts, batch.size, _REGIONS_PER_FRONT * width, 2 * width, min_step)
+                room = (1.0 - fronts[0].pending) / (_REGIONS_PER_FRONT * width)
             active = [f for f in fronts if not f.done][:batch.size]  # more after the adaptive batch shrank
             points = [f.pending for f in active]
             clock = time.process_time()
             steps, which, names = reader.read(points)
-            batch.observe(len(points), time.process_time() - clock, reader.bytes_per_point)
+            batch.observe(len(points), time.process_time() - clock, reader.bytes_per_point, room)
             for front, t, s, k in zip(active, points, steps, which, strict=True):
                 end = t + s
                 if math.isfinite(end):
