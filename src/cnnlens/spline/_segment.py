@@ -525,8 +525,8 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         Points read per pass (1: the plain sequential walk; the pass holds each point twice). Memory grows with it;
         past the size where a batch's activations leave the CPU caches, so does the time per point. None (the
         default) adapts it: the batch starts where the records of a round take about 8 MB (at least 8 points) and
-        doubles while the measured CPU time per point falls (up to 256 points and 256 MB of records per round;
-        ``benchmarks/bench_walk.py`` compares fixed sizes).
+        doubles while the measured CPU time per point falls (up to 256 points, 256 MB of records per round and the
+        fronts the rest of the segment holds; ``benchmarks/bench_walk.py`` compares fixed sizes).
     progress : bool
         Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
 
