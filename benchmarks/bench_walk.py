@@ -4,9 +4,11 @@ Run: ``python benchmarks/bench_walk.py [--models lenet5 resnet18] [--batch-sizes
 (``auto``: ``batch_size=None``, the adaptive batch). Each model
 walks a piece of the segment between two random 32x32 inputs (``--fraction`` of it, around its middle) with
 :func:`cnnlens.spline.regions_on_segment`; the cost of one region is compared with one forward pass of one sample
-in float64 (the dtype of the walk), timed in the same process, interleaved with the walks. Times are CPU times of the
-process (``time.process_time``), so that other processes on a shared machine do not skew the ratios. Target (issue
-10): at most 2x a forward pass per region. The last lines split one round of the walk (``--batch-sizes``' largest
+in float64 (the dtype of the walk, no capture, no autograd graph), timed round-robin with the walks
+(``_interleaved_ms`` of ``bench_spline.py``: each repeat times 20 forward passes, then one walk per batch size; the
+medians over the repeats are compared). Times are CPU times of the process (``time.process_time``), so that other
+processes on a shared machine do not skew the ratios as much. Target (issue 10): at most 2x a forward pass per
+region. The last lines split one round of the walk (``--batch-sizes``' largest
 fixed size) into its parts: the paired pass (the points and the points further along the path in one batch, each
 nonlinearity taking the points' pieces on both halves), and the boundary steps, with the recording pass and the
 replay the paired pass replaces for comparison; and give the cost of a round per point at several batch sizes (the
@@ -19,13 +21,12 @@ out here, as torchvision is not a dependency.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from bench_spline import _interleaved_ms  # the timing loop of the spline benchmark (same folder)
 from cnnlens.nn.models import lenet5, small_resnet
 from cnnlens.spline import regions_on_segment
 from cnnlens.spline._segment import _Reader
@@ -80,23 +81,10 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], float]] = {
 }
 
 
-def _clock() -> float:
-    """CPU time of this process: on a shared machine, other processes' load does not count (wall time would)."""
-    return time.process_time()
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = _clock()
-        fn()
-        times.append(_clock() - start)
-    return 1e3 * statistics.median(times)
-
-
 def _round_parts(model: nn.Module, a: Tensor, direction: Tensor, points: int, repeats: int) -> dict[str, float]:
-    """Milliseconds of the parts of one round of the walk on ``points`` points (as in ``_Reader.read``): the paired
-    pass, the boundary steps, and the two passes (recording, replay) that the paired pass replaces."""
+    """CPU milliseconds (medians, interleaved) of the parts of one round of the walk on ``points`` points (as in
+    ``_Reader.read``): the paired pass, the boundary steps, and the two passes (recording, replay) that the paired
+    pass replaces."""
     reader = _Reader(model, a, direction)
     x = reader.points(torch.linspace(0.1, 0.9, points).tolist())
     entries = reader.passes(x)
@@ -104,9 +92,9 @@ def _round_parts(model: nn.Module, a: Tensor, direction: Tensor, points: int, re
         raise ValueError("the model needs two passes (control flow on values); the breakdown assumes a paired pass")
     two = _Reader(model, a, direction)
     two.paired = False
-    return {"paired pass": _median_ms(lambda: reader.passes(x), repeats),
-            "steps": _median_ms(lambda: reader.steps(*entries), repeats),
-            "two passes": _median_ms(lambda: two.passes(x), repeats)}
+    timed = _interleaved_ms({"paired pass": lambda: reader.passes(x), "steps": lambda: reader.steps(*entries),
+                             "two passes": lambda: two.passes(x)}, repeats)
+    return {name: cpu for name, (_, _, _, cpu) in timed.items()}
 
 
 def _batch_size(text: str) -> int | None:
@@ -115,7 +103,8 @@ def _batch_size(text: str) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18"], choices=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", default=["lenet5", "small_resnet", "resnet18"],
+                        choices=sorted(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=_batch_size, default=[1, 16, None],
                         help="fronts per pass; auto: the adaptive batch (batch_size=None)")
     parser.add_argument("--repeats", type=int, default=3, help="walks per setting (the median is printed)")
@@ -140,25 +129,28 @@ def main() -> None:
                 return model(one)  # noqa: B023 - called in this iteration only
 
         regions_on_segment(model, start, start + 1e-3 * (end - start), progress=False)  # warm-up
-        forward_ms, walk_ms = [], {g: [] for g in args.batch_sizes}
-        counts = {}
-        for _ in range(args.repeats):  # interleaved: a load spike on the shared machine hits every candidate alike
-            forward_ms.append(_median_ms(forward, 20))
-            for g in args.batch_sizes:
-                begin = _clock()
-                walk = regions_on_segment(model, start, end, batch_size=g, progress=False)
-                walk_ms[g].append(1e3 * (_clock() - begin))
-                counts[g] = walk.num_regions
-        fwd = statistics.median(forward_ms)
+        counts: dict[int | None, int] = {}
+
+        def walk(g: int | None) -> Callable[[], None]:
+            def run() -> None:
+                counts[g] = regions_on_segment(model, start, end, batch_size=g,  # noqa: B023 - this iteration's
+                                               progress=False).num_regions
+            return run
+
+        fns: dict[str, Callable[[], object]] = {"forward x20": lambda: [forward() for _ in range(20)]}
+        fns.update({f"walk {g}": walk(g) for g in args.batch_sizes})
+        timed = _interleaved_ms(fns, args.repeats)  # round-robin: a load spike hits every candidate alike
+        fwd = timed["forward x20"][3] / 20
         params = sum(p.numel() for p in model.parameters())
         print(f"{name} ({params / 1e6:.2f} M parameters), input {shape}, {fraction:g} of the segment between two "
-              f"random inputs; one forward pass of one sample: {fwd:.2f} ms")
+              f"random inputs; one forward pass of one sample: {fwd:.3f} ms CPU (wall, 20 passes: median "
+              f"{timed['forward x20'][0]:.2f} ms, range {timed['forward x20'][1]:.2f}-{timed['forward x20'][2]:.2f})")
         for g in args.batch_sizes:
-            ms = statistics.median(walk_ms[g])
+            wall, low, high, ms = timed[f"walk {g}"]
             per = ms / counts[g]
-            print(f"  batch_size={g or 'auto':<4} {counts[g]:6d} regions in {ms / 1e3:7.2f} s: "
-                  f"{1e3 / per:8.1f} regions/s, {per:8.2f} ms per region = {per / fwd:5.2f}x a forward pass "
-                  "(target <= 2x)")
+            print(f"  batch_size={g or 'auto':<4} {counts[g]:6d} regions in {ms / 1e3:7.2f} s CPU: "
+                  f"{1e3 / per:8.1f} regions/s, {per:8.3f} ms per region = {per / fwd:5.2f}x a forward pass "
+                  f"(target <= 2x; wall median {wall / 1e3:.2f} s, range {low / 1e3:.2f}-{high / 1e3:.2f})")
         if len(set(counts.values())) > 1:
             print(f"  region counts differ between batch sizes: {counts}")
         g = max((g for g in args.batch_sizes if g is not None), default=16)
@@ -166,14 +158,15 @@ def main() -> None:
         two = parts.pop("two passes")
         total = sum(parts.values())
         split = ", ".join(f"{k} {v / g:.2f} ms ({100 * v / total:.0f}%)" for k, v in parts.items())
-        batched = _median_ms(lambda: model(x0.expand(2 * g, *shape)), 5) / g  # noqa: B023 - called right here
+        pair = x0.expand(2 * g, *shape)
+        batched = _interleaved_ms({"plain": lambda: model(pair)}, 5)["plain"][3] / g  # noqa: B023 - called here
         print(f"  one round on {g} points, per point: {split}; {total / g / fwd:.2f}x a forward pass of one sample "
               f"(a plain forward pass of the {2 * g} samples: {batched:.2f} ms per point; the recording pass and "
               f"the replay the paired pass replaces: {two / g:.2f} ms per point)")
         curve = {}
         for n in (1, 4, 16, 64):
-            timed = _round_parts(model, x0[None], (x1 - x0)[None], n, 3)
-            curve[n] = (timed["paired pass"] + timed["steps"]) / n
+            at_n = _round_parts(model, x0[None], (x1 - x0)[None], n, 3)
+            curve[n] = (at_n["paired pass"] + at_n["steps"]) / n
         print("  one round per point, as a multiple of a forward pass: "
               + ", ".join(f"{n} points {ms / fwd:.2f}x" for n, ms in curve.items()))
 

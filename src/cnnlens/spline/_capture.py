@@ -964,8 +964,9 @@ class Capture(TorchFunctionMode):
     # paired passes ------------------------------------------------------------------------------------------------
     def _run_halves(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A linear op of a paired pass: a CPU convolution that would unfold a large batch (:data:`_SPLIT_UNFOLD`)
-        runs on each half, as on a recording pass and a replay (the same numbers, bit for bit: it convolves sample
-        by sample); every other op runs once on the whole batch."""
+        runs on chunks of samples within each half (the same numbers, bit for bit, as on a recording pass and a
+        replay: it convolves sample by sample; checked for conv1d/2d/3d, on 1 and 2 threads); every other op runs
+        once on the whole batch."""
         h = args[0] if args else None
         if func not in _CONV_ND or not isinstance(h, Tensor) or h.device.type != "cpu" or \
                 not self._is(h, self._samples) or h.shape[0] != 2 * self.half:
@@ -977,7 +978,11 @@ class Capture(TorchFunctionMode):
         if unfolded <= _SPLIT_UNFOLD:
             return self._run(func, args, kwargs)
         n = self.half
-        return torch.cat([self._run(func, (h[:n], *args[1:]), kwargs), self._run(func, (h[n:], *args[1:]), kwargs)])
+        # chunks within each half; conv3d on several threads sums in an order that depends on the batch: halves
+        step = n if func is F.conv3d and torch.get_num_threads() > 1 else \
+            max(1, min(n, h.shape[0] * _SPLIT_UNFOLD // unfolded))
+        return torch.cat([self._run(func, (part, *args[1:]), kwargs) for half in (h[:n], h[n:])
+                          for part in half.split(step)])
 
     def _unpairable(self, why: str) -> UnpairableError:
         self.unpairable = why
@@ -1398,12 +1403,14 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
 
 
-#: A paired pass runs a CPU convolution on each half when unfolding the whole batch (its im2col buffer, N x C_in x
-#: prod(kernel) x output positions, which float64 convolutions allocate anew on every call) would take more than this
-#: many bytes: larger buffers outgrow the allocator's reuse and fault their pages in on every call (measured: the
-#: small ResNet at 16 points, 22 000 page faults and 4 ms of system time per point on a paired pass against 5 500
-#: and 1 ms on two passes, the user time 12% lower).
-_SPLIT_UNFOLD = 2**23
+#: A paired pass runs a CPU convolution on chunks of samples whose unfolding (the im2col buffer, samples x C_in x
+#: prod(kernel) x output positions, which float64 convolutions allocate anew on every call) takes at most this many
+#: bytes: a larger buffer leaves the CPU caches and outgrows the allocator's reuse, faulting its pages in on every
+#: call. Measured on the small ResNet (16-channel 3x3 convolutions at 32x32, 1.2 MB per sample), float64, 1 thread:
+#: a 16-channel convolution costs 0.27-0.32 ms per sample in chunks of 1-8 samples against 0.8-1.0 ms per sample
+#: unsplit at 16-64 samples; the whole paired pass at 16 points 6.0 ms per point unsplit, 3.6 in two halves, 3.5 in
+#: chunks of 2 MB.
+_SPLIT_UNFOLD = 2**21
 _CONV_ND = {F.conv1d, F.conv2d, F.conv3d}
 
 #: 2-d max-pooling on CPU runs on a channels-last copy of inputs with at least this many elements: PyTorch's

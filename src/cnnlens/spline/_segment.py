@@ -60,10 +60,22 @@ __all__ = ["SegmentRegions", "regions_on_segment"]
 _REGIONS_PER_FRONT = 8
 #: Steps to two boundaries closer than this (relative) are one crossing, named after the first layer in forward order.
 _TIE = 1e-12
-#: The adaptive batch (``batch_size=None``, :class:`_BatchSize`): fronts of the first rounds, the largest batch, the
-#: memory the records of one round may take (a copy of every nonlinearity's input, both halves of the paired pass),
-#: and the factor by which doubling the batch must cut the cost per point to be kept.
-_FIRST_BATCH, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 8, 256, 2**28, 0.95
+#: The adaptive batch (``batch_size=None``, :class:`_BatchSize`): the fewest fronts it starts from, the records of a
+#: round it starts from (the largest power of two of fronts within them), the largest batch, the memory the records
+#: of one round may take (every nonlinearity's input, both halves of the paired pass), and the factor by which
+#: doubling the batch must cut the cost per point to be kept.
+_FIRST_BATCH, _START_RECORDS, _MAX_BATCH, _RECORD_BUDGET, _GAIN = 8, 2**23, 256, 2**28, 0.95
+
+
+#: glibc's malloc serves blocks above a threshold (128 KB at first) with fresh mappings, whose pages fault in on first
+#: use, and raises that threshold to the size of a freed mapped block (up to 32 MB), the heap's trim threshold to
+#: twice it. A walk allocates the records of every round anew (about 30 MB per round for the small ResNet at 16
+#: points): with low thresholds every round faults its pages in again (measured, small ResNet, 8-32 fronts: 260-290
+#: page faults and 0.5-0.8 ms of system time per region, 5.0-7.6 ms per region in all), after one block of 32 MB was
+#: freed 6-27 faults per region (3.5-4.4 ms per region in all). :func:`regions_on_segment`
+#: allocates and frees one such block (no page touched) first, as a program that once used a buffer of that size
+#: has done; with other allocators it changes nothing.
+_MAPPED_BLOCK = 2**25 - 2**13  # bytes: the chunk with its header stays within glibc's 32 MB maximum
 
 
 @dataclass(frozen=True)
@@ -143,35 +155,41 @@ def _binary_step(active: Tensor, u: Tensor, ahead: Tensor) -> Tensor:
     return _first_crossing(torch.where(torch.where(active, d > 0, d < 0), u / d, math.inf))
 
 
-def _max_pool_step(windows: functools.partial, h: Tensor, dh: Tensor, idx: Tensor) -> Tensor:
+def _max_pool_step(windows: functools.partial, h: Tensor, ahead: Tensor, idx: Tensor) -> Tensor:
     """The argmax rule of :func:`_step` for max-pooling, on the windows as a strided view (no copy of overlapping
     windows; :func:`pool_window_view`), the window dimensions first so that the selected element of every window
-    broadcasts over them; only the per-sample minimum is needed, not which window a step belongs to.
+    broadcasts over them; only the per-sample minimum is needed, not which window a step belongs to. ``h`` holds the
+    values at the points, ``ahead`` the replay further along the path.
 
     ``idx`` is PyTorch's flat per-channel index of every window's maximum (the entry's selector). Windows that tile
     the input (stride = kernel, no padding or dilation, no partial window) are read off ``h`` itself viewed as
-    (N, C, out_1, k_1, out_2, k_2, ...), in its own memory order (1.3-1.9x faster than the strided window view).
+    (N, C, out_1, k_1, out_2, k_2, ...) and permuted to (N, C, k_1, k_2, ..., out_1, out_2, ...), the differences
+    written into buffers of that order: there the selected elements broadcast over leading dimensions and the
+    innermost loop runs over the windows, not over a window's few elements (2x2 windows: 1.3x faster than on
+    the unpermuted view, which itself was 1.3-1.9x faster than the strided window view). Every difference is the
+    one of the explicit rule, element by element, and the minimum does not depend on the order: the same bits.
     """
     d = idx.dim() - 2
     n, c, *out = idx.shape
     kw = windows.keywords
-    args = (kw["k"], kw["s"], kw["p"], kw["dil"], kw["ceil_mode"])
-    if kw["k"] == kw["s"] and not any(kw["p"]) and all(v == 1 for v in kw["dil"]) and \
-            all(o * k <= size for o, k, size in zip(out, kw["k"], h.shape[2:], strict=True)):
-        flat = idx.reshape(n, c, -1)
-        sel_shape = (n, c, *[v for o in out for v in (o, 1)])
-        tiles = (n, c, *[v for o, k in zip(out, kw["k"], strict=True) for v in (o, k)])
-        crop = (slice(None), slice(None), *[slice(0, o * k) for o, k in zip(out, kw["k"], strict=True)])
-        v_sel = h.reshape(n, c, -1).gather(2, flat).view(sel_shape)
-        dv_sel = dh.reshape(n, c, -1).gather(2, flat).view(sel_shape)
-        v, dv = h[crop].reshape(tiles), dh[crop].reshape(tiles)
-        return _least_nonnegative((v_sel - v).div_(dv - dv_sel))  # see the argmax rule of _step
-    order = (0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d))  # (N, C, *k, *out)
-    v = pool_window_view(h, *args, fill=-math.inf).permute(order)
-    dv = pool_window_view(dh, *args, fill=0.0).permute(order)
     flat = idx.reshape(n, c, -1)
     sel_shape = (n, c, *[1] * d, *out)
     v_sel = h.reshape(n, c, -1).gather(2, flat).view(sel_shape)
+    if kw["k"] == kw["s"] and not any(kw["p"]) and all(v == 1 for v in kw["dil"]) and \
+            all(o * k <= size for o, k, size in zip(out, kw["k"], h.shape[2:], strict=True)):
+        tiles = (n, c, *[v for o, k in zip(out, kw["k"], strict=True) for v in (o, k)])
+        crop = (slice(None), slice(None), *[slice(0, o * k) for o, k in zip(out, kw["k"], strict=True)])
+        tiled = (0, 1, *range(3, 2 + 2 * d, 2), *range(2, 2 + 2 * d, 2))  # (N, C, o1, k1, ...) -> (N, C, *k, *out)
+        v, a = h[crop].reshape(tiles).permute(tiled), ahead[crop].reshape(tiles).permute(tiled)
+        dv_sel = ahead.reshape(n, c, -1).gather(2, flat).view(sel_shape) - v_sel  # (ahead - h) at the selection
+        num = torch.sub(v_sel, v, out=torch.empty(v.shape, dtype=h.dtype))
+        gain = torch.sub(a, v, out=torch.empty(v.shape, dtype=h.dtype)).sub_(dv_sel)
+        return _least_nonnegative(num.div_(gain))  # see the argmax rule of _step
+    dh = ahead - h
+    args = (kw["k"], kw["s"], kw["p"], kw["dil"], kw["ceil_mode"])
+    order = (0, 1, *range(2 + d, 2 + 2 * d), *range(2, 2 + d))  # (N, C, *out, *k) -> (N, C, *k, *out)
+    v = pool_window_view(h, *args, fill=-math.inf).permute(order)
+    dv = pool_window_view(dh, *args, fill=0.0).permute(order)
     dv_sel = dh.reshape(n, c, -1).gather(2, flat).view(sel_shape)
     return _least_nonnegative((v_sel - v).div_(dv - dv_sel))  # see the argmax rule of _step
 
@@ -186,6 +204,9 @@ def _step(here: Entry, ahead: Entry) -> Tensor:
     if here.kind == "binary":
         return _binary_step(here.states, here.probe["u"], ahead.probe["u"])
     h = here.probe["h"]
+    windows = here.probe.get("windows")
+    if here.kind == "argmax" and isinstance(windows, functools.partial) and windows.func is pool_windows:
+        return _max_pool_step(windows, h, ahead.probe["h"], here.selector)
     dh = ahead.probe["h"] - h
     if here.kind == "ternary":
         lo, hi = here.probe["lo"], here.probe["hi"]
@@ -199,9 +220,6 @@ def _step(here: Entry, ahead: Entry) -> Tensor:
         lo, hi = here.probe["pieces"].bounds(here.states.long(), h.dtype)
         return _first_crossing(torch.where(dh > 0, (hi - h) / dh, torch.where(dh < 0, (lo - h) / dh, math.inf)))
     # argmax, rank: the selected element meets another element of its window
-    windows = here.probe["windows"]
-    if here.kind == "argmax" and isinstance(windows, functools.partial) and windows.func is pool_windows:
-        return _max_pool_step(windows, h, dh, here.selector)
     v = windows(h, fill=float("-inf"))
     dv = windows(dh, fill=0.0)
     sel = here.states.long().unsqueeze(-1)
@@ -355,19 +373,34 @@ class _BatchSize:
 
     A larger batch shares the per-operation overhead of a pass among more points, until its activations leave the
     CPU caches (or their buffers outgrow the allocator's reuse and every pass faults its pages in anew): then the
-    cost per point rises again (``benchmarks/bench_walk.py``). Adapted, the batch starts at ``_FIRST_BATCH`` fronts
-    and doubles while the CPU time per point of full rounds (the best of two at each size) falls by at least
-    ``1 - _GAIN``, within ``_MAX_BATCH`` and the memory budget ``_RECORD_BUDGET``; then it stays at the best size.
+    cost per point rises again (``benchmarks/bench_walk.py``). Adapted, the batch starts, after the first round (one
+    point: the records' size per point is then known), at the largest power of two of fronts, at least
+    ``_FIRST_BATCH``, whose records take at most ``_START_RECORDS``: LeNet-5 32 (0.2 MB per point), the small
+    ResNet 8 (1.2 MB), ResNet-18 at 32x32 8 (1.0 MB). Where per-operation overhead dominates (LeNet-5) the cost
+    per point falls up to 64 points and more (but more fronts read more regions twice: 1.09 points per region at
+    32 fronts, 1.18 at 64, on the benchmark's 620 regions); where the arithmetic does, it rises once a round's
+    records outgrow about 20 MB (the small ResNet: best at 16). From there it doubles while the CPU time per point
+    of full rounds (the best of two at each size) falls by at least ``1 - _GAIN``, within ``_MAX_BATCH``, the
+    memory budget ``_RECORD_BUDGET`` and the fronts the rest of the segment holds at the full spacing (on a short
+    walk more fronts would mostly read regions twice: LeNet-5 grew to 128 on the benchmark's 620 regions, 1.26
+    points per region, and now stops at 64, 1.17); then it stays at the best size.
     """
 
     def __init__(self, batch_size: int | None) -> None:
         self.size = batch_size or _FIRST_BATCH
         self.settled = batch_size is not None
+        self._started = self.settled  # whether the starting size is set (from the records of the first round)
         self._best = (math.inf, self.size)  # (cost per point, batch size)
         self._costs: list[float] = []  # of full rounds at the current size
 
-    def observe(self, points: int, seconds: float, bytes_per_point: float) -> None:
-        """Note the CPU time of a round on ``points`` points whose records took ``bytes_per_point`` each."""
+    def observe(self, points: int, seconds: float, bytes_per_point: float, room: float = math.inf) -> None:
+        """Note the CPU time of a round on ``points`` points whose records took ``bytes_per_point`` each; ``room``:
+        the fronts the rest of the segment holds at the full spacing (more fronts would read more regions twice)."""
+        if not self._started:
+            self._started = True
+            fit = min(_MAX_BATCH, _START_RECORDS / max(bytes_per_point, 1.0))
+            self.size = max(_FIRST_BATCH, 2 ** math.floor(math.log2(max(fit, 1.0))))
+            self._best = (math.inf, self.size)
         if self.settled or points < self.size:
             return
         self._costs.append(seconds / points)
@@ -377,7 +410,7 @@ class _BatchSize:
         grow = self.size * 2
         if cost < _GAIN * self._best[0]:
             self._best = (cost, self.size)
-            if grow <= min(_MAX_BATCH, _RECORD_BUDGET / max(bytes_per_point, 1.0)):
+            if grow <= min(_MAX_BATCH, _RECORD_BUDGET / max(bytes_per_point, 1.0), room):
                 self.size = grow
                 return
         self.size = self._best[1]
@@ -491,8 +524,9 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     batch_size : int, optional
         Points read per pass (1: the plain sequential walk; the pass holds each point twice). Memory grows with it;
         past the size where a batch's activations leave the CPU caches, so does the time per point. None (the
-        default) adapts it: the batch doubles from 8 while the measured CPU time per point falls (up to 256 points
-        and 256 MB of records per round; ``benchmarks/bench_walk.py`` compares fixed sizes).
+        default) adapts it: the batch starts where the records of a round take about 8 MB (at least 8 points) and
+        doubles while the measured CPU time per point falls (up to 256 points, 256 MB of records per round and the
+        fronts the rest of the segment holds; ``benchmarks/bench_walk.py`` compares fixed sizes).
     progress : bool
         Show a progress bar (how far along the segment the walk has come) when stderr is a terminal.
 
@@ -518,6 +552,7 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
         model = copy.deepcopy(model).double()
     check_model_input(model, torch.stack([x0, x1]).double(), what="x0/x1")  # before any forward pass (eval mode)
     a, b = _endpoints(model, x0, x1)
+    torch.empty(_MAPPED_BLOCK, dtype=torch.uint8)  # freed at once: the allocator's thresholds (_MAPPED_BLOCK)
     direction = b - a
     tol = min(1e-12, min_step / 4)  # the same point reached by two fronts differs by rounding only
     reader = _Reader(model, a, direction)
@@ -529,14 +564,16 @@ def regions_on_segment(model: Callable[[Tensor], Tensor], x0: Tensor, x1: Tensor
     with phase("region walk", 100, enabled=progress) as advance:
         shown = 0.0
         while not fronts[0].done:
+            room = math.inf  # fronts the rest of the segment holds at the full spacing
             if widths:
                 width = max(statistics.median(widths), 2 * min_step)
                 _spawn(fronts, batch.size, _REGIONS_PER_FRONT * width, 2 * width, min_step)
+                room = (1.0 - fronts[0].pending) / (_REGIONS_PER_FRONT * width)
             active = [f for f in fronts if not f.done][:batch.size]  # more after the adaptive batch shrank
             points = [f.pending for f in active]
             clock = time.process_time()
             steps, which, names = reader.read(points)
-            batch.observe(len(points), time.process_time() - clock, reader.bytes_per_point)
+            batch.observe(len(points), time.process_time() - clock, reader.bytes_per_point, room)
             for front, t, s, k in zip(active, points, steps, which, strict=True):
                 end = t + s
                 if math.isfinite(end):
