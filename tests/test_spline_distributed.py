@@ -57,7 +57,9 @@ for name, call in {
         call()
     except ValueError as err:
         errors[name] = str(err)
-torch.save({"extra": extra, "errors": errors}, out / f"checks{rank}.pt")
+shared = templates(model, data, classes=[0, 3])  # a Dataset under torchrun: sharded, then gathered
+flags = (shared.identity_error, shared.bias_method, shared.bias_fallback, shared.path)
+torch.save({"extra": extra, "errors": errors, "flags": flags}, out / f"checks{rank}.pt")
 dist.destroy_process_group()
 """
 
@@ -107,6 +109,8 @@ def test_torchrun_two_processes_give_the_results_of_one_process(tmp_path):
             assert torch.equal(checks["extra"][key], value), (rank, key)
         local = partition_codes(model, data.tensors[0][rank:rank + 3])["act3"].data
         assert torch.equal(checks["extra"]["local"], local)
+        error, method, fallback, path = checks["flags"]  # how the shards were computed and checked, gathered
+        assert error is not None and error <= 1e-4 and method == "swept" and fallback is None and path == "transposed"
         errors = checks["errors"]
         assert errors.keys() == {"length", "model", "database"}, errors
         assert "partition_codes under torch.distributed: the 2 ranks disagree on the data set" in errors["length"]
@@ -132,6 +136,8 @@ def test_templates_over_a_dataset_equal_templates_over_its_tensor():
     for field in ("templates", "biases", "inner_products", "outputs", "classes"):
         assert torch.equal(getattr(by_items, field), getattr(by_tensor, field)), field
     assert by_items.path == by_tensor.path == "transposed"
+    assert by_items.bias_method == by_tensor.bias_method == "swept"
+    assert by_items.identity_error is not None and by_items.identity_error <= 1e-4
 
 
 def test_distributed_true_without_a_process_group_says_what_to_do():

@@ -213,19 +213,34 @@ def _model_device(model: Callable[[Tensor], Tensor], fallback: torch.device) -> 
 def _templates_of(model: Callable[[Tensor], Tensor], batches: Iterable[Tensor],
                   classes: Sequence[int] | Tensor | None, chunk_size: int | None, approximate: bool) -> Any:
     """Templates of every sample of ``batches``, one batch at a time, concatenated."""
-    from ._affine import AUTOGRAD, TRANSPOSED, Templates, templates
+    from ._affine import Templates, templates
 
     parts = [templates(model, xb.to(_model_device(model, xb.device)), classes, chunk_size=chunk_size,
                        approximate=approximate, distributed=False) for xb in batches]
     if not parts:
         raise ValueError("x holds no samples; pass at least one.")
-    reasons = [p.fallback_reason for p in parts if p.fallback_reason]
     return Templates(templates=torch.cat([p.templates for p in parts]), biases=torch.cat([p.biases for p in parts]),
                      inner_products=torch.cat([p.inner_products for p in parts]),
                      outputs=torch.cat([p.outputs for p in parts]), classes=parts[0].classes,
-                     approximate=any(p.approximate for p in parts),
-                     path=AUTOGRAD if any(p.path == AUTOGRAD for p in parts) else TRANSPOSED,
-                     fallback_reason="; ".join(dict.fromkeys(reasons)) if reasons else None)
+                     **_merged_flags([_flags(p) for p in parts]))
+
+
+def _flags(t: Any) -> tuple:
+    """What a :class:`Templates` says of how it was computed and checked (merged over batches and ranks)."""
+    return (t.approximate, t.path, t.fallback_reason, t.identity_error, t.bias_fallback, t.bias_method)
+
+
+def _merged_flags(flags: list[tuple]) -> dict[str, Any]:
+    """The :func:`_flags` of several parts as one: the worst identity error, every distinct reason and method."""
+    from ._affine import AUTOGRAD, TRANSPOSED
+
+    def joined(i: int, sep: str) -> str | None:
+        return sep.join(dict.fromkeys(f[i] for f in flags if f[i])) or None
+
+    errors = [f[3] for f in flags if f[3] is not None]
+    return {"approximate": any(f[0] for f in flags), "path": AUTOGRAD if any(f[1] == AUTOGRAD for f in flags)
+            else TRANSPOSED, "fallback_reason": joined(2, "; "), "identity_error": max(errors) if errors else None,
+            "bias_fallback": joined(4, "; "), "bias_method": joined(5, " and ")}
 
 
 def dataset_templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, classes: Sequence[int] | Tensor | None,
@@ -238,20 +253,17 @@ def dataset_templates(model: Callable[[Tensor], Tensor], x: Tensor | Dataset, cl
     batch_size = chunk_size or _DATASET_BATCH
     if not distributed_active(distributed, x):
         return _templates_of(model, _batches(x, batch_size), classes, chunk_size, approximate)
-    from ._affine import AUTOGRAD, TRANSPOSED, Templates
+    from ._affine import Templates
 
     rows = None if classes is None else torch.as_tensor(classes).reshape(-1).tolist()
     shard = _shard("templates", x, batch_size, {"classes": rows, "approximate": approximate}, model)
     local = _templates_of(model, shard.batches(x), classes, chunk_size, approximate)
     flags: list[Any] = [None] * _world()[1]
-    dist.all_gather_object(flags, (local.approximate, local.path, local.fallback_reason))
+    dist.all_gather_object(flags, _flags(local))
     tpl, biases, inner, outputs = shard.gather("templates", [local.templates, local.biases, local.inner_products,
                                                              local.outputs])
-    reasons = [f[2] for f in flags if f[2]]
     return Templates(templates=tpl, biases=biases, inner_products=inner, outputs=outputs, classes=local.classes,
-                     approximate=any(f[0] for f in flags),
-                     path=AUTOGRAD if any(f[1] == AUTOGRAD for f in flags) else TRANSPOSED,
-                     fallback_reason="; ".join(dict.fromkeys(reasons)) if reasons else None)
+                     **_merged_flags(flags))
 
 
 def sharded_neighbors(query: Any, db: Any, k: int, backend: str, chunk_size: int | None) -> tuple[Tensor, Tensor]:
