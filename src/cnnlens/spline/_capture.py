@@ -550,8 +550,15 @@ class Capture(TorchFunctionMode):
 
     # the constants of the tape (B[x] accumulated in the sweep) ---------------------------------------------------
     def know(self, objs: Any) -> None:
-        """Mark the tensors among ``objs`` as constants that do not depend on x."""
-        if self._known is not None:
+        """Mark the tensors among ``objs`` (a tensor, a list of tensors or any pytree) as constants that do not
+        depend on x."""
+        if self._known is None:
+            return
+        if isinstance(objs, Tensor):
+            self._known[id(objs)] = weakref.ref(objs)
+        elif isinstance(objs, list) and all(isinstance(t, Tensor) for t in objs):
+            self._mark(self._known, objs)
+        else:
             self._mark(self._known, [t for t in tree_leaves(objs) if isinstance(t, Tensor)])
 
     def _constant_op(self, func: Callable, args: tuple, kwargs: dict, others: list[Tensor], out: Any) -> None:
