@@ -173,9 +173,9 @@ def _mutates_first(func: Any) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
-def _channel_offset(bias: Tensor | None, out: Tensor) -> Tensor | None:
-    """A per-channel bias (conv, batch-norm shift) shaped to broadcast against ``out`` (N, C, ...)."""
-    return None if bias is None else bias.detach().reshape(1, -1, *[1] * (out.dim() - 2))
+def _channel_offset(bias: Tensor | None, dim: int) -> Tensor | None:
+    """A per-channel bias (conv, batch-norm shift) shaped to broadcast against a ``dim``-d output (N, C, ...)."""
+    return None if bias is None else bias.detach().reshape(1, -1, *[1] * (dim - 2))
 
 
 def _with_offset(data: dict[str, Any], offset: Tensor | None) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: T
         scale = torch.rsqrt(var + eps)
         scale = scale if weight is None else scale * weight
         shift = -mean * scale if bias is None else bias - mean * scale
-        shift = _channel_offset(shift, torch.empty((1,) * dim, device="meta"))
+        shift = _channel_offset(shift, dim)
     k = id(var)
     _BN_AFFINE[k] = (weakref.ref(var, lambda _: _BN_AFFINE.pop(k, None)), key, scale, shift)
     return scale, shift
@@ -245,7 +245,8 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
             return None
         data = {"func": func, "args": (None, *args[1:])}  # the activation is not kept
-        return Node("conv", (x,), out, _with_offset(data, _channel_offset(args[2] if len(args) > 2 else None, out)))
+        bias = args[2] if len(args) > 2 else None
+        return Node("conv", (x,), out, _with_offset(data, _channel_offset(bias, out.dim())))
     if func is F.linear:
         if not alone or kwargs or x.dim() < 2:
             return None
