@@ -89,15 +89,16 @@ def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
 
 
 def test_fast_conv_forms_and_batch_norm_folding() -> None:
-    """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase and channels-last forms (so the jacrev test
-    above exercises them) once R*N >= 4, and float64 takes neither. Batch-norm is folded into a convolution's weight
+    """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase, pointwise and channels-last forms (so the
+    jacrev test above exercises them; channels-last once R*N >= 4), and float64 takes none of them. Batch-norm is folded into a convolution's weight
     when that is cheaper than scaling the R cotangents: all of them for 1000 rows, not the wide layers for one."""
     model = resnet18(num_classes=10, width=8).eval()
     x = torch.randn(1, 3, 32, 32)
     if _onednn(x):
-        assert {"phases", "channels_last"} <= _conv_forms(model, x, rows=10)
+        assert {"phases", "channels_last", "pointwise"} <= _conv_forms(model, x, rows=10)
         assert "channels_last" not in _conv_forms(model, x, rows=1)
-    assert not {"phases", "channels_last"} & _conv_forms(model.double(), x.double(), rows=10)
+        assert "pointwise" in _conv_forms(model, x, rows=1)
+    assert not {"phases", "channels_last", "pointwise"} & _conv_forms(model.double(), x.double(), rows=10)
     tape = Tape()
     with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
         run_captured(cap, model, x.double())

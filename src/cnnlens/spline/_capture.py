@@ -93,6 +93,7 @@ from torch.utils._pytree import tree_leaves
 
 from .._errors import NotPiecewiseAffineError
 from ._ops import (
+    _USER,
     Builtin,
     Composite,
     ElementwisePiecewise,
@@ -443,6 +444,9 @@ class Capture(TorchFunctionMode):
         self._samples: dict[int, weakref.ref] = {}  # tracked tensors whose dim 0 is the sample dimension
         self._pooled: dict[int, weakref.ref] = {}  # tracked tensors computed from a reduction over all samples
         self._modes = (True, False)  # grad mode and inference mode when the capture was entered
+        # a recording pass with a tape: the common layers take the lean path (Capture._lean_layer, ...)
+        self.lean = tape is not None and not (graph or probe or paired or approximate) and forced is None and \
+            decisions is None
         self._escaped: set[float] = set()  # non-integral Python floats read off tracked tensors (Capture._decision)
         self._tracked: dict[int, weakref.ref] = {}
         self._discrete: dict[int, weakref.ref] = {}
@@ -533,6 +537,13 @@ class Capture(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        lean = _LEAN.get(func) if self.lean else None
+        if lean is not None and not self._escaped and not self._pooled and self.bias_blocker is None and \
+                self.tape.ok and (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == self._modes and \
+                func not in _USER:
+            out = lean(self, func, args, kwargs)
+            if out is not _GENERIC:
+                return out
         if self.batch is not None and func in _SAMPLE_DIM_OPS:
             self._check_samples(func, args, kwargs)
         if (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) != self._modes:
@@ -546,6 +557,76 @@ class Capture(TorchFunctionMode):
             self._follow_samples(func, args, kwargs, out)
             if self._known is not None and self.bias_blocker is None:
                 self._check_sample_major(func, out)
+        return out
+
+    # the lean path of a recording pass ------------------------------------------------------------------------------
+    def _sample(self, t: Any) -> bool:
+        """Whether ``t`` is an input-dependent floating tensor whose dim 0 is the sample dimension."""
+        ref = self._samples.get(id(t))
+        return ref is not None and ref() is t and self._is(t, self._tracked) and t.is_floating_point()
+
+    def _constant(self, t: Any) -> bool:
+        """Whether ``t`` is None or a known constant that the tape may use (its storage noted, as
+        :meth:`_check_constants` does)."""
+        if t is None:
+            return True
+        ref = self._known.get(id(t))
+        if ref is None or ref() is not t or self._is(t, self._tracked):
+            return False
+        self._used.add(t.untyped_storage().data_ptr())
+        return True
+
+    def _lean_out(self, func: Callable, args: tuple, kwargs: dict, ins: list[Tensor], out: Tensor) -> Tensor:
+        """Track ``out`` of an affine op on the sample-major tensors ``ins`` and record it on the tape."""
+        self._tracked[id(out)] = weakref.ref(out)
+        if out.dim() > 0 and out.shape[0] == self.batch:
+            self._samples[id(out)] = weakref.ref(out)
+        else:
+            self.bias_blocker = f"{_op_name(func)}{self._where()} makes a tensor whose dim 0 is not the samples"
+        record_linear(self.tape, func, args, kwargs, out, ins, self.is_tracked,
+                      lambda: f"{_op_name(func)}{self._where()}")
+        return out
+
+    def _lean_layer(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``conv{1,2,3}d(h, weight, bias, ...)`` and ``batch_norm(h, mean, var, ...)`` in eval mode on a sample-major
+        ``h`` with constant parameters: the result, marks and node :meth:`dispatch` gives them (its checks all pass
+        for this form), or :data:`_GENERIC`."""
+        h = args[0] if args else None
+        if not self._sample(h):
+            return _GENERIC
+        if func is F.batch_norm:
+            params = (*args[1:3], kwargs.get("weight"), kwargs.get("bias"))
+            if len(args) != 3 or set(kwargs) != _BN_KEYWORDS or kwargs["training"]:
+                return _GENERIC
+        else:
+            params = args[1:3]
+            if kwargs or len(args) < 2 or isinstance(args[4] if len(args) > 4 else 0, str):
+                return _GENERIC
+        if not all(self._constant(p) for p in params):
+            return _GENERIC
+        return self._lean_out(func, args, kwargs, [h], self._run(func, args, kwargs))
+
+    def _lean_add(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``a + b`` of two sample-major tensors of one shape (a residual connection), or :data:`_GENERIC`."""
+        if kwargs or len(args) != 2 or not (self._sample(args[0]) and self._sample(args[1])) or \
+                args[0].shape != args[1].shape or args[0] is args[1]:
+            return _GENERIC
+        return self._lean_out(func, args, kwargs, list(args), self._run(func, args, kwargs))
+
+    def _lean_relu(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``relu(h)`` (also in place) of a sample-major ``h``: :func:`_relu_like` without the dispatch."""
+        if not self._sample(args[0] if args else None) or set(kwargs) - {"inplace"}:
+            return _GENERIC
+        out = _relu_like(self, func, args, kwargs)
+        self._samples[id(out)] = weakref.ref(out)
+        return out
+
+    def _lean_metadata(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """``h.dim()``, ``h.shape``, ``h.size()``: the value, recorded as a decision when ``h`` is tracked."""
+        if not args or not self._is(args[0], self._tracked):
+            return _GENERIC
+        out = self._run(func, args, kwargs)
+        self.decisions.append((func, out))
         return out
 
     # the constants of the tape (B[x] accumulated in the sweep) ---------------------------------------------------
@@ -1010,6 +1091,17 @@ class Capture(TorchFunctionMode):
     def _paired_code(self, code_of: Callable[[Tensor], Tensor], t: Tensor, *operands: Any) -> Tensor:
         """``code_of`` of the first half of ``t``, repeated for the second half (:meth:`_first_half`)."""
         return _twice(code_of(self._first_half(t, *operands)))
+
+
+_GENERIC = object()  # a lean method's answer when the call must take the generic dispatch
+_BN_KEYWORDS = frozenset({"weight", "bias", "training", "momentum", "eps"})  # as F.batch_norm hands them on
+#: The common layers of CNNs and the lean methods that record them (Capture.__torch_function__).
+_LEAN: dict[Callable, Callable[[Capture, Callable, tuple, dict], Any]] = {
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, F.batch_norm), Capture._lean_layer),
+    **dict.fromkeys((T.add, T.__add__, T.__iadd__, T.add_, torch.add), Capture._lean_add),
+    **dict.fromkeys((F.relu, torch.relu, torch.relu_, T.relu, T.relu_), Capture._lean_relu),
+    **dict.fromkeys((T.dim, T.shape.__get__, T.size), Capture._lean_metadata),
+}
 
 
 def _twice(code: Tensor) -> Tensor:

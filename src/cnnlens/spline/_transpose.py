@@ -381,21 +381,30 @@ def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ..
 def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
                onednn: bool) -> str:
     """Which exact form :func:`_conv_t` takes, as measured on CPU (1 and 2 threads) on the layers of ResNet-18 at
-    224x224 (R*N = 1 to 64 cotangents), MobileNet-v1 (16) and LeNet-5 (2560): a GEMM when the output is 1x1
-    ("matmul"); on oneDNN, a strided convolution onto fewer
-    than 16 input channels as one stride-1 convolution per output phase ("phases", 1.7x faster than the transposed
-    convolution for ResNet-18's stem) and layers with 16 or more channels as transposed convolutions in
-    channels-last layout ("channels_last", 1.2-1.5x faster than in NCHW from R*N = 4 on, slower below, where
-    they take PyTorch's input-gradient kernel as autograd does); one input channel and stride 1 (LeNet's
-    first layer) as GEMM + shifted adds ("planes"); on oneDNN, other stride-1 layers as a convolution with the
-    flipped kernel ("flipped"); the rest with PyTorch's input-gradient kernel ("backward": in float64 as fast as the
-    flipped form at 32 rows, 1.25x faster at 8, and without its whole-batch im2col buffer)."""
+    224x224 (R*N = 1 to 64 cotangents), MobileNet-v1 (16) and LeNet-5 (2560):
+
+    * "matmul": a GEMM when the output is 1x1;
+    * on oneDNN, "pointwise": a strided 1x1 convolution (ResNet's downsampling shortcuts) as a GEMM in
+      channels-last order written to every stride-th input position (1.1-2.5x faster than PyTorch's input-gradient
+      kernel with the sum into the other branch's cotangent; in float64 it is not faster);
+    * on oneDNN, "phases": a strided convolution onto fewer than 16 input channels as one stride-1 convolution per
+      output phase (1.7x faster than the transposed convolution for ResNet-18's stem);
+    * on oneDNN, "channels_last": layers with 16 or more channels as transposed convolutions in channels-last
+      layout (1.2-1.5x faster than in NCHW from R*N = 4 on; slower below, where they take PyTorch's input-gradient
+      kernel as autograd does);
+    * "planes": one input channel and stride 1 (LeNet's first layer) as GEMM + shifted adds;
+    * on oneDNN, "flipped": other stride-1 layers as a convolution with the flipped kernel;
+    * "backward": the rest, with PyTorch's input-gradient kernel (in float64 as fast as the flipped form at 32 rows,
+      1.25x faster at 8, and without its whole-batch im2col buffer)."""
     stride, padding, dilation, groups = params
     plain = all(v == 1 for v in dilation)
     if groups == 1 and all(s == 1 for s in g_shape[2:]) and all(p == 0 for p in padding) and \
             all(k == n for k, n in zip(weight_shape[2:], x_shape[2:], strict=True)):
         return "matmul"
     if len(stride) == 2 and onednn:
+        if groups == 1 and all(k == 1 for k in weight_shape[2:]) and all(p == 0 for p in padding) and \
+                any(s > 1 for s in stride):
+            return "pointwise"
         if groups == 1 and plain and any(s > 1 for s in stride) and x_shape[1] < 16:
             return "phases"
         if min(x_shape[1], g_shape[1]) >= 16:
@@ -418,6 +427,11 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tens
     form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g))
     if form == "matmul":
         return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(g.shape[0], *x_shape[1:])
+    if form == "pointwise":  # a GEMM in channels-last order, written to every stride-th input position
+        res = g.new_zeros(g.shape[0], *x_shape[2:], x_shape[1])
+        res[(slice(None), *(slice(None, None, s) for s in stride))] = \
+            g.permute(0, 2, 3, 1) @ weight.reshape(weight.shape[0], -1)
+        return res.permute(0, 3, 1, 2)
     if form == "phases":
         return _conv_t_phases(g, weight, stride, padding, x_shape)
     if form == "channels_last":
