@@ -90,8 +90,9 @@ def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
 
 def test_fast_conv_forms_and_batch_norm_folding() -> None:
     """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase, pointwise and channels-last forms (so the
-    jacrev test above exercises them; channels-last once R*N >= 4), and float64 takes none of them. Batch-norm is folded into a convolution's weight
-    when that is cheaper than scaling the R cotangents: all of them for 1000 rows, not the wide layers for one."""
+    jacrev test above exercises them; channels-last once R*N >= 4), and float64 takes none of them. Batch-norm is
+    folded into a convolution's weight when that is cheaper than scaling the R cotangents: all of them for 1000
+    rows, not the wide layers for one."""
     model = resnet18(num_classes=10, width=8).eval()
     x = torch.randn(1, 3, 32, 32)
     if _onednn(x):

@@ -1932,11 +1932,11 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN or infinite values; the affine map and the regions are only "
                          "defined for finite inputs. Clean the data (e.g. torch.nan_to_num) first.")
-    _check_eager(model)
+    mods = _check_eager(model)
     if isinstance(model, nn.Module):
-        for path, mod in model.named_modules():
+        for mod in mods:
             if isinstance(mod, _TRAINING_SENSITIVE) and mod.training:
-                raise ValueError(f"module '{path or '<root>'}' ({type(mod).__name__}) is in training mode, where it "
+                raise ValueError(f"{_path_of(model, mod)} ({type(mod).__name__}) is in training mode, where it "
                                  "depends on the batch or on random masks; call model.eval() before using "
                                  "cnnlens.spline.")
         param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -1949,27 +1949,50 @@ _EAGER_HINT = ("TorchScript code runs in C++, where the capture cannot see its o
                "read as 0). Pass the eager nn.Module (the one given to torch.jit.script or torch.jit.trace).")
 
 
-def _check_eager(model: Callable[[Tensor], Tensor]) -> None:
+def _check_eager(model: Callable[[Tensor], Tensor]) -> list[nn.Module]:
     """Refuse TorchScript (``torch.jit.script`` / ``torch.jit.trace``: a ScriptFunction, a ScriptModule, or a module
-    holding one as a submodule or attribute) and ``torch.compile``'d modules."""
+    holding one as a submodule or attribute) and ``torch.compile``'d modules; return the model's modules (none for
+    a plain function)."""
     if isinstance(model, torch.jit.ScriptFunction):
         raise TypeError(f"the model is a TorchScript function ({getattr(model, 'name', 'scripted')}). {_EAGER_HINT}")
     if not isinstance(model, nn.Module):
-        return
+        return []
     dynamo = sys.modules.get("torch._dynamo.eval_frame")  # imported once torch.compile has been called
     compiled = getattr(dynamo, "OptimizedModule", ())
-    for path, mod in model.named_modules():
-        where = f"module '{path or '<root>'}'"
+    mods = list(model.modules())
+    for mod in mods:
         if compiled and isinstance(mod, compiled):
-            raise TypeError(f"{where} was compiled with torch.compile: a compiled graph reruns the operations without "
-                            "the Python code that records them, so the capture cannot follow it. Pass the eager "
-                            "module (the compiled module's ._orig_mod).")
+            raise TypeError(f"{_path_of(model, mod)} was compiled with torch.compile: a compiled graph reruns the "
+                            "operations without the Python code that records them, so the capture cannot follow it. "
+                            "Pass the eager module (the compiled module's ._orig_mod).")
         if isinstance(mod, torch.jit.ScriptModule):
-            raise TypeError(f"{where} is a TorchScript module ({type(mod).__name__}, from torch.jit.script or "
-                            f"torch.jit.trace). {_EAGER_HINT}")
+            raise TypeError(f"{_path_of(model, mod)} is a TorchScript module ({type(mod).__name__}, from "
+                            f"torch.jit.script or torch.jit.trace). {_EAGER_HINT}")
+        if _torch_forward(mod):  # torch's own layers call none of their attributes
+            continue
         for name, value in vars(mod).items():
             if isinstance(value, torch.jit.ScriptFunction):
-                raise TypeError(f"{where} holds a TorchScript function in its attribute '{name}'. {_EAGER_HINT}")
+                raise TypeError(f"{_path_of(model, mod)} holds a TorchScript function in its attribute '{name}'. "
+                                f"{_EAGER_HINT}")
+    return mods
+
+
+def _torch_forward(mod: nn.Module) -> bool:
+    """Whether the module's ``forward`` is one of torch's own (a built-in layer, or a container)."""
+    return getattr(_forward_of(type(mod)), "__module__", "torch.").startswith("torch.")
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_of(cls: type) -> Any:
+    """The ``forward`` function a module class defines or inherits (read off the class dictionaries: on
+    TorchScript classes the attribute itself is a descriptor that fails)."""
+    return next((k.__dict__["forward"] for k in cls.__mro__ if "forward" in k.__dict__), None)
+
+
+def _path_of(model: nn.Module, mod: nn.Module) -> str:
+    """``module 'path'`` of one of the model's modules, for an error message."""
+    path = next((p for p, m in model.named_modules() if m is mod), "")
+    return f"module '{path or '<root>'}'"
 
 
 @contextmanager
@@ -2030,11 +2053,8 @@ def _constants_of(model: Any, depth: int = 0) -> list[Tensor]:
         found = [t for mod in mods for table in (mod._parameters, mod._buffers, vars(mod)) for t in table.values()
                  if isinstance(t, Tensor)]
         if depth <= 2:
-            forwards = {next((k.__dict__["forward"] for k in type(mod).__mro__ if "forward" in k.__dict__), None)
-                        for mod in mods}
-            for forward in forwards:
-                if not getattr(forward, "__module__", "torch.").startswith("torch."):  # torch's layers name none
-                    found += _constants_of(forward, depth + 1)
+            for forward in {_forward_of(type(mod)) for mod in mods if not _torch_forward(mod)}:  # torch's: none
+                found += _constants_of(forward, depth + 1)
         return found
     if depth > 2:
         return []

@@ -796,7 +796,7 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
     live = {id(tape.shadow(y_raw)): y_raw.numel()}
     owned = set(live)
     total = y_raw.numel()
-    peak = (total, 0)
+    peak, worst = (total, 0), total * rows  # peak: (per row, bounded), worst: its bytes for ``rows`` rows
     for node in reversed(tape.plan()):
         outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
         sizes = [live.pop(id(o), 0) for o in outs]
@@ -806,13 +806,15 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
         owned.difference_update(id(o) for o in outs)
         results = 0 if own and node.kind in ("scale", "channel_scale") else sum(t.numel() for t in node.ins)
         per_row, bounded = _workspace(node, onednn, batch)
-        peak = max(peak, (total + results + per_row, bounded), key=lambda p: p[0] * rows + p[1])
+        if (total + results + per_row) * rows + bounded > worst:
+            peak, worst = (total + results + per_row, bounded), (total + results + per_row) * rows + bounded
         total -= sum(sizes)
         fresh = [False] * len(node.ins) if node.kind == "vjp" else _owned(node, own)
         for t, new in zip(node.ins, fresh, strict=True):
             if id(t) in live:
                 if id(t) not in owned:
-                    peak = max(peak, (total + t.numel(), 0), key=lambda p: p[0] * rows + p[1])
+                    if (total + t.numel()) * rows > worst:
+                        peak, worst = (total + t.numel(), 0), (total + t.numel()) * rows
                     owned.add(id(t))
             else:
                 live[id(t)] = t.numel()
@@ -836,7 +838,7 @@ def tape_bytes(tape: Tape) -> tuple[int, int]:
                 tensors[id(value)] = (value, key == "weight")
     storages: dict[int, tuple[int, bool]] = {}
     for t, fixed in tensors.values():
-        if not isinstance(t, torch.nn.Parameter) and t.device.type != "meta":
+        if not issubclass(type(t), torch.nn.Parameter) and t.device.type != "meta":  # (isinstance is slow here)
             storage = t.untyped_storage()
             storages[storage.data_ptr()] = (storage.nbytes(), fixed)
     return sum(b for b, fixed in storages.values() if not fixed), sum(b for b, fixed in storages.values() if fixed)
