@@ -4,13 +4,11 @@ independent of x) replay instead, or fail the identity check, never silently."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -18,11 +16,9 @@ from cnnlens import ExactnessError
 from cnnlens.spline import ElementwisePiecewise, Pieces, affine_map, register_op, templates, unregister_op
 from cnnlens.spline._affine import propagated_bias
 from cnnlens.testing import default_tolerance
-from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
+from test_spline_properties_nets import ACTIVATIONS, BLOCKS, arch_settings, input_for, random_net
 
 F64, F32 = torch.float64, torch.float32
-_SCALE = float(os.environ.get("CNNLENS_HYPOTHESIS_SCALE", "1"))
-_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +44,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return float((a - b).abs().max()) <= 10 * default_tolerance(dtype) * scale
 
 
-@settings(max_examples=max(1, int(60 * _SCALE)), **_SETTINGS)
+@arch_settings(60)
 @given(arch=st.tuples(st.lists(st.tuples(st.sampled_from(BLOCKS), st.sampled_from(ACTIVATIONS)), min_size=1,
                                max_size=6), st.sampled_from([1, 2]), st.integers(0, 10_000)),
        dtype=st.sampled_from([F32, F64]), rows=st.sampled_from([None, [1], [3, 0], [2, 2, 1]]))

@@ -4,12 +4,10 @@ architectures and on the forms that must leave the lean path (which then behave 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -19,11 +17,9 @@ from cnnlens.spline import Composite, affine_map, register_op, unregister_op
 from cnnlens.spline._capture import Capture, capture, run_captured
 from cnnlens.spline._transpose import Tape, transpose_rows
 from cnnlens.testing import default_tolerance
-from test_spline_properties_nets import ACTIVATIONS, BLOCKS, input_for, random_net
+from test_spline_properties_nets import ACTIVATIONS, BLOCKS, arch_settings, input_for, random_net
 
 F64, F32 = torch.float64, torch.float32
-_SCALE = float(os.environ.get("CNNLENS_HYPOTHESIS_SCALE", "1"))
-_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +57,7 @@ def _same(lean: dict, generic: dict) -> None:
         assert torch.equal(lean["a"], generic["a"]) and torch.equal(lean["b"], generic["b"])
 
 
-@settings(max_examples=max(1, int(50 * _SCALE)), **_SETTINGS)
+@arch_settings(50)
 @given(arch=st.tuples(st.lists(st.tuples(st.sampled_from(BLOCKS), st.sampled_from(ACTIVATIONS)), min_size=1,
                                max_size=6), st.sampled_from([1, 2]), st.integers(0, 10_000)),
        dtype=st.sampled_from([F32, F64]), n=st.sampled_from([1, 3]))

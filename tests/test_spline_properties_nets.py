@@ -8,14 +8,25 @@ flatten/view/reshape, scaling by constants and sums of linear branches.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 ACTIVATIONS = ("relu_mod", "relu_f", "relu_torch", "relu_method", "clamp0", "maximum0", "leaky_mod", "leaky_f",
                "prelu", "abs", "hardtanh_mod", "clamp2", "relu6", "relu_inplace")
 BLOCKS = ("conv", "bn", "act", "maxpool", "maxpool_f", "avgpool", "residual", "cat", "scale", "dropout",
           "branches")
+
+
+def arch_settings(examples: int) -> settings:
+    """Hypothesis settings of a random-architecture test: ``examples`` examples (times CNNLENS_HYPOTHESIS_SCALE, so
+    that ``CNNLENS_HYPOTHESIS_SCALE=4`` runs four times as many), no deadline."""
+    scale = float(os.environ.get("CNNLENS_HYPOTHESIS_SCALE", "1"))
+    return settings(max_examples=max(1, int(examples * scale)), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 class RandomNet(nn.Module):
