@@ -562,25 +562,23 @@ class Capture(TorchFunctionMode):
     # the lean path of a recording pass ------------------------------------------------------------------------------
     def _sample(self, t: Any) -> bool:
         """Whether ``t`` is an input-dependent floating tensor whose dim 0 is the sample dimension."""
-        ref = self._samples.get(id(t))
-        return ref is not None and ref() is t and self._is(t, self._tracked) and t.is_floating_point()
+        return self._is(t, self._samples) and self._is(t, self._tracked) and t.is_floating_point()
 
     def _constant(self, t: Any) -> bool:
-        """Whether ``t`` is None or a known constant that the tape may use (its storage noted, as
-        :meth:`_check_constants` does)."""
+        """Whether ``t`` is None or a known constant, not input-dependent, that the tape may use; its storage is
+        noted (an in-place write into it after its use blocks the sweep's B: :meth:`_constant_op`)."""
         if t is None:
             return True
-        ref = self._known.get(id(t))
-        if ref is None or ref() is not t or self._is(t, self._tracked):
+        if not self._is(t, self._known) or self._is(t, self._tracked):
             return False
         self._used.add(t.untyped_storage().data_ptr())
         return True
 
     def _lean_out(self, func: Callable, args: tuple, kwargs: dict, ins: list[Tensor], out: Tensor) -> Tensor:
         """Track ``out`` of an affine op on the sample-major tensors ``ins`` and record it on the tape."""
-        self._tracked[id(out)] = weakref.ref(out)
+        self.track(out)
         if out.dim() > 0 and out.shape[0] == self.batch:
-            self._samples[id(out)] = weakref.ref(out)
+            self._mark(self._samples, [out])
         else:
             self.bias_blocker = f"{_op_name(func)}{self._where()} makes a tensor whose dim 0 is not the samples"
         record_linear(self.tape, func, args, kwargs, out, ins, self.is_tracked,
@@ -618,7 +616,7 @@ class Capture(TorchFunctionMode):
         if not self._sample(args[0] if args else None) or set(kwargs) - {"inplace"}:
             return _GENERIC
         out = _relu_like(self, func, args, kwargs)
-        self._samples[id(out)] = weakref.ref(out)
+        self._mark(self._samples, [out])
         return out
 
     def _lean_metadata(self, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -665,12 +663,11 @@ class Capture(TorchFunctionMode):
             self.bias_blocker = f"{_op_name(func)}{self._where()} writes values of x into a constant in place"
             return
         for t in others:
-            if not self._is(t, self._known):
+            if not self._constant(t):
                 self.bias_blocker = (f"{_op_name(func)}{self._where()} takes a tensor that is not a parameter, buffer "
                                      "or tensor attribute of the model nor computed from them (it may depend on x "
                                      "where the capture cannot see)")
                 return
-            self._used.add(t.untyped_storage().data_ptr())
 
     def _check_sample_major(self, func: Callable, out: Any) -> None:
         """A tracked result whose dim 0 is not the sample dimension: the sweep cannot split B by sample there."""

@@ -796,7 +796,7 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
     live = {id(tape.shadow(y_raw)): y_raw.numel()}
     owned = set(live)
     total = y_raw.numel()
-    peak, worst = (total, 0), total * rows  # peak: (per row, bounded), worst: its bytes for ``rows`` rows
+    peak, worst = (total, 0), total * rows  # peak: (per row, bounded); worst: its elements for ``rows`` rows
     for node in reversed(tape.plan()):
         outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
         sizes = [live.pop(id(o), 0) for o in outs]
@@ -807,14 +807,16 @@ def sweep_bytes(tape: Tape, x: Tensor, y_raw: Tensor, rows: int) -> tuple[int, i
         results = 0 if own and node.kind in ("scale", "channel_scale") else sum(t.numel() for t in node.ins)
         per_row, bounded = _workspace(node, onednn, batch)
         if (total + results + per_row) * rows + bounded > worst:
-            peak, worst = (total + results + per_row, bounded), (total + results + per_row) * rows + bounded
+            peak = (total + results + per_row, bounded)
+            worst = peak[0] * rows + bounded
         total -= sum(sizes)
         fresh = [False] * len(node.ins) if node.kind == "vjp" else _owned(node, own)
         for t, new in zip(node.ins, fresh, strict=True):
             if id(t) in live:
                 if id(t) not in owned:
                     if (total + t.numel()) * rows > worst:
-                        peak, worst = (total + t.numel(), 0), (total + t.numel()) * rows
+                        peak = (total + t.numel(), 0)
+                        worst = peak[0] * rows
                     owned.add(id(t))
             else:
                 live[id(t)] = t.numel()
