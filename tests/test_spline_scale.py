@@ -22,7 +22,8 @@ from cnnlens.nn.models import get_model, lenet5, mobilenet_v1, resnet18, small_r
 from cnnlens.spline import _affine as affine_module
 from cnnlens.spline import affine_map, templates
 from cnnlens.spline._capture import Capture, capture, run_captured
-from cnnlens.spline._transpose import Tape, _conv_form, _conv_params, _conv_t, _conv_t_phases, _onednn
+from cnnlens.spline._transpose import (Tape, _conv_form, _conv_params, _conv_t, _conv_t_phases, _is_channels_last,
+                                       _onednn)
 from conftest import tol
 
 _SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
@@ -83,23 +84,33 @@ def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
     with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
         run_captured(cap, model, x)
     cotangent = lambda t: (rows * t.shape[0], *t.shape[1:])  # noqa: E731 - R rows of every sample
-    return {_conv_form(cotangent(n.out), n.ins[0].shape, n.data["args"][1].shape,
-                       _conv_params(n.data["func"], n.data["args"]), _onednn(x))
-            for n in tape.plan(rows) if n.kind == "conv"}
+    forms = {}
+    for n in tape.plan(rows):
+        if n.kind == "conv":
+            weight = n.data.get("weight", n.data["args"][1])
+            form = _conv_form(cotangent(n.out), n.ins[0].shape, weight.shape,
+                              _conv_params(n.data["func"], n.data["args"]), _onednn(x), _is_channels_last(weight))
+            assert (form == "channels_last") == _is_channels_last(weight)  # the layout is held for that form only
+            forms[form] = forms.get(form, 0) + 1
+    return forms
 
 
 def test_fast_conv_forms_and_batch_norm_folding() -> None:
     """On oneDNN (float32 on CPU) a narrow ResNet-18 takes the phase, pointwise and channels-last forms (so the
-    jacrev test above exercises them; channels-last once R*N >= 4), and float64 takes none of them. Batch-norm is
-    folded into a convolution's weight when that is cheaper than scaling the R cotangents: all of them for 1000
-    rows, not the wide layers for one."""
+    jacrev test above exercises them), and float64 takes none of them. The channels-last form holds the weight in
+    that order, for the layers whose weight is at most twice the R cotangents of their output: at 32x32 from some
+    R on, at 224x224 the first layers already at R = 1. Batch-norm is folded into a convolution's weight when that
+    is cheaper than scaling the R cotangents: all of them for 1000 rows, not the wide layers for one."""
     model = resnet18(num_classes=10, width=8).eval()
     x = torch.randn(1, 3, 32, 32)
     if _onednn(x):
-        assert {"phases", "channels_last", "pointwise"} <= _conv_forms(model, x, rows=10)
+        assert {"phases", "channels_last", "pointwise"} <= set(_conv_forms(model, x, rows=10))
         assert "channels_last" not in _conv_forms(model, x, rows=1)
         assert "pointwise" in _conv_forms(model, x, rows=1)
-    assert not {"phases", "channels_last", "pointwise"} & _conv_forms(model.double(), x.double(), rows=10)
+        wide = resnet18(num_classes=10, width=16).eval()
+        forms = _conv_forms(wide, torch.randn(1, 3, 224, 224), rows=1)
+        assert 0 < forms.get("channels_last", 0) and 0 < forms.get("backward", 0)
+    assert not {"phases", "channels_last", "pointwise"} & set(_conv_forms(model.double(), x.double(), rows=10))
     tape = Tape()
     with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
         run_captured(cap, model, x.double())
@@ -108,12 +119,13 @@ def test_fast_conv_forms_and_batch_norm_folding() -> None:
 
 
 @settings(max_examples=60, **_SETTINGS)
-@given(cin=st.integers(1, 20), cout=st.integers(1, 20), k=st.integers(1, 5), stride=st.integers(1, 3),
+@given(cin=st.integers(1, 24), cout=st.integers(1, 24), k=st.integers(1, 5), stride=st.integers(1, 3),
        pad=st.integers(0, 3), dil=st.integers(1, 2), grouped=st.booleans(), size=st.integers(5, 12),
-       batch=st.integers(1, 3), double=st.booleans(), seed=st.integers(0, 1000))
-def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, grouped, size, batch, double, seed):
-    """Every form of the transposed convolution (whichever ``_conv_form`` picks) equals autograd's input gradient of
-    ``F.conv2d``; the phase form also on its own, in 1-d, 2-d and 3-d."""
+       batch=st.integers(1, 3), double=st.booleans(), channels_last=st.booleans(), seed=st.integers(0, 1000))
+def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, grouped, size, batch, double,
+                                             channels_last, seed):
+    """Every form of the transposed convolution (whichever ``_conv_form`` picks, with the weight in either order)
+    equals autograd's input gradient of ``F.conv2d``; the phase form also on its own, in 1-d, 2-d and 3-d."""
     dtype = torch.float64 if double else torch.float32
     groups = cin if grouped else 1
     cout = cout * groups if grouped else cout
@@ -126,7 +138,8 @@ def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, gro
     out = F.conv2d(x, weight, None, stride, pad, dil, groups)
     g = torch.randn(out.shape, generator=gen, dtype=dtype)
     (ref,) = torch.autograd.grad(out, x, g)
-    mine = _conv_t(g, x.shape, F.conv2d, (x, weight, None, stride, pad, dil, groups), weight)
+    held = weight.contiguous(memory_format=torch.channels_last) if channels_last else weight
+    mine = _conv_t(g, x.shape, F.conv2d, (x, weight, None, stride, pad, dil, groups), held)
     assert mine.shape == x.shape
     assert _rel(mine, ref) <= tol(dtype)
     for d, conv in ((1, F.conv1d), (2, F.conv2d), (3, F.conv3d)):
@@ -141,6 +154,27 @@ def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, gro
         gd = torch.randn(od.shape, generator=gen, dtype=dtype)
         (refd,) = torch.autograd.grad(od, xd, gd)
         assert _rel(_conv_t_phases(gd, wd, (stride,) * d, (pad,) * d, xd.shape), refd) <= tol(dtype)
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "pad", "groups"),
+                         [(16, 16, 3, 1, 1, 1), (16, 32, 3, 2, 1, 1), (32, 16, 5, 3, 2, 1), (32, 32, 3, 1, 1, 32),
+                          (16, 48, 3, 2, 0, 16)])
+def test_channels_last_form_equals_autograd(cin, cout, k, stride, pad, groups, dtype) -> None:
+    """The channels-last form (a weight held in that order, oneDNN) equals autograd's input gradient, for 1 and 5
+    cotangents; in float64 the same weight takes PyTorch's kernel."""
+    gen = torch.Generator().manual_seed(cin + cout + k)
+    weight = torch.randn(cout, cin // groups, k, k, generator=gen, dtype=dtype)
+    x = torch.randn(1, cin, 15, 15, generator=gen, dtype=dtype, requires_grad=True)
+    out = F.conv2d(x, weight, None, stride, pad, 1, groups)
+    held = weight.contiguous(memory_format=torch.channels_last)
+    params = (x, weight, None, stride, pad, 1, groups)
+    assert (_conv_form(out.shape, x.shape, held.shape, _conv_params(F.conv2d, params), _onednn(x), True)
+            == "channels_last") == _onednn(x)
+    for rows in (1, 5):
+        g = torch.randn(rows, *out.shape[1:], generator=gen, dtype=dtype)
+        mine = _conv_t(g, x.shape, F.conv2d, params, held)
+        refs = torch.cat([torch.autograd.grad(out, x, g[i:i + 1], retain_graph=True)[0] for i in range(rows)])
+        assert _rel(mine, refs) <= tol(dtype)
 
 
 class _Shared(nn.Module):

@@ -379,7 +379,7 @@ def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ..
 
 
 def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
-               onednn: bool) -> str:
+               onednn: bool, cl_weight: bool = True) -> str:
     """Which exact form :func:`_conv_t` takes, as measured on CPU (1 and 2 threads) on the layers of ResNet-18 at
     224x224 (R*N = 1 to 64 cotangents), MobileNet-v1 (16) and LeNet-5 (2560):
 
@@ -389,9 +389,10 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
       kernel with the sum into the other branch's cotangent; in float64 it is not faster);
     * on oneDNN, "phases": a strided convolution onto fewer than 16 input channels as one stride-1 convolution per
       output phase (1.7x faster than the transposed convolution for ResNet-18's stem);
-    * on oneDNN, "channels_last": layers with 16 or more channels as transposed convolutions in channels-last
-      layout (1.2-1.5x faster than in NCHW from R*N = 4 on; slower below, where they take PyTorch's input-gradient
-      kernel as autograd does);
+    * on oneDNN, "channels_last": layers with 16 or more channels whose weight the sweep holds in channels-last
+      order (``cl_weight``: :func:`_sweep_weight`) as transposed convolutions in that layout (1.1-2x faster than
+      PyTorch's input-gradient kernel at every R*N; with the weight in NCHW order, oneDNN reorders it on every call
+      and is slower than that kernel for the wide layers), the others with that kernel;
     * "planes": one input channel and stride 1 (LeNet's first layer) as GEMM + shifted adds;
     * on oneDNN, "flipped": other stride-1 layers as a convolution with the flipped kernel;
     * "backward": the rest, with PyTorch's input-gradient kernel (in float64 as fast as the flipped form at 32 rows,
@@ -408,7 +409,7 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
         if groups == 1 and plain and any(s > 1 for s in stride) and x_shape[1] < 16:
             return "phases"
         if min(x_shape[1], g_shape[1]) >= 16:
-            return "channels_last" if g_shape[0] >= 4 else "backward"
+            return "channels_last" if cl_weight else "backward"
     if groups == 1 and all(s == 1 for s in stride) and plain and \
             all(p <= k - 1 for p, k in zip(padding, weight_shape[2:], strict=True)):
         if weight_shape[1] == 1:
@@ -424,7 +425,7 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tens
     (:func:`_fuse`)."""
     params = _conv_params(func, args)
     stride, padding, dilation, groups = params
-    form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g))
+    form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g), _is_channels_last(weight))
     if form == "matmul":
         return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(g.shape[0], *x_shape[1:])
     if form == "pointwise":  # a GEMM in channels-last order, written to every stride-th input position
@@ -456,7 +457,7 @@ def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     g, x = node.out, node.ins[0]
     weight = node.data.get("weight", node.data["args"][1])
     params = _conv_params(node.data["func"], node.data["args"])
-    form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn)
+    form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn, _is_channels_last(weight))
     if form == "phases":  # per chunk of cotangents: the padded cotangents and the phases
         stride, taps = params[0], [-(-k // s) for k, s in zip(weight.shape[2:], params[0], strict=True)]
         padded = math.prod(m + t + s for m, t, s in zip(g.shape[2:], taps, stride, strict=True))
@@ -633,6 +634,8 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
       (or a linear layer on (N, C) tensors) is folded into that layer's weight: ``W^T (s * g) = (s W)^T g``, one
       pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
       cotangents of the layer's output it saves a pass over.
+    * The weight of a 2-d convolution whose transposed form is "channels_last" (:func:`_conv_form`) is held in
+      channels-last order (:func:`_channels_last`).
     * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
       size) instead of on the whole pre-pool tensor (~window-size fewer multiplications); done when the ``rows``
       multiplications it saves cost more than gathering the mask once (about 8 multiplications per element,
@@ -650,13 +653,15 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
         if node.kind == "channel_scale" and source is not None and uses.get(id(node.ins[0]), 0) == 1 and \
                 (source.kind == "conv" or (source.kind == "linear" and source.out.dim() == 2)) and \
                 source.data["args"][1].numel() <= rows * node.out.numel():
-            weight = source.data.get("weight", source.data["args"][1]).detach()
+            weight = source.data["args"][1]
             scale = node.data["scale"].to(weight.dtype).view(-1, *[1] * (weight.dim() - 1))
+            if "scale" in source.data:  # a second batch-norm folded into the same layer
+                scale = scale * source.data["scale"]
             offset = node.data["offset"]  # the fused layer's bias: scale * (the layer's bias) + the shift
             if "offset" in source.data:
                 offset = offset + source.data["offset"] * node.data["scale"].reshape(offset.shape)
             fused[made_by[id(node.ins[0])]] = Node(source.kind, source.ins, node.out,
-                                                   {**source.data, "weight": weight * scale, "offset": offset})
+                                                   {**source.data, "scale": scale, "offset": offset})
             made_by[id(node.out)] = made_by[id(node.ins[0])]
             continue
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
@@ -670,7 +675,36 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
         else:
             fused.append(node)
         made_by[id(node.out)] = len(fused) - 1
-    return fused
+    return [_sweep_weight(node, rows) if node.kind in ("conv", "linear") else node for node in fused]
+
+
+def _is_channels_last(weight: Tensor) -> bool:
+    """Whether a 2-d convolution's weight is in channels-last order (and not also plain contiguous: 1x1 kernels)."""
+    return weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and \
+        not weight.is_contiguous()
+
+
+def _sweep_weight(node: Node, rows: int) -> Node:
+    """``node`` (a convolution or linear layer) with the weight the sweep uses, as ``data["weight"]``: the layer's
+    own with a folded batch-norm scale (:func:`_fuse`), in channels-last order when that is the faster form of its
+    transposed convolution (oneDNN, 2-d, 16 or more channels) and the weight has at most twice as many elements
+    as the ``rows`` cotangents of the layer's output (its one reordering pass then costs less than the time the
+    layout saves, measured on ResNet-18 at 224x224)."""
+    scale = node.data.get("scale")
+    weight = node.data["args"][1].detach()
+    layout = torch.contiguous_format
+    if node.kind == "conv" and weight.dim() == 4 and weight.numel() <= 2 * rows * node.out.numel() and \
+            _conv_form((rows * node.out.shape[0], *node.out.shape[1:]), node.ins[0].shape, weight.shape,
+                       _conv_params(node.data["func"], node.data["args"]), _onednn(weight)) == "channels_last":
+        layout = torch.channels_last
+    if scale is None and (layout is torch.contiguous_format or _is_channels_last(weight)):
+        return node
+    data = {k: v for k, v in node.data.items() if k != "scale"}
+    if scale is None:
+        data["weight"] = weight.contiguous(memory_format=layout)
+    else:
+        data["weight"] = torch.mul(weight, scale, out=torch.empty_like(weight, memory_format=layout))
+    return Node(node.kind, node.ins, node.out, data)
 
 
 #: Rules whose results are new tensors (the sweep owns them); "view" and "cat" return views of their cotangent
