@@ -458,10 +458,10 @@ def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     weight = node.data.get("weight", node.data["args"][1])
     params = _conv_params(node.data["func"], node.data["args"])
     form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn, _is_channels_last(weight))
-    if form == "phases":  # per chunk of cotangents: the padded cotangents and the phases
-        stride, taps = params[0], [-(-k // s) for k, s in zip(weight.shape[2:], params[0], strict=True)]
-        padded = math.prod(m + t + s for m, t, s in zip(g.shape[2:], taps, stride, strict=True))
-        return 0, min(batch, _PHASE_CHUNK) * (g.shape[1] + math.prod(stride) * x.shape[1]) * padded
+    if form == "phases":  # per chunk of cotangents: their copy in the convolution's layout and the phases
+        taps, _, _, pads = _phase_geometry(weight.shape, params[0], params[1], x.shape, g.shape)
+        phases = math.prod(n + 2 * p - t + 1 for n, p, t in zip(g.shape[2:], pads, taps, strict=True))
+        return 0, min(batch, _PHASE_CHUNK) * (g[0].numel() + math.prod(params[0]) * x.shape[1] * phases)
     if form == "planes":  # per chunk: the cotangents in (C, B) order and one plane per kernel offset
         per = g[0].numel() + math.prod(weight.shape[2:]) * math.prod(g.shape[2:])
         return 2 * x.numel(), min(batch, _PLANES_CHUNK) * per
@@ -477,8 +477,7 @@ def _conv_t_phases(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: 
     copy per phase interleaves them."""
     d = len(stride)
     cout, cin = weight.shape[:2]
-    ks = weight.shape[2:]
-    taps = [-(-k // s) for k, s in zip(ks, stride, strict=True)]
+    taps, starts, counts, pads = _phase_geometry(weight.shape, stride, padding, x_shape, g.shape)
     phases = list(itertools.product(*[range(s) for s in stride]))
     sub = weight.new_zeros(len(phases), cin, cout, *taps)
     for i, phase in enumerate(phases):
@@ -486,31 +485,36 @@ def _conv_t_phases(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: 
         piece = weight[(slice(None), slice(None), *(slice(f, None, s) for f, s in zip(first, stride, strict=True)))]
         where = (i, slice(None), slice(None), *(slice(t - n, t) for t, n in zip(taps, piece.shape[2:], strict=True)))
         sub[where] = piece.transpose(0, 1).flip(list(range(2, 2 + d)))
-    # phase a of dim j: q = (a + p) // s, M = ceil((X - a) / s) outputs, read at conv positions q .. q + M - 1
-    starts = [[(a + p) // s for a in range(s)] for p, s in zip(padding, stride, strict=True)]
-    counts = [[-(-(n - a) // s) for a in range(s)] for n, s in zip(x_shape[2:], stride, strict=True)]
-    right = [max(0, max(q + m for q, m in zip(qs, ms, strict=True)) - n)
-             for qs, ms, n in zip(starts, counts, g.shape[2:], strict=True)]
+    shift = [p - (t - 1) for p, t in zip(pads, taps, strict=True)]
     conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
     kernel = sub.reshape(len(phases) * cin, cout, *taps)
     layout = torch.channels_last if d == 2 else torch.contiguous_format  # oneDNN's own: no reorder copies
-    inner = (slice(None), slice(None), *(slice(t - 1, t - 1 + n) for t, n in zip(taps, g.shape[2:], strict=True)))
     res = g.new_empty(g.shape[0], cin, *x_shape[2:])
-    for start in range(0, g.shape[0], _PHASE_CHUNK):  # bounded temporaries: the padded cotangents, the phases
-        part = g[start:start + _PHASE_CHUNK]
-        padded = torch.empty((part.shape[0], cout, *[t - 1 + n + r for t, n, r in zip(taps, g.shape[2:], right,
-                                                                                        strict=True)]),
-                             dtype=g.dtype, device=g.device, memory_format=layout).zero_()
-        padded[inner] = part
-        out = conv(padded, kernel)
-        del padded
+    for start in range(0, g.shape[0], _PHASE_CHUNK):  # bounded temporaries: the cotangents' copy, the phases
+        out = conv(g[start:start + _PHASE_CHUNK].contiguous(memory_format=layout), kernel, None, 1, pads)
         for i, phase in enumerate(phases):
             dst = (slice(start, start + _PHASE_CHUNK), slice(None),
                    *(slice(a, None, s) for a, s in zip(phase, stride, strict=True)))
             src = (slice(None), slice(i * cin, (i + 1) * cin),
-                   *(slice(qs[a], qs[a] + ms[a]) for a, qs, ms in zip(phase, starts, counts, strict=True)))
+                   *(slice(qs[a] + h, qs[a] + h + ms[a]) for a, qs, ms, h in zip(phase, starts, counts, shift,
+                                                                                  strict=True)))
             res[dst] = out[src]
     return res
+
+
+def _phase_geometry(weight_shape: torch.Size, stride: tuple[int, ...], padding: tuple[int, ...], x_shape: torch.Size,
+                    g_shape: torch.Size) -> tuple[list[int], list[list[int]], list[list[int]], list[int]]:
+    """(taps, starts, counts, pads) of :func:`_conv_t_phases` per spatial dim: ``ceil(k / s)`` taps per phase;
+    phase ``a`` has ``M = ceil((X - a) / s)`` outputs, read at the stride-1 convolution's positions ``q .. q + M - 1``
+    with ``q = (a + p) // s`` (``starts``, ``counts``) when g is padded by ``taps - 1``; ``pads``: the padding the
+    convolution takes, ``taps - 1`` on both sides or the right margin the phases read when that is wider (no padded
+    copy of g)."""
+    taps = [-(-k // s) for k, s in zip(weight_shape[2:], stride, strict=True)]
+    starts = [[(a + p) // s for a in range(s)] for p, s in zip(padding, stride, strict=True)]
+    counts = [[-(-(n - a) // s) for a in range(s)] for n, s in zip(x_shape[2:], stride, strict=True)]
+    pads = [max(t - 1, max(q + m for q, m in zip(qs, ms, strict=True)) - n)
+            for t, qs, ms, n in zip(taps, starts, counts, g_shape[2:], strict=True)]
+    return taps, starts, counts, pads
 
 
 _PHASE_CHUNK = 16  # cotangents per convolution call of the phase form
