@@ -1318,11 +1318,10 @@ def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope:
     if h.shape != out.shape:
         tape.switch_off(f"the operation {describe()} with a bound that broadcasts its input to a larger shape")
         return
-    if isinstance(s, float) and s == 0.0:
-        coef = _indicator(mask, h.dtype)
+    if isinstance(s, float) and s == 0.0:  # the 0 / 1 factor is made from the mask when the sweep needs it
+        data: dict[str, Any] = {"mask": mask}
     else:
-        coef = torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))
-    data = {"coef": coef}
+        data = {"coef": torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))}
     if floor is not None:
         data["offset"] = torch.where(mask, torch.zeros((), dtype=h.dtype), floor.to(h.dtype))
     tape.add(Node("scale", (h,), out, data), describe)

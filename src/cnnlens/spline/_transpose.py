@@ -549,12 +549,18 @@ def _rows(g: Tensor, r: int) -> Tensor:
 
 
 def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
-    """``g`` times the node's ``coef`` (a constant shaped like one row's tensor, broadcast over the R rows); in
-    place when the sweep owns ``g``. A 4-d coefficient takes ``g``'s channels-last layout (a mixed-layout product
-    is 1.6x slower), converted once: the node keeps the converted one."""
-    coef = node.data["coef"]
-    if coef.dim() == 4 and g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last) and \
-            not g.is_contiguous():
+    """``g`` times the node's factor (a constant shaped like one row's tensor, broadcast over the R rows): its
+    ``coef``, or for a ReLU-like unit 1.0 / 0.0 made from its ``mask`` here and dropped after (the tape holds one
+    byte per unit, not a float, between the recording and the sweep); in place when the sweep owns ``g``. A 4-d
+    factor takes ``g``'s channels-last layout (a mixed-layout product is 1.6x slower); a ``coef`` converted once is
+    kept."""
+    cl = g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous()
+    coef = node.data.get("coef")
+    if coef is None:
+        mask = node.data["mask"].view(torch.uint8)  # (a uint8-to-float cast is 6x faster than bool-to-float)
+        coef = torch.empty(mask.shape, dtype=g.dtype, memory_format=torch.channels_last).copy_(mask) \
+            if cl and mask.dim() == 4 else mask.to(g.dtype)
+    elif cl and coef.dim() == 4:
         coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
     rows = _rows(g, r)
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
@@ -584,7 +590,7 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
         n, c = idx.shape[:2]
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
-        if "coef" in node.data:
+        if "coef" in node.data or "mask" in node.data:
             g = _scaled(g, node, r, own)
         out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
@@ -671,11 +677,14 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
                 "offset" not in prev.data and \
-                uses.get(id(prev.out), 0) == 1 + in_place and prev.data["coef"].shape == prev.out.shape and \
+                uses.get(id(prev.out), 0) == 1 + in_place and \
+                prev.data.get("coef", prev.data.get("mask")).shape == prev.out.shape and \
                 rows * prev.out.numel() >= 8 * node.data["idx"].numel():
             idx = node.data["idx"]
-            coef = prev.data["coef"].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-            fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": coef})
+            factor = prev.data.get("coef", prev.data.get("mask"))
+            picked = factor.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+            fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": picked} if "coef" in prev.data
+                             else {"idx": idx, "mask": picked})
         else:
             fused.append(node)
         made_by[id(node.out)] = len(fused) - 1
@@ -815,7 +824,9 @@ def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     if node.kind == "conv":
         return _conv_workspace(node, onednn, batch)
     if node.kind == "gather":
-        return node.out.numel(), 0
+        return node.out.numel(), node.out.numel() if "mask" in node.data else 0
+    if node.kind == "scale" and "mask" in node.data:  # the factor made from the mask, and B's share
+        return node.out.numel() if "offset" in node.data else 0, node.out.numel()
     if node.kind in ("scale", "channel_scale", "sum", "linear") and "offset" in node.data and \
             node.data["offset"].numel() > (node.out.shape[1] if node.out.dim() > 1 else 1):  # B's share: a product
         return node.out.numel(), 0
