@@ -184,8 +184,9 @@ def test_a_user_rule_for_relu_takes_precedence_over_the_lean_path():
 
 
 class Constants(nn.Module):
-    """A convolution whose weight or bias is not the model's own tensor, or is written in place after its use: B
-    cannot be summed in the sweep, so it is replayed, on the lean path as on the generic one."""
+    """A convolution whose weight or bias is not the model's own tensor (or one the capture does not look for: an
+    attribute of a torch layer), or is written in place after its use: B cannot be summed in the sweep, so it is
+    replayed, on the lean path as on the generic one."""
 
     def __init__(self, form: str) -> None:
         super().__init__()
@@ -194,17 +195,21 @@ class Constants(nn.Module):
         self.weight_np = torch.randn(3, 2, 3, 3, generator=g, dtype=F64).numpy()
         self.weight = nn.Parameter(torch.randn(3, 2, 3, 3, generator=g, dtype=F64))
         self.bias = nn.Parameter(torch.randn(3, generator=g, dtype=F64))
+        self.held = nn.Identity()
+        self.held.shift = torch.randn(3, generator=g, dtype=F64)  # a plain attribute, neither parameter nor buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "from_numpy":  # not seen by the capture: a weight of unknown origin
             return torch.relu(F.conv2d(x, torch.from_numpy(self.weight_np), self.bias, 1, 1)).flatten(1)
+        if self.form == "on_torch_layer":  # a tensor set on one of torch's layers, read by this module's code
+            return torch.relu(F.conv2d(x, self.weight, self.held.shift, 1, 1)).flatten(1)
         bias = self.bias * 1.0  # computed from the model's own tensors: known
         out = torch.relu(F.conv2d(x, self.weight, bias, 1, 1))
         bias.add_(1.0)  # written after its use: the tape's reference no longer holds the value the pass used
         return out.flatten(1)
 
 
-@pytest.mark.parametrize("form", ["from_numpy", "written_after_use"])
+@pytest.mark.parametrize("form", ["from_numpy", "on_torch_layer", "written_after_use"])
 def test_constants_the_capture_cannot_vouch_for_are_replayed_on_the_lean_path(form):
     net = Constants(form).eval()
     x = torch.randn(2, 2, 4, 4, dtype=F64)

@@ -2005,10 +2005,13 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
     """
     cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced,
                                               decisions=decisions, paired=paired, shared_probes=shared_probes)
+    mods = None
     if isinstance(model, nn.Module):
-        cap.paths = {id(mod): path for path, mod in model.named_modules()}
+        named = list(model.named_modules())
+        cap.paths = {id(mod): path for path, mod in named}
+        mods = [mod for _, mod in named]
     if cap.tape is not None:
-        held = _constants_of(model)
+        held = _constants_of(model, modules=mods)
         cap.know(held)
         cap._mark(cap._held, held)
     with cap:
@@ -2039,17 +2042,22 @@ def _is_random(func: Callable, args: tuple, kwargs: dict) -> bool:
     return False
 
 
-def _constants_of(model: Any, depth: int = 0) -> list[Tensor]:
-    """The tensors a model holds: the parameters, buffers and tensor attributes of its modules, also of the modules
-    and tensors a plain function closes over (or a bound method's module, a ``functools.partial``'s arguments)."""
+def _constants_of(model: Any, depth: int = 0, modules: list[nn.Module] | None = None) -> list[Tensor]:
+    """The tensors a model holds: the parameters and buffers of its modules, the tensor attributes of the modules
+    whose forward is not torch's own (torch's layers read only their parameters and buffers; a tensor set on one of
+    them and read by another module's code is not known here, so B is replayed rather than swept: still exact),
+    also of the modules and tensors a plain function closes over (or a bound method's module, a
+    ``functools.partial``'s arguments). ``modules``: the model's modules, when the caller has walked them."""
     if isinstance(model, Tensor):
         return [model]
     if isinstance(model, nn.Module):
-        mods = list(model.modules())
-        found = [t for mod in mods for table in (mod._parameters, mod._buffers, vars(mod)) for t in table.values()
+        mods = modules if modules is not None else list(model.modules())
+        found = [t for mod in mods for table in (mod._parameters, mod._buffers) for t in table.values()
                  if isinstance(t, Tensor)]
+        own = [mod for mod in mods if not _torch_forward(mod)]
+        found += [t for mod in own for t in vars(mod).values() if isinstance(t, Tensor)]
         if depth <= 2:
-            for forward in {_forward_of(type(mod)) for mod in mods if not _torch_forward(mod)}:  # torch's: none
+            for forward in {_forward_of(type(mod)) for mod in own}:  # torch's forwards close over no tensors
                 found += _constants_of(forward, depth + 1)
         return found
     if depth > 2:
