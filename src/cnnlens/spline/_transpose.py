@@ -389,10 +389,11 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
       kernel with the sum into the other branch's cotangent; in float64 it is not faster);
     * on oneDNN, "phases": a strided convolution onto fewer than 16 input channels as one stride-1 convolution per
       output phase (1.7x faster than the transposed convolution for ResNet-18's stem);
-    * on oneDNN, "channels_last": layers with 16 or more channels whose weight the sweep holds in channels-last
-      order (``cl_weight``: :func:`_sweep_weight`) as transposed convolutions in that layout (1.1-2x faster than
-      PyTorch's input-gradient kernel at every R*N; with the weight in NCHW order, oneDNN reorders it on every call
-      and is slower than that kernel for the wide layers), the others with that kernel;
+    * on oneDNN, "channels_last": layers with 16 or more channels as transposed convolutions in channels-last
+      layout: with a full kernel when the sweep holds the weight in that order (``cl_weight``:
+      :func:`_sweep_weight`; 1.1-2x faster than PyTorch's input-gradient kernel at every R*N, while with the weight
+      in NCHW order oneDNN reorders it on every call and is slower than that kernel for the wide layers), grouped
+      (depthwise) and 1x1 layers from R*N = 4 on (1.2-1.5x faster; slower below); the others take that kernel;
     * "planes": one input channel and stride 1 (LeNet's first layer) as GEMM + shifted adds;
     * on oneDNN, "flipped": other stride-1 layers as a convolution with the flipped kernel;
     * "backward": the rest, with PyTorch's input-gradient kernel (in float64 as fast as the flipped form at 32 rows,
@@ -409,6 +410,8 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
         if groups == 1 and plain and any(s > 1 for s in stride) and x_shape[1] < 16:
             return "phases"
         if min(x_shape[1], g_shape[1]) >= 16:
+            if groups > 1 or all(k == 1 for k in weight_shape[2:]):  # depthwise, 1x1: no weight reorder to save
+                return "channels_last" if g_shape[0] >= 4 else "backward"
             return "channels_last" if cl_weight else "backward"
     if groups == 1 and all(s == 1 for s in stride) and plain and \
             all(p <= k - 1 for p, k in zip(padding, weight_shape[2:], strict=True)):
@@ -700,16 +703,19 @@ def _is_channels_last(weight: Tensor) -> bool:
 def _sweep_weight(node: Node, rows: int) -> Node:
     """``node`` (a convolution or linear layer) with the weight the sweep uses, as ``data["weight"]``: the layer's
     own with a folded batch-norm scale (:func:`_fuse`), in channels-last order when that is the faster form of its
-    transposed convolution (oneDNN, 2-d, 16 or more channels) and the weight has at most twice as many elements
-    as the ``rows`` cotangents of the layer's output (its one reordering pass then costs less than the time the
-    layout saves, measured on ResNet-18 at 224x224)."""
+    transposed convolution (oneDNN, 2-d, 16 or more channels, no groups, a kernel wider than 1x1) and the weight
+    has at most twice as many elements as the ``rows`` cotangents of the layer's output (its one reordering pass
+    then costs less than the time the layout saves, measured on ResNet-18 at 224x224)."""
     scale = node.data.get("scale")
     weight = node.data["args"][1].detach()
     layout = torch.contiguous_format
-    if node.kind == "conv" and weight.dim() == 4 and weight.numel() <= 2 * rows * node.out.numel() and \
-            _conv_form((rows * node.out.shape[0], *node.out.shape[1:]), node.ins[0].shape, weight.shape,
-                       _conv_params(node.data["func"], node.data["args"]), _onednn(weight)) == "channels_last":
-        layout = torch.channels_last
+    if node.kind == "conv" and weight.dim() == 4 and any(k > 1 for k in weight.shape[2:]) and \
+            weight.numel() <= 2 * rows * node.out.numel():
+        params = _conv_params(node.data["func"], node.data["args"])
+        cotangents = (rows * node.out.shape[0], *node.out.shape[1:])
+        if params[3] == 1 and _conv_form(cotangents, node.ins[0].shape, weight.shape, params,
+                                         _onednn(weight)) == "channels_last":
+            layout = torch.channels_last
     if scale is None and (layout is torch.contiguous_format or _is_channels_last(weight)):
         return node
     data = {k: v for k, v in node.data.items() if k != "scale"}
