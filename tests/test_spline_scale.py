@@ -30,6 +30,7 @@ from cnnlens.spline._transpose import (
     _conv_t_phases,
     _is_channels_last,
     _onednn,
+    tape_bytes,
 )
 from conftest import tol
 
@@ -364,3 +365,19 @@ def test_imagenet_models_layout() -> None:
     for builder in (resnet18, vgg11_bn, mobilenet_v1):
         with pytest.raises(ValueError, match="width"):
             builder(width=0)
+
+
+def test_relu_units_are_held_as_one_byte_masks(dtype) -> None:
+    """Between the recording and the sweep the tape holds a ReLU's mask (one byte per unit), not a float factor:
+    the held bytes of a bias-free conv/ReLU net are exactly its units, and the map is still jacrev's."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(4, 3, 3, bias=False),
+                          nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False)).to(dtype)
+    x = torch.randn(2, 2, 6, 6, dtype=dtype)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    relus = [n for n in tape.plan(1) if n.kind == "scale"]
+    assert len(relus) == 2 and all(set(n.data) == {"mask"} and n.data["mask"].dtype == torch.bool for n in relus)
+    assert tape_bytes(tape)[0] == 2 * (4 * 6 * 6 + 3 * 4 * 4)
+    res = affine_map(model, x)
+    assert res.path == "transposed" and _rel(res.A, _jacobian(model, x)) <= tol(dtype)
