@@ -648,7 +648,7 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
       pass over the cotangents fewer per batch-norm; done when the weight is smaller than the ``rows``
       cotangents of the layer's output it saves a pass over.
     * The weight of a 2-d convolution whose transposed form is "channels_last" (:func:`_conv_form`) is held in
-      channels-last order (:func:`_channels_last`).
+      channels-last order where that layout changes its form to the faster one (:func:`_sweep_weight`).
     * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
       size) instead of on the whole pre-pool tensor (~window-size fewer multiplications); done when the ``rows``
       multiplications it saves cost more than gathering the mask once (about 8 multiplications per element,
@@ -678,16 +678,13 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
             made_by[id(node.out)] = made_by[id(node.ins[0])]
             continue
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
+        key = "coef" if prev is not None and "coef" in prev.data else "mask"  # a scale's factor, or its mask
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
-                "offset" not in prev.data and \
-                uses.get(id(prev.out), 0) == 1 + in_place and \
-                prev.data.get("coef", prev.data.get("mask")).shape == prev.out.shape and \
-                rows * prev.out.numel() >= 8 * node.data["idx"].numel():
+                "offset" not in prev.data and uses.get(id(prev.out), 0) == 1 + in_place and \
+                prev.data[key].shape == prev.out.shape and rows * prev.out.numel() >= 8 * node.data["idx"].numel():
             idx = node.data["idx"]
-            factor = prev.data.get("coef", prev.data.get("mask"))
-            picked = factor.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-            fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, "coef": picked} if "coef" in prev.data
-                             else {"idx": idx, "mask": picked})
+            picked = prev.data[key].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+            fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, key: picked})
         else:
             fused.append(node)
         made_by[id(node.out)] = len(fused) - 1
@@ -702,19 +699,18 @@ def _is_channels_last(weight: Tensor) -> bool:
 
 def _sweep_weight(node: Node, rows: int) -> Node:
     """``node`` (a convolution or linear layer) with the weight the sweep uses, as ``data["weight"]``: the layer's
-    own with a folded batch-norm scale (:func:`_fuse`), in channels-last order when that is the faster form of its
-    transposed convolution (oneDNN, 2-d, 16 or more channels, no groups, a kernel wider than 1x1) and the weight
-    has at most twice as many elements as the ``rows`` cotangents of the layer's output (its one reordering pass
-    then costs less than the time the layout saves, measured on ResNet-18 at 224x224)."""
+    own with a folded batch-norm scale (:func:`_fuse`), in channels-last order when holding it so turns its
+    transposed convolution into the faster "channels_last" form (:func:`_conv_form`: oneDNN, 2-d, 16 or more
+    channels, no groups, a kernel wider than 1x1) and the weight has at most twice as many elements as the ``rows``
+    cotangents of the layer's output (its one reordering pass then costs less than the time the layout saves,
+    measured on ResNet-18 at 224x224)."""
     scale = node.data.get("scale")
     weight = node.data["args"][1].detach()
     layout = torch.contiguous_format
-    if node.kind == "conv" and weight.dim() == 4 and any(k > 1 for k in weight.shape[2:]) and \
-            weight.numel() <= 2 * rows * node.out.numel():
-        params = _conv_params(node.data["func"], node.data["args"])
-        cotangents = (rows * node.out.shape[0], *node.out.shape[1:])
-        if params[3] == 1 and _conv_form(cotangents, node.ins[0].shape, weight.shape, params,
-                                         _onednn(weight)) == "channels_last":
+    if node.kind == "conv" and weight.dim() == 4 and weight.numel() <= 2 * rows * node.out.numel():
+        form = functools.partial(_conv_form, (rows * node.out.shape[0], *node.out.shape[1:]), node.ins[0].shape,
+                                 weight.shape, _conv_params(node.data["func"], node.data["args"]), _onednn(weight))
+        if form(cl_weight=True) == "channels_last" != form(cl_weight=False):
             layout = torch.channels_last
     if scale is None and (layout is torch.contiguous_format or _is_channels_last(weight)):
         return node
