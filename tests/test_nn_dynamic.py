@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 from torch.nn import functional as F
@@ -192,6 +192,14 @@ def _scale_pose(block: DynamicSteerableBlock, scale: float, theta: float | None 
             last.bias[: last.bias.shape[0] // 2] = theta
 
 
+def _outside(filt: torch.Tensor, kernel: int) -> float:
+    """The norm of a centred filter outside the central ``kernel`` x ``kernel`` window, relative to its norm."""
+    c, h = filt.shape[-1] // 2, kernel // 2
+    rest = filt.clone()
+    rest[c - h:c + h + 1, c - h:c + h + 1] = 0
+    return float(rest.norm() / filt.norm())
+
+
 def _impulse_response(block: DynamicSteerableBlock, size: int, dtype: torch.dtype) -> torch.Tensor:
     x = torch.zeros(1, block.static.in_channels, size, size, dtype=dtype)
     x[0, 0, size // 2, size // 2] = 1.0
@@ -203,12 +211,15 @@ def _impulse_response(block: DynamicSteerableBlock, size: int, dtype: torch.dtyp
 @settings(max_examples=20, deadline=None)
 @given(case=st.sampled_from([(1, 1), (1, 0), (2, 0), (3, 0)]), scale=st.floats(0.8, 1.5), seed=st.integers(0, 999),
        dtype=st.sampled_from(DTYPES))
+@example(case=(3, 0), scale=1.0, seed=286, dtype=torch.float64)  # found in CI: the 7x7 truncation alone, 1.1%
 def test_scale_pose_gives_the_filter_resampled_at_the_new_sigma(case, scale, seed, dtype):
     """A constant scale pose s: the block's effective filter (its impulse response) against the canonical filter
     sampled at sigma * s (W_s = sum_g a_g G_g(s sigma), scale-normalised derivatives, on a wide grid). The stated
-    tolerance is steer_scale's: the relative error is at most sum_g |a_g| ||G_g(s sigma)|| residual_g / ||W_s||
-    (+0.01 for the frame's truncation to 7x7); for the first-order frame, whose two derivatives have equal residuals
-    and orthogonal errors, it is that residual itself (to 0.01)."""
+    tolerance is steer_scale's: the relative error is at most sum_g |a_g| ||G_g(s sigma)|| residual_g / ||W_s||,
+    plus the frame's truncation to the block's kernel, computed: the parts of W_s and of the static W_1 outside
+    that window (relative to their norms; the whole error at s = 1, 1.1% for the third-order frame on 7x7). For
+    the first-order frame, whose two derivatives have equal residuals and orthogonal errors, it is that residual
+    itself (to 0.01)."""
     order, first = case
     torch.manual_seed(seed)
     torch.set_default_dtype(dtype)
@@ -227,7 +238,9 @@ def test_scale_pose_gives_the_filter_resampled_at_the_new_sigma(case, scale, see
     residual = steer_scale(order, scale, size=grid).residual[keep]
     norms = gaussian_derivative_basis(order, scale, size=grid).filters[keep].flatten(1).norm(dim=1)
     bound = float((coef.abs() * norms * residual).sum() / resampled.norm())
-    assert error <= bound + 0.01
+    static = torch.einsum("g,gyx->yx", coef, gaussian_derivative_basis(order, 1.0, size=size).filters[keep])
+    truncation = _outside(resampled, block.static.kernel_size[-1]) + _outside(static, block.static.kernel_size[-1])
+    assert error <= bound + truncation + 1e-5
     if case == (1, 1):
         assert abs(error - float(residual[0])) <= 0.01
 
