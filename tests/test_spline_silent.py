@@ -704,3 +704,26 @@ def test_the_identity_error_is_on_the_results(dtype):
     for value in (result.identity_error, t.identity_error):
         assert 0 <= value <= default_tolerance(dtype)
     assert result.bias_fallback is None and t.bias_fallback is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("target", ["bn_weight", "bn_bias", "running_mean", "running_var", "conv_weight"])
+def test_parameters_changed_through_data_between_calls_are_used(target, dtype):
+    """Writes through ``.data`` do not count in a tensor's version counter; the second map must still be that of
+    the changed model (A against jacrev, the identity with B propagated)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 4))
+    net = net.to(dtype).eval()
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 2, 6, 6, dtype=dtype)
+    before = affine_map(net, x)
+    tensor = {"bn_weight": net[1].weight, "bn_bias": net[1].bias, "running_mean": net[1].running_mean,
+              "running_var": net[1].running_var, "conv_weight": net[0].weight}[target]
+    tensor.data.mul_(1.7).add_(0.3)
+    after = affine_map(net, x)
+    assert after.path == "transposed"
+    assert _close(after.A, _jacobian(net, x), 1e-5 if dtype == torch.float32 else 1e-10)
+    assert after.identity_error <= default_tolerance(dtype)  # A x + B == f(x), B propagated
+    assert not _close(after.A, before.A, 1e-3) or not _close(after.B, before.B, 1e-3)  # the change was seen

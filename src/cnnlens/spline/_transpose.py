@@ -205,29 +205,20 @@ def _offset_rows(g: Tensor, offset: Tensor, r: int) -> Tensor:
     return torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
 
 
-#: id(running_var) -> (a weak reference to it, the versions and eps it was computed for, scale, shift): a
-#: batch-norm's affine form in eval mode, recomputed when any of its tensors changes (their version counters) or is
-#: replaced (another key); an entry goes with its tensor.
-_BN_AFFINE: dict[int, tuple[weakref.ref, tuple, Tensor, Tensor]] = {}
-
-
 def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                        dim: int) -> tuple[Tensor, Tensor]:
     """(scale, shift) of a batch-norm in eval mode, ``y = scale * x + shift`` per channel; the shift shaped to
-    broadcast against a ``dim``-d output (the node's share of B[x])."""
-    parts = (mean, var, weight, bias)
-    key = (tuple(None if t is None else (id(t), t._version) for t in parts), eps, dim)
-    hit = _BN_AFFINE.get(id(var))
-    if hit is not None and hit[0]() is var and hit[1] == key:
-        return hit[2], hit[3]
+    broadcast against a ``dim``-d output (the node's share of B[x]). Computed on every call: a cache keyed by the
+    tensors' version counters would miss writes through ``.data`` (``bn.weight.data.mul_(2)``), which do not
+    count."""
     with torch.no_grad():
         scale = torch.rsqrt(var + eps)
-        scale = scale if weight is None else scale * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        shift = _channel_offset(shift, dim)
-    k = id(var)
-    _BN_AFFINE[k] = (weakref.ref(var, lambda _: _BN_AFFINE.pop(k, None)), key, scale, shift)
-    return scale, shift
+        if weight is not None:
+            scale = scale.mul_(weight)
+        shift = mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+        if bias is None:
+            shift = shift.neg_()
+        return scale, _channel_offset(shift, dim)
 
 
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
