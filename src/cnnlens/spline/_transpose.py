@@ -205,6 +205,20 @@ def _offset_rows(g: Tensor, offset: Tensor, r: int) -> Tensor:
     return torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
 
 
+def _add_offset(b_rows: Tensor, g: Tensor, offset: Tensor, r: int) -> None:
+    """``b_rows`` (R, N) += a node's share of B[x] for its output cotangents ``g`` (:func:`_offset_rows`); a
+    per-channel offset (a convolution's or batch-norm's, a linear layer's bias) in two operations: the sum of ``g``
+    over its positions and a matrix-vector product accumulated in place."""
+    channels = g.shape[1] if g.dim() >= 2 else -1
+    if offset.dim() == 1 and g.dim() == 2 and offset.shape[0] == channels:
+        b_rows.view(-1).addmv_(g, offset.to(g.dtype))
+    elif offset.dim() == g.dim() > 2 and offset.shape[0] == 1 and offset.shape[1] == channels and \
+            all(k == 1 for k in offset.shape[2:]):
+        b_rows.view(-1).addmv_(g.sum(tuple(range(2, g.dim()))), offset.reshape(-1).to(g.dtype))
+    else:
+        b_rows += _offset_rows(g, offset, r)
+
+
 def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                        dim: int) -> tuple[Tensor, Tensor]:
     """(scale, shift) of a batch-norm in eval mode, ``y = scale * x + shift`` per channel; the shift shaped to
@@ -791,7 +805,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     own = id(node.out) in owned
                     owned.discard(id(node.out))
                     if b_rows is not None and "offset" in node.data:  # before the rule, which may work in place
-                        b_rows += _offset_rows(g, node.data["offset"], r)
+                        _add_offset(b_rows, g, node.data["offset"], r)
                     grads, fresh = _apply(node, g, r, own), _owned(node, own)
                     del g  # freed as soon as its rule has run (unless a result is a view of it)
                 for inp, new in zip(node.ins, fresh, strict=True):
