@@ -227,11 +227,8 @@ def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: T
     count."""
     with torch.no_grad():
         scale = torch.rsqrt(var + eps)
-        if weight is not None:
-            scale = scale.mul_(weight)
-        shift = mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
-        if bias is None:
-            shift = shift.neg_()
+        scale = scale if weight is None else scale * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
         return scale, _channel_offset(shift, dim)
 
 
