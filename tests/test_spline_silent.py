@@ -9,6 +9,7 @@ whatever its autograd graph says), and ``f(x) - J x`` for the offsets. The autog
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -727,3 +728,39 @@ def test_parameters_changed_through_data_between_calls_are_used(target, dtype):
     assert _close(after.A, _jacobian(net, x), 1e-5 if dtype == torch.float32 else 1e-10)
     assert after.identity_error <= default_tolerance(dtype)  # A x + B == f(x), B propagated
     assert not _close(after.A, before.A, 1e-3) or not _close(after.B, before.B, 1e-3)  # the change was seen
+
+
+class ClampsItsStatistics(nn.Module):
+    """A batch-norm whose running variance the forward clamps in place after using it (idempotent once clamped),
+    in place or through ``.data`` (which does not move the version counter)."""
+
+    def __init__(self, through_data: bool) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.Linear(5 * 16, 3)
+        self.through_data = through_data
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self.conv(x))
+        with torch.no_grad():
+            (self.bn.running_var.data if self.through_data else self.bn.running_var).clamp_(min=0.5)
+        return self.fc(torch.relu(h).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("through_data", [False, True])
+def test_statistics_written_after_their_use_keep_the_values_the_pass_used(through_data, dtype):
+    """The batch-norm forms are computed after the pass, and before a later in-place write into their statistics
+    (Tape.before_write): the sweep runs with the values the pass used and the map is exact. (Computed only after
+    the pass, the in-place form would switch the tape off, and the autograd fall-back fails on this model: autograd
+    saved the variance the write changed.)"""
+    torch.manual_seed(2)
+    net = ClampsItsStatistics(through_data).to(dtype).eval()
+    with torch.no_grad():
+        net.bn.running_var.uniform_(0.1, 2.0)
+        net(torch.zeros(1, 2, 6, 6, dtype=dtype))  # clamps once: later passes compute one fixed function
+    x = torch.randn(3, 2, 6, 6, dtype=dtype)
+    result = affine_map(net, x)
+    assert result.path == "transposed"
+    reference = _finite_differences(copy.deepcopy(net).double(), x.double())  # autograd refuses this model
+    assert _close(result.A.double(), reference, 1e-4 if dtype == torch.float32 else 1e-7)
+    assert result.identity_error <= default_tolerance(dtype)

@@ -90,6 +90,7 @@ class Tape:
     _plan: list[Node] | None = field(default=None, repr=False)
     _plan_rows: int = field(default=0, repr=False)
     _shadows: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, repr=False)
+    pending_statistics: set[int] = field(default_factory=set, repr=False)  # storages of batch-norms' pending forms
 
     def shadow(self, t: Tensor) -> Tensor:
         """The shape-only stand-in of ``t`` on the tape: the same object for the same tensor (also after an in-place
@@ -105,9 +106,18 @@ class Tape:
         """The nodes the sweep runs for ``rows`` requested rows in all, with the fusions of :func:`_fuse`
         (computed once and reused by every chunk of rows; ``rows=None``: the last plan, or one row)."""
         if self._plan is None or (rows is not None and rows != self._plan_rows):
+            _batch_norm_forms(self)
+            if not self.ok:  # the sweep does not run (transpose_rows returns None): no fusions to plan
+                return self.nodes
             self._plan_rows = rows or self._plan_rows or 1
             self._plan = _fuse(self.nodes, self._plan_rows)
         return self._plan
+
+    def before_write(self, t: Tensor) -> None:
+        """Called before the model writes into ``t`` in place: the pending batch-norm forms that read its memory
+        are computed now, from the values the pass used (:func:`_batch_norm_forms`)."""
+        if self.pending_statistics and t.untyped_storage().data_ptr() in self.pending_statistics:
+            _batch_norm_forms(self)
 
     def switch_off(self, reason: str) -> None:
         """Give up the transposed sweep (the first reason is kept)."""
@@ -131,6 +141,9 @@ class Tape:
         real_outs = node.data.get("outs", (node.out,))
         data = node.data if "outs" not in node.data else {**node.data, "outs": tuple(map(self.shadow, real_outs))}
         self.nodes.append(Node(node.kind, ins, self.shadow(node.out), data))
+        if "batch_norm" in data:
+            stats = data["batch_norm"][0]
+            self.pending_statistics.update(t.untyped_storage().data_ptr() for t in stats if t is not None)
         if node.kind in ("view", "vjp") and any(o._is_view() for o in real_outs):  # the rules whose ops make views
             group: set[int] = set()
             for t in (*map(self.shadow, real_outs), *ins):
@@ -219,17 +232,42 @@ def _add_offset(b_rows: Tensor, g: Tensor, offset: Tensor, r: int) -> None:
         b_rows += _offset_rows(g, offset, r)
 
 
-def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
-                       dim: int) -> tuple[Tensor, Tensor]:
-    """(scale, shift) of a batch-norm in eval mode, ``y = scale * x + shift`` per channel; the shift shaped to
-    broadcast against a ``dim``-d output (the node's share of B[x]). Computed on every call: a cache keyed by the
-    tensors' version counters would miss writes through ``.data`` (``bn.weight.data.mul_(2)``), which do not
-    count."""
+def _batch_norm_forms(tape: Tape) -> None:
+    """Fill in ``scale`` and ``offset`` of the tape's batch-norm nodes: ``y = scale * x + shift`` per channel in
+    eval mode, ``scale = weight / sqrt(var + eps)``, ``shift = bias - mean * scale`` (the shift shaped to broadcast
+    against the output: the node's share of B[x]).
+
+    Computed on every pass from the statistics the pass used, for all layers at once: per group of layers of one
+    dtype, device and eps, the statistics are concatenated and the forms take four operations for the group instead
+    of five per layer (a few microseconds of dispatch each: 0.9 ms for ResNet-18's 20 layers on the laptop). Nothing
+    is cached between calls, so writes through ``.data`` (which version counters do not count) are seen. A
+    statistic the model writes in place later in the pass has its forms computed before the write
+    (:meth:`Tape.before_write`, called by the capture); one written where the capture could not see it (its version
+    counter moved all the same) switches the tape off: the values the pass used are gone.
+    """
+    groups: dict[tuple, list[Node]] = {}
+    tape.pending_statistics.clear()
+    for node in tape.nodes:
+        if node.kind != "channel_scale" or "scale" in node.data:
+            continue
+        stats, versions, eps, _ = node.data["batch_norm"]
+        if any(t is not None and t._version != v for t, v in zip(stats, versions, strict=True)):
+            tape.switch_off("a batch-norm whose statistics or affine parameters the model wrote in place after "
+                            "their use in the same pass")
+            return
+        key = (eps, stats[1].device, *(None if t is None else t.dtype for t in stats))
+        groups.setdefault(key, []).append(node)
     with torch.no_grad():
-        scale = torch.rsqrt(var + eps)
-        scale = scale if weight is None else scale * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        return scale, _channel_offset(shift, dim)
+        for (eps, *_), nodes in groups.items():
+            mean, var, weight, bias = (None if nodes[0].data["batch_norm"][0][i] is None else
+                                       torch.cat([n.data["batch_norm"][0][i] for n in nodes]) for i in range(4))
+            scale = torch.rsqrt(var + eps)
+            scale = scale if weight is None else scale * weight
+            shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+            sizes = [n.data["batch_norm"][0][1].numel() for n in nodes]
+            for node, s, t in zip(nodes, scale.split(sizes), shift.split(sizes), strict=True):
+                node.data["scale"] = s
+                node.data["offset"] = _channel_offset(t, node.data["batch_norm"][3])
 
 
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
@@ -261,8 +299,12 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         weight = kwargs.get("weight", args[3] if len(args) > 3 else None)
         eps = kwargs.get("eps", args[7] if len(args) > 7 else 1e-5)
         bias = kwargs.get("bias", args[4] if len(args) > 4 else None)
-        scale, shift = _batch_norm_affine(args[1], args[2], weight, bias, eps, out.dim())
-        return Node("channel_scale", (x,), out, {"scale": scale, "offset": shift})
+        if args[1] is None or args[2] is None or isinstance(eps, Tensor):
+            return None
+        stats = tuple(None if t is None else t.detach() for t in (args[1], args[2], weight, bias))
+        # the affine form is computed for all batch-norms of the pass at once (_batch_norm_forms, by Tape.plan)
+        return Node("channel_scale", (x,), out, {"batch_norm": (
+            stats, tuple(None if t is None else t._version for t in stats), float(eps), out.dim())})
     if func in _VIEWS or func in _DROPOUT:
         same_batch = x.dim() >= 1 and out.shape[0] == x.shape[0] and out.dtype == x.dtype
         keep = func not in _DROPOUT or out.shape == x.shape
