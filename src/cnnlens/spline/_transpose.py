@@ -243,7 +243,8 @@ def _batch_norm_forms(tape: Tape) -> None:
     Nothing is cached between calls, so writes through ``.data`` (which version counters do not count) are seen. A
     statistic the model writes in place later in the pass has its forms computed before the write
     (:meth:`Tape.before_write`, called by the capture); one written where the capture could not see it (its version
-    counter moved all the same) switches the tape off: the values the pass used are gone.
+    counter moved all the same) switches the tape off: the values the pass used are gone. A write that neither sees
+    (through a NumPy view) leaves the forms out of step with the pass, and the identity check of the map raises.
     """
     groups: dict[tuple, list[Node]] = {}
     tape.pending_statistics.clear()
