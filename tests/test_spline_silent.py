@@ -731,30 +731,34 @@ def test_parameters_changed_through_data_between_calls_are_used(target, dtype):
 
 
 class ClampsItsStatistics(nn.Module):
-    """A batch-norm whose running variance the forward clamps in place after using it (idempotent once clamped),
-    in place or through ``.data`` (which does not move the version counter)."""
+    """A batch-norm whose running variance the forward clamps after using it (idempotent once clamped): in place,
+    through ``.data`` (which does not move the version counter) or into an ``out=`` argument."""
 
-    def __init__(self, through_data: bool) -> None:
+    def __init__(self, writer: str) -> None:
         super().__init__()
         self.conv, self.bn, self.fc = nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.Linear(5 * 16, 3)
-        self.through_data = through_data
+        self.writer = writer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.bn(self.conv(x))
+        var = self.bn.running_var
         with torch.no_grad():
-            (self.bn.running_var.data if self.through_data else self.bn.running_var).clamp_(min=0.5)
+            if self.writer == "out_argument":
+                torch.clamp(var, min=0.5, out=var)
+            else:
+                (var.data if self.writer == "through_data" else var).clamp_(min=0.5)
         return self.fc(torch.relu(h).flatten(1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("through_data", [False, True])
-def test_statistics_written_after_their_use_keep_the_values_the_pass_used(through_data, dtype):
+@pytest.mark.parametrize("writer", ["in_place", "through_data", "out_argument"])
+def test_statistics_written_after_their_use_keep_the_values_the_pass_used(writer, dtype):
     """The batch-norm forms are computed after the pass, and before a later in-place write into their statistics
     (Tape.before_write): the sweep runs with the values the pass used and the map is exact. (Computed only after
     the pass, the in-place form would switch the tape off, and the autograd fall-back fails on this model: autograd
     saved the variance the write changed.)"""
     torch.manual_seed(2)
-    net = ClampsItsStatistics(through_data).to(dtype).eval()
+    net = ClampsItsStatistics(writer).to(dtype).eval()
     with torch.no_grad():
         net.bn.running_var.uniform_(0.1, 2.0)
         net(torch.zeros(1, 2, 6, 6, dtype=dtype))  # clamps once: later passes compute one fixed function
