@@ -381,3 +381,41 @@ def test_relu_units_are_held_as_one_byte_masks(dtype) -> None:
     assert tape_bytes(tape)[0] == 2 * (4 * 6 * 6 + 3 * 4 * 4)
     res = affine_map(model, x)
     assert res.path == "transposed" and _rel(res.A, _jacobian(model, x)) <= tol(dtype)
+
+
+class _GlobalPool(nn.Module):
+    """conv -> ReLU -> adaptive average pooling to ``out`` -> linear, in 1, 2 or 3 spatial dimensions."""
+
+    def __init__(self, dims: int, out: int) -> None:
+        super().__init__()
+        self.conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](2, 5, 3, padding=1)
+        self.pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[dims - 1](out)
+        self.fc = nn.Linear(5 * out ** dims, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize(("dims", "out", "kind"), [(1, 1, "global_mean"), (2, 1, "global_mean"),
+                                                     (3, 1, "global_mean"), (2, 2, "generic")])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_global_average_pooling_has_its_own_rule(dims, out, kind, layout, dtype) -> None:
+    """Average pooling to one position per channel (ResNet's head) is transposed by its own rule, 1 / (positions)
+    of the channel's cotangent at every position; other adaptive poolings keep autograd's VJP. Both equal jacrev,
+    with one and with several rows per sweep."""
+    torch.manual_seed(dims + out)
+    model = _GlobalPool(dims, out).to(dtype).eval()
+    x = torch.randn(3, 2, *[5 + d for d in range(dims)], dtype=dtype)
+    if layout == "channels_last":
+        if dims != 2:
+            pytest.skip("channels-last order is defined for 4-d tensors")
+        x = x.contiguous(memory_format=torch.channels_last)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    assert kind in {n.kind for n in tape.plan(1)}
+    reference = _jacobian(model, x)
+    for one_row in (False, True):  # all four rows in one sweep, or one row per sweep
+        res = affine_map(model, x, classes=[0] if one_row else None)
+        assert res.path == "transposed" and _rel(res.A, reference[:, :1] if one_row else reference) <= tol(dtype)
+        assert res.identity_error <= tol(dtype)

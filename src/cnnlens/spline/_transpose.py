@@ -5,7 +5,8 @@ regions fixed the network is linear in x (eq. 7 of 000), so the rows of A[x] are
 under the transposed operations, taken in reverse order: masks and slopes multiply (ReLU-like units, clamps),
 ``maximum(a, b)`` routes each cotangent to the selected operand, max-pool scatters to the recorded argmax (Prop. 3),
 other selections (max over dimensions, running maxima, sort and top-k values) scatter to the selected inputs,
-convolutions become transposed convolutions, linear layers multiply by W. The R requested rows of all N samples
+convolutions become transposed convolutions, linear layers multiply by W, a global average pooling
+spreads each channel's cotangent evenly over its positions. The R requested rows of all N samples
 travel together as one batch of R*N cotangents, so each operation runs once (no loop over classes, no weight
 gradients). Convolutions use the fastest exact form measured on CPU (:func:`_conv_form`): a matrix product when
 the output is 1x1; on oneDNN (float32 on CPU), for 4 or more cotangents, a transposed convolution in channels-last
@@ -169,6 +170,7 @@ _DIV = {torch.div, torch.divide, torch.true_divide, T.div, T.div_, T.__truediv__
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _POOLS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
           F.adaptive_avg_pool3d: 3}
+_ADAPTIVE_AVG = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 _DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
 _IN_PLACE_DUNDER = {T.__iadd__, T.__isub__, T.__imul__, T.__itruediv__, T.__setitem__}
 
@@ -336,6 +338,8 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
     if func in _POOLS:
         if not alone or x.dim() != _POOLS[func] + 2:
             return None
+        if func in _ADAPTIVE_AVG and all(k == 1 for k in out.shape[2:]) and out.shape[:2] == x.shape[:2]:
+            return Node("global_mean", (x,), out)  # the mean over all positions (ResNet's head)
         return Node("generic", (x,), out, {"func": func, "args": args[1:], "kwargs": kwargs})
     if func in (torch.cat, torch.concat, torch.concatenate):
         parts = args[0]
@@ -661,6 +665,9 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
     if kind == "cat":
         sizes = [p.shape[node.data["dim"]] for p in node.ins]
         return list(torch.split(g, sizes, dim=node.data["dim"]))
+    if kind == "global_mean":  # each position gets 1 / (number of positions) of its channel's cotangent
+        x = node.ins[0]
+        return [(g / math.prod(x.shape[2:])).expand(g.shape[0], *x.shape[1:]).contiguous()]
     if kind == "generic":  # a pooling: autograd's VJP at a broadcast zero (no input-sized buffer, no functorch)
         x = node.ins[0]
         zero = torch.zeros((), dtype=g.dtype, device=g.device).expand(g.shape[0], *x.shape[1:]).requires_grad_()
@@ -769,7 +776,7 @@ def _sweep_weight(node: Node, rows: int) -> Node:
 
 #: Rules whose results are new tensors (the sweep owns them); "view" and "cat" return views of their cotangent
 #: (owned when it is), "sum" hands the same cotangent to several inputs, the rest are left unowned.
-_FRESH = frozenset({"scale", "channel_scale", "linear", "conv", "gather", "select"})
+_FRESH = frozenset({"scale", "channel_scale", "linear", "conv", "gather", "select", "global_mean"})
 
 
 def _owned(node: Node, own: bool) -> list[bool]:
@@ -879,6 +886,8 @@ def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
         return node.out.numel(), 0
     if node.kind in ("select", "generic", "vjp"):
         return sum(t.numel() for t in (*node.ins, *outs)), 0
+    if node.kind == "global_mean":  # the scaled cotangent before its expansion
+        return node.out.numel(), 0
     return 0, 0
 
 
