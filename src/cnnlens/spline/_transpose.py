@@ -203,35 +203,23 @@ def _with_offset(data: dict[str, Any], offset: Tensor | None) -> dict[str, Any]:
     return data
 
 
-def _offset_rows(g: Tensor, offset: Tensor, r: int) -> Tensor:
-    """``<g_row, offset>`` for each of the R*N cotangents ``g`` of a node's output: (R, N), a node's share of
-    B[x] (eq. 7 of 000). The dimensions along which ``offset`` is constant are summed out of ``g`` first (a
-    per-channel bias costs one reduction of the cotangent, no cotangent-sized temporary)."""
-    n = g.shape[0] // r
-    if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
-        return (g @ offset.to(g.dtype)).view(r, n)
-    offset = offset.to(g.dtype).reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
-    dims = tuple(d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1)
-    if g.dim() > 2 and offset.shape[0] == 1 and dims == tuple(range(2, g.dim())) and offset.shape[1] == g.shape[1]:
-        return (g.sum(dims) @ offset.reshape(-1)).view(r, n)  # a per-channel bias
-    gs = g.sum(dims, keepdim=True) if dims else g
-    if offset.shape[0] == 1:
-        return (gs.reshape(r * n, -1) @ offset.reshape(-1)).view(r, n)
-    return torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
-
-
 def _add_offset(b_rows: Tensor, g: Tensor, offset: Tensor, r: int) -> None:
-    """``b_rows`` (R, N) += a node's share of B[x] for its output cotangents ``g`` (:func:`_offset_rows`); a
-    per-channel offset (a convolution's or batch-norm's, a linear layer's bias) in two operations: the sum of ``g``
-    over its positions and a matrix-vector product accumulated in place."""
-    channels = g.shape[1] if g.dim() >= 2 else -1
-    if offset.dim() == 1 and g.dim() == 2 and offset.shape[0] == channels:
-        b_rows.view(-1).addmv_(g, offset.to(g.dtype))
-    elif offset.dim() == g.dim() > 2 and offset.shape[0] == 1 and offset.shape[1] == channels and \
-            all(k == 1 for k in offset.shape[2:]):
-        b_rows.view(-1).addmv_(g.sum(tuple(range(2, g.dim()))), offset.reshape(-1).to(g.dtype))
+    """``b_rows`` (R, N) += ``<g_row, offset>`` for each of the R*N cotangents ``g`` of a node's output: the node's
+    share of B[x] (eq. 7 of 000). The dimensions along which ``offset`` is constant are summed out of ``g`` first,
+    so a per-channel offset (a convolution's or batch-norm's, a linear layer's bias) costs one reduction of the
+    cotangent and one matrix-vector product accumulated in place, no cotangent-sized temporary."""
+    n = g.shape[0] // r
+    offset = offset.to(g.dtype)
+    if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
+        b_rows.view(-1).addmv_(g, offset)
+        return
+    offset = offset.reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
+    dims = tuple(d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1)
+    gs = g.sum(dims, keepdim=True) if dims else g
+    if offset.shape[0] == 1:  # the same offset for every sample
+        b_rows.view(-1).addmv_(gs.reshape(r * n, -1), offset.reshape(-1))
     else:
-        b_rows += _offset_rows(g, offset, r)
+        b_rows += torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
 
 
 def _batch_norm_forms(tape: Tape) -> None:
@@ -262,12 +250,13 @@ def _batch_norm_forms(tape: Tape) -> None:
         groups.setdefault(key, []).append(node)
     with torch.no_grad():
         for (eps, *_), nodes in groups.items():
-            mean, var, weight, bias = (None if nodes[0].data["batch_norm"][0][i] is None else
-                                       torch.cat([n.data["batch_norm"][0][i] for n in nodes]) for i in range(4))
+            stats = [node.data["batch_norm"][0] for node in nodes]
+            mean, var, weight, bias = (None if stats[0][i] is None else torch.cat([st[i] for st in stats])
+                                       for i in range(4))
             scale = torch.rsqrt(var + eps)
             scale = scale if weight is None else scale * weight
             shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
-            sizes = [n.data["batch_norm"][0][1].numel() for n in nodes]
+            sizes = [st[1].numel() for st in stats]
             for node, s, t in zip(nodes, scale.split(sizes), shift.split(sizes), strict=True):
                 node.data["scale"] = s
                 node.data["offset"] = _channel_offset(t, node.data["batch_norm"][3])
@@ -843,7 +832,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     if b_rows is not None:
                         for g, const in zip(gs, at_zero, strict=True):
                             if g is not None:
-                                b_rows += _offset_rows(g, const, r)
+                                _add_offset(b_rows, g, const, r)
                     del gs, at_zero
                 else:
                     g = cot.pop(id(node.out), None)
