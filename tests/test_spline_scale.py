@@ -337,16 +337,23 @@ def test_memory_sizes_and_the_default_budget(monkeypatch: pytest.MonkeyPatch) ->
     assert parse("2GB") == 2 * 10**9 and parse("1.5 GiB") == 3 * 2**29 and parse("512mb") == 512 * 10**6
     assert parse("1e9") == 10**9 and parse(4096) == 4096 and parse(" 3 KiB ") == 3072 and parse(None) is None
     gib = 2**30
-    monkeypatch.setattr(affine_module, "_free_memory", lambda device: None)
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device, enough=None: None)
     assert affine_module._default_budget(10, torch.device("cpu")) == gib  # at least 1 GiB
     assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 6 * gib  # twice A
-    monkeypatch.setattr(affine_module, "_free_memory", lambda device: 4 * gib)
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device, enough=None: 4 * gib)
     assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 6 * gib  # A + 3/4 of 4 GiB
-    monkeypatch.setattr(affine_module, "_free_memory", lambda device: 2 * gib)
+    monkeypatch.setattr(affine_module, "_free_memory", lambda device, enough=None: 2 * gib)
     assert affine_module._default_budget(3 * gib, torch.device("cpu")) == 3 * gib + 3 * gib // 2
     monkeypatch.undo()
     free = affine_module._free_memory(torch.device("cpu"))
     assert free is None or free > 0
+    if free is not None:  # the free pages spare reading MemAvailable only where its cap would not bind
+        for a in (10, gib, 2 * free):
+            read = affine_module._free_memory(torch.device("cpu"))
+            expected = min(max(2 * a, gib), a + read * 3 // 4)
+            assert abs(affine_module._default_budget(a, torch.device("cpu")) - expected) <= 0.02 * expected
+        floor = affine_module._free_memory(torch.device("cpu"), enough=1)
+        assert 0 < floor <= affine_module._free_memory(torch.device("cpu")) + 2**26  # MemFree <= MemAvailable
 
 
 def test_imagenet_models_layout() -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -190,11 +191,19 @@ def _parse_memory(value: int | str | None) -> int | None:
     return int(size)
 
 
-def _free_memory(device: torch.device) -> int | None:
+def _free_memory(device: torch.device, enough: int | None = None) -> int | None:
     """Memory the system can still give this process (bytes): MemAvailable on Linux, free device memory on CUDA;
-    None when unknown."""
+    None when unknown. With ``enough``: the free pages alone (a lower bound of MemAvailable, one system call) when
+    they are at least that much."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    if enough is not None and hasattr(os, "sysconf"):
+        try:
+            floor = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            floor = 0
+        if floor >= enough:
+            return floor
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -209,7 +218,7 @@ def _default_budget(a_bytes: int, device: torch.device) -> int:
     """The default ``max_memory``: twice the size of A and at least 1 GiB, but at most A plus 3/4 of the free
     memory (:func:`_free_memory`)."""
     budget = max(2 * a_bytes, _GIB)
-    free = _free_memory(device)
+    free = _free_memory(device, enough=-(-(budget - a_bytes) * 4 // 3))  # enough that 3/4 of it caps nothing
     return budget if free is None else min(budget, a_bytes + free * 3 // 4)
 
 
@@ -340,7 +349,8 @@ class _Chunk:
 
 
 def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[int] | Tensor | None,
-               approximate: bool, memory: _Memory | None = None, start: int = 0, probe: bool = False) -> _Chunk | None:
+               approximate: bool, memory: _Memory | None = None, start: int = 0, probe: bool = False,
+               named: list | None = None) -> _Chunk | None:
     """One recording forward + batched backward sweeps of the requested rows, as many rows per sweep as
     ``memory`` allows (no Python loop over single classes); A is written into ``memory.a[start:start + N]``.
 
@@ -348,12 +358,12 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     masked network (:mod:`._transpose`). Fallback (an op without an exact transpose rule, or approximate=True):
     batched autograd (``is_grads_batched``) over the captured masked graph. Returns None when the chunk's samples
     do not fit in the budget (``memory.shrink_to`` then says how many do), and with ``probe`` after the recording
-    pass (which sets ``memory.samples``).
+    pass (which sets ``memory.samples``). ``named``: the model's named modules (:func:`check_model_input`).
     """
     memory = memory if memory is not None else _Memory(x.shape[0])
     if not approximate:
         tape = Tape()
-        with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape), named=named) as cap:
             xt = x.detach()
             try:
                 y = run_captured(cap, model, xt)
@@ -390,7 +400,7 @@ def _chunk_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence[i
     else:
         reason = "approximate=True computes A by batched autograd over the captured graph"
     xi = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), capture(model, graph=True, approximate=approximate) as cap:
+    with torch.enable_grad(), capture(model, graph=True, approximate=approximate, named=named) as cap:
         try:
             y = run_captured(cap, model, xi)
         except Exception:
@@ -430,18 +440,18 @@ def _chunked_map(model: Callable[[Tensor], Tensor], x: Tensor, classes: Sequence
 
     The path is "autograd" when any chunk fell back; the reason lists the distinct reasons of those chunks.
     """
-    check_model_input(model, x)
+    named = check_model_input(model, x)
     check_precision(x, caller)
     _validate_chunk(chunk_size)
     memory = _Memory(x.shape[0], _parse_memory(max_memory), fixed=chunk_size is not None)
     if chunk_size is None and x.shape[0] > 1:  # a recording pass on one sample tells how many fit per chunk
-        _chunk_map(model, x[:1], classes, approximate, memory, probe=True)
+        _chunk_map(model, x[:1], classes, approximate, memory, probe=True, named=named)
         memory.chunking = None  # the chunking reported is that of the chunks that ran
     step = chunk_size or memory.samples or x.shape[0]
     parts: list[_Chunk] = []
     start = 0
     while start < x.shape[0]:
-        part = _chunk_map(model, x[start:start + step], classes, approximate, memory, start)
+        part = _chunk_map(model, x[start:start + step], classes, approximate, memory, start, named=named)
         if part is None:  # its samples do not fit in the budget: record fewer at a time
             step = memory.shrink_to or 1
             continue

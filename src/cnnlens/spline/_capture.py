@@ -427,7 +427,8 @@ class Capture(TorchFunctionMode):
         # ``bias_blocker`` says why not (and B is replayed at input 0 instead: _exactness)
         self._known: dict[int, weakref.ref] | None = {} if tape is not None else None
         self._held: dict[int, weakref.ref] = {}  # the tensors the model holds (parameters, buffers, attributes)
-        self._used: set[int] = set()  # storages of the constants the tape holds (an in-place write would change them)
+        self._used: list[Tensor] = []  # the constants the tape holds (an in-place write into them would change them)
+        self._used_storages: set[int] = set()  # their storages, computed when an in-place write asks (_writes_used)
         self.bias_blocker: str | None = None
         self.graph = graph  # True: nonlinear ops return masked-linear expressions (autograd / forward-AD graph)
         self.approximate = approximate
@@ -569,16 +570,19 @@ class Capture(TorchFunctionMode):
         noted (an in-place write into it after its use blocks the sweep's B: :meth:`_constant_op`)."""
         if t is None:
             return True
-        if not self._is(t, self._known) or self._is(t, self._tracked):
+        key = id(t)
+        known, tracked = self._known.get(key), self._tracked.get(key)
+        if known is None or known() is not t or (tracked is not None and tracked() is t):
             return False
-        self._used.add(t.untyped_storage().data_ptr())
+        self._used.append(t)
         return True
 
     def _lean_out(self, func: Callable, args: tuple, kwargs: dict, ins: list[Tensor], out: Tensor) -> Tensor:
         """Track ``out`` of an affine op on the sample-major tensors ``ins`` and record it on the tape."""
-        self.track(out)
+        ref = weakref.ref(out)
+        self._tracked[id(out)] = ref
         if out.dim() > 0 and out.shape[0] == self.batch:
-            self._mark(self._samples, [out])
+            self._samples[id(out)] = ref
         else:
             self.bias_blocker = f"{_op_name(func)}{self._where()} makes a tensor whose dim 0 is not the samples"
         record_linear(self.tape, func, args, kwargs, out, ins, self.is_tracked,
@@ -644,13 +648,19 @@ class Capture(TorchFunctionMode):
         """An op on no tracked tensor: its results are known constants when its arguments are (known tensors,
         numbers, shapes, dtypes); an in-place write into a tensor the model holds is state kept between calls."""
         if others and _mutates_first(func) and isinstance(args[0], Tensor) and (
-                self._is(args[0], self._held) or args[0].untyped_storage().data_ptr() in self._used):
+                self._is(args[0], self._held) or self._writes_used(args[0])):
             self.bias_blocker = (f"{_op_name(func)}{self._where()} changes in place a tensor the model holds or "
                                  "the map already used")
         elif all(self._is(t, self._known) for t in others) and all(
                 isinstance(v, (Tensor, *_PLAIN)) or v is None or v is Ellipsis
                 for v in tree_leaves((args, kwargs))):
             self.know(out)  # computed from constants only (factories, ops on parameters)
+
+    def _writes_used(self, t: Tensor) -> bool:
+        """Whether an in-place write into ``t`` changes the memory of a constant the tape already used."""
+        self._used_storages.update(u.untyped_storage().data_ptr() for u in self._used)
+        self._used.clear()
+        return t.untyped_storage().data_ptr() in self._used_storages
 
     def is_known(self, t: Any) -> bool:
         """Whether ``t`` is a constant known not to depend on x (the model's own, or computed from those)."""
@@ -1917,8 +1927,10 @@ _register_tables()
 # --- entry points -----------------------------------------------------------------------------------------------
 
 
-def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x") -> None:
-    """Validate a batch for the spline functions: a finite floating tensor (N, *in_shape), model in eval mode."""
+def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x") -> list[tuple[str, nn.Module]]:
+    """Validate a batch for the spline functions: a finite floating tensor (N, *in_shape), model in eval mode.
+    Returns the model's named modules (none for a plain function), which :func:`capture` may take (``named``)
+    instead of walking them again."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape (N, *in_shape); received {type(x).__name__}.")
     if not x.is_floating_point():
@@ -1933,9 +1945,10 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN or infinite values; the affine map and the regions are only "
                          "defined for finite inputs. Clean the data (e.g. torch.nan_to_num) first.")
-    mods = _check_eager(model)
+    named = list(model.named_modules()) if isinstance(model, nn.Module) else []
+    _check_eager(model, named)
     if isinstance(model, nn.Module):
-        for mod in mods:
+        for _, mod in named:
             if isinstance(mod, _TRAINING_SENSITIVE) and mod.training:
                 raise ValueError(f"{_path_of(model, mod)} ({type(mod).__name__}) is in training mode, where it "
                                  "depends on the batch or on random masks; call model.eval() before using "
@@ -1944,24 +1957,24 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
         if param is not None and param.dtype != x.dtype:
             raise TypeError(f"{what} has dtype {x.dtype} but the model's parameters are {param.dtype}; convert "
                             f"one of them (e.g. model.to({x.dtype}) or {what}.to({param.dtype})).")
+    return named
 
 
 _EAGER_HINT = ("TorchScript code runs in C++, where the capture cannot see its operations (its affine map would "
                "read as 0). Pass the eager nn.Module (the one given to torch.jit.script or torch.jit.trace).")
 
 
-def _check_eager(model: Callable[[Tensor], Tensor]) -> list[nn.Module]:
+def _check_eager(model: Callable[[Tensor], Tensor], named: list[tuple[str, nn.Module]] | None = None) -> None:
     """Refuse TorchScript (``torch.jit.script`` / ``torch.jit.trace``: a ScriptFunction, a ScriptModule, or a module
-    holding one as a submodule or attribute) and ``torch.compile``'d modules; return the model's modules (none for
-    a plain function)."""
+    holding one as a submodule or attribute) and ``torch.compile``'d modules; ``named``: the model's named modules,
+    when the caller has walked them."""
     if isinstance(model, torch.jit.ScriptFunction):
         raise TypeError(f"the model is a TorchScript function ({getattr(model, 'name', 'scripted')}). {_EAGER_HINT}")
     if not isinstance(model, nn.Module):
-        return []
+        return
     dynamo = sys.modules.get("torch._dynamo.eval_frame")  # imported once torch.compile has been called
     compiled = getattr(dynamo, "OptimizedModule", ())
-    mods = list(model.modules())
-    for mod in mods:
+    for _, mod in named if named is not None else model.named_modules():
         if compiled and isinstance(mod, compiled):
             raise TypeError(f"{_path_of(model, mod)} was compiled with torch.compile: a compiled graph reruns the "
                             "operations without the Python code that records them, so the capture cannot follow it. "
@@ -1975,7 +1988,6 @@ def _check_eager(model: Callable[[Tensor], Tensor]) -> list[nn.Module]:
             if isinstance(value, torch.jit.ScriptFunction):
                 raise TypeError(f"{_path_of(model, mod)} holds a TorchScript function in its attribute '{name}'. "
                                 f"{_EAGER_HINT}")
-    return mods
 
 
 def _torch_forward(mod: nn.Module) -> bool:
@@ -1999,7 +2011,8 @@ def _path_of(model: nn.Module, mod: nn.Module) -> str:
 @contextmanager
 def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approximate: bool = False,
             probe: bool = False, forced: list[Entry] | None = None, decisions: list[tuple[Callable, Any]] | None = None,
-            paired: bool = False, shared_probes: bool = False, cap: Capture | None = None) -> Iterator[Capture]:
+            paired: bool = False, shared_probes: bool = False, cap: Capture | None = None,
+            named: list[tuple[str, nn.Module]] | None = None) -> Iterator[Capture]:
     """Context manager that records the forward passes run inside it (the mode is popped on exit, also on errors).
 
     ``forced`` and ``decisions`` (the ``entries`` and ``decisions`` of a recorded capture) make it a replay: every
@@ -2007,12 +2020,13 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
     ``paired=True`` makes the pass a recording of its first half and a replay of those pieces on its second half
     (module docstring); its entries hold both halves. ``shared_probes=True`` keeps the probes by reference
     instead of copying them (:meth:`Capture.probes_intact` then tells whether the model overwrote one in place).
+    ``named``: the model's named modules when the caller has them (:func:`check_model_input` returns them).
     """
     cap = cap if cap is not None else Capture(graph=graph, approximate=approximate, probe=probe, forced=forced,
                                               decisions=decisions, paired=paired, shared_probes=shared_probes)
     mods = None
     if isinstance(model, nn.Module):
-        named = list(model.named_modules())
+        named = named or list(model.named_modules())
         cap.paths = {id(mod): path for path, mod in named}
         mods = [mod for _, mod in named]
     if cap.tape is not None:

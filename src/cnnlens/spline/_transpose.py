@@ -91,7 +91,10 @@ class Tape:
     _plan: list[Node] | None = field(default=None, repr=False)
     _plan_rows: int = field(default=0, repr=False)
     _shadows: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, repr=False)
-    pending_statistics: set[int] = field(default_factory=set, repr=False)  # storages of batch-norms' pending forms
+    pending_statistics: list[tuple[Tensor | None, ...]] = field(default_factory=list, repr=False)  # batch-norms
+    # whose forms are pending (their statistics); the storages they read, computed when a write needs them
+    _pending_storages: set[int] = field(default_factory=set, repr=False)
+    _pending_seen: int = field(default=0, repr=False)
 
     def shadow(self, t: Tensor) -> Tensor:
         """The shape-only stand-in of ``t`` on the tape: the same object for the same tensor (also after an in-place
@@ -117,7 +120,12 @@ class Tape:
     def before_write(self, t: Tensor) -> None:
         """Called before the model writes into ``t`` in place: the pending batch-norm forms that read its memory
         are computed now, from the values the pass used (:func:`_batch_norm_forms`)."""
-        if self.pending_statistics and t.untyped_storage().data_ptr() in self.pending_statistics:
+        if not self.pending_statistics:
+            return
+        for stats in self.pending_statistics[self._pending_seen:]:
+            self._pending_storages.update(s.untyped_storage().data_ptr() for s in stats if s is not None)
+        self._pending_seen = len(self.pending_statistics)
+        if t.untyped_storage().data_ptr() in self._pending_storages:
             _batch_norm_forms(self)
 
     def switch_off(self, reason: str) -> None:
@@ -127,8 +135,8 @@ class Tape:
             self.reason = reason
 
     def add(self, node: Node, describe: Callable[[], str]) -> None:
-        """Append ``node`` with stand-ins for its tensors (``describe()`` names its op and module), unless it reads a
-        stale tensor."""
+        """Append ``node`` (a new one, the tape's from now on), its tensors replaced by their stand-ins
+        (``describe()`` names its op and module), unless it reads a stale tensor."""
         if not self.ok:
             return
         ins = tuple(self.shadow(t) for t in node.ins)
@@ -139,12 +147,14 @@ class Tape:
                     self.switch_off(f"the operation {describe()}, which reads a tensor after the in-place operation "
                                     f"{writer} wrote into memory it shares with a view")
                     return
-        real_outs = node.data.get("outs", (node.out,))
-        data = node.data if "outs" not in node.data else {**node.data, "outs": tuple(map(self.shadow, real_outs))}
-        self.nodes.append(Node(node.kind, ins, self.shadow(node.out), data))
+        data = node.data
+        real_outs = data["outs"] if "outs" in data else (node.out,)
+        if "outs" in data:
+            data["outs"] = tuple(map(self.shadow, real_outs))
+        node.ins, node.out = ins, self.shadow(node.out)
+        self.nodes.append(node)
         if "batch_norm" in data:
-            stats = data["batch_norm"][0]
-            self.pending_statistics.update(t.untyped_storage().data_ptr() for t in stats if t is not None)
+            self.pending_statistics.append(data["batch_norm"][0])
         if node.kind in ("view", "vjp") and any(o._is_view() for o in real_outs):  # the rules whose ops make views
             group: set[int] = set()
             for t in (*map(self.shadow, real_outs), *ins):
@@ -238,6 +248,8 @@ def _batch_norm_forms(tape: Tape) -> None:
     """
     groups: dict[tuple, list[Node]] = {}
     tape.pending_statistics.clear()
+    tape._pending_storages.clear()
+    tape._pending_seen = 0
     for node in tape.nodes:
         if node.kind != "channel_scale" or "scale" in node.data:
             continue
@@ -276,7 +288,7 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         padding = args[4] if len(args) > 4 else 0
         if kwargs or not alone or x.dim() != _CONV[func] + 2 or isinstance(padding, str):
             return None
-        data = {"func": func, "args": (None, *args[1:])}  # the activation is not kept
+        data = {"func": func, "args": (None, *args[1:]), "params": _conv_params(func, args)}  # no activation kept
         bias = args[2] if len(args) > 2 else None
         return Node("conv", (x,), out, _with_offset(data, _channel_offset(bias, out.dim())))
     if func is F.linear:
@@ -293,7 +305,7 @@ def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tens
         bias = kwargs.get("bias", args[4] if len(args) > 4 else None)
         if args[1] is None or args[2] is None or isinstance(eps, Tensor):
             return None
-        stats = tuple(None if t is None else t.detach() for t in (args[1], args[2], weight, bias))
+        stats = (args[1], args[2], weight, bias)  # constants: the capture runs without autograd
         # the affine form is computed for all batch-norms of the pass at once (_batch_norm_forms, by Tape.plan)
         return Node("channel_scale", (x,), out, {"batch_norm": (
             stats, tuple(None if t is None else t._version for t in stats), float(eps), out.dim())})
@@ -416,6 +428,7 @@ def _conv_params(func: Any, args: tuple) -> tuple[tuple[int, ...], tuple[int, ..
     return stride, padding, dilation, args[6] if len(args) > 6 else 1
 
 
+@functools.lru_cache(maxsize=4096)
 def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Size, params: tuple,
                onednn: bool, cl_weight: bool = True) -> str:
     """Which exact form :func:`_conv_t` takes, as measured on CPU (1 and 2 threads) on the layers of ResNet-18 at
@@ -460,11 +473,12 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
     return "backward"
 
 
-def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tensor) -> Tensor:
+def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tensor,
+            params: tuple | None = None) -> Tensor:
     """Input gradient of ``func(x, weight, bias, stride, padding, dilation, groups)`` for cotangents ``g``, in the
     form :func:`_conv_form` picks; ``weight`` is the layer's weight, with a following batch-norm folded in
-    (:func:`_fuse`)."""
-    params = _conv_params(func, args)
+    (:func:`_fuse`); ``params``: :func:`_conv_params` of the call, when known."""
+    params = params or _conv_params(func, args)
     stride, padding, dilation, groups = params
     form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g), _is_channels_last(weight))
     if form == "matmul":
@@ -497,7 +511,7 @@ def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     all): layout copies and im2col buffers grow with the rows, the chunked forms' buffers are bounded."""
     g, x = node.out, node.ins[0]
     weight = node.data.get("weight", node.data["args"][1])
-    params = _conv_params(node.data["func"], node.data["args"])
+    params = node.data["params"]
     form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn, _is_channels_last(weight))
     if form == "phases":  # per chunk of cotangents: their copy in the convolution's layout and the phases
         taps, _, _, pads = _phase_geometry(weight.shape, params[0], params[1], x.shape, g.shape)
@@ -624,7 +638,7 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
         return [g @ node.data.get("weight", node.data["args"][1]).detach()]
     if kind == "conv":
         weight = node.data.get("weight", node.data["args"][1]).detach()
-        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight)]
+        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight, node.data["params"])]
     if kind == "gather":
         idx = node.data["idx"]
         x = node.ins[0]
@@ -750,7 +764,7 @@ def _sweep_weight(node: Node, rows: int) -> Node:
     layout = torch.contiguous_format
     if node.kind == "conv" and weight.dim() == 4 and weight.numel() <= 2 * rows * node.out.numel():
         form = functools.partial(_conv_form, (rows * node.out.shape[0], *node.out.shape[1:]), node.ins[0].shape,
-                                 weight.shape, _conv_params(node.data["func"], node.data["args"]), _onednn(weight))
+                                 weight.shape, node.data["params"], _onednn(weight))
         if form(cl_weight=True) == "channels_last" != form(cl_weight=False):
             layout = torch.channels_last
     if scale is None and (layout is torch.contiguous_format or _is_channels_last(weight)):
