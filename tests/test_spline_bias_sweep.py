@@ -319,3 +319,28 @@ def test_a_model_that_ignores_its_input_has_its_output_as_b():
     ones = affine_map(lambda v: torch.from_numpy(np.ones((v.shape[0], 3))), x)
     assert ones.bias_method == "replayed" and torch.equal(ones.B, torch.ones(4, 3, dtype=F64))
 
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_waiting_shares_and_shares_added_at_once_agree(dtype, monkeypatch):
+    """The per-channel shares of B (ResNet-18's 20 batch-norm shifts and its head's bias) wait and are summed in one
+    matrix-vector product; flushed after every node instead they give the same B, and both equal jacrev's
+    f(x) - J x."""
+    from cnnlens.nn.models import resnet18
+    from cnnlens.spline import _transpose
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=10).eval().to(dtype)
+    for module in net.modules():  # shifts and statistics away from their initial 0 / 1
+        if isinstance(module, nn.BatchNorm2d):
+            for t in (module.running_mean, module.running_var, module.weight, module.bias):
+                t.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=F64).to(dtype)
+    reference = _reference_offset(net, x)
+    waiting = affine_map(net, x, classes=[4])
+    monkeypatch.setattr(_transpose, "_SHARES", -1)
+    at_once = affine_map(net, x, classes=[4])
+    for res in (waiting, at_once):
+        assert res.bias_method == "swept" and res.identity_error <= default_tolerance(dtype)
+        assert _close(res.B, reference[:, [4]], dtype)
+    assert _close(waiting.B, at_once.B, dtype)

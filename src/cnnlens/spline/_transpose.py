@@ -213,23 +213,56 @@ def _with_offset(data: dict[str, Any], offset: Tensor | None) -> dict[str, Any]:
     return data
 
 
-def _add_offset(b_rows: Tensor, g: Tensor, offset: Tensor, r: int) -> None:
-    """``b_rows`` (R, N) += ``<g_row, offset>`` for each of the R*N cotangents ``g`` of a node's output: the node's
-    share of B[x] (eq. 7 of 000). The dimensions along which ``offset`` is constant are summed out of ``g`` first,
-    so a per-channel offset (a convolution's or batch-norm's, a linear layer's bias) costs one reduction of the
-    cotangent and one matrix-vector product accumulated in place, no cotangent-sized temporary."""
-    n = g.shape[0] // r
-    offset = offset.to(g.dtype)
-    if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
-        b_rows.view(-1).addmv_(g, offset)
-        return
-    offset = offset.reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
-    dims = tuple(d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1)
-    gs = g.sum(dims, keepdim=True) if dims else g
-    if offset.shape[0] == 1:  # the same offset for every sample
-        b_rows.view(-1).addmv_(gs.reshape(r * n, -1), offset.reshape(-1))
-    else:
-        b_rows += torch.einsum("rnd,nd->rn", gs.reshape(r, n, -1), offset.reshape(n, -1))
+class _Shares:
+    """B[x] (R, N) of a sweep: ``add(g, offset)`` adds a node's share ``<g_row, offset>`` for each of the R*N
+    cotangents ``g`` of its output (eq. 7 of 000). The dimensions along which ``offset`` is constant are summed out
+    of ``g`` first, so a per-channel offset (a convolution's or batch-norm's, a linear layer's bias) costs one
+    reduction of the cotangent and no cotangent-sized temporary. Offsets the same for every sample keep those sums
+    and are summed against the offsets in one matrix-vector product (at most ``_SHARES`` elements wait), fewer small
+    operations than one per node; per-sample offsets, and offsets with nothing to sum (the cotangent itself, which
+    the node's rule may overwrite), add at once."""
+
+    def __init__(self, b_rows: Tensor, r: int) -> None:
+        self.b_rows, self.r = b_rows, r
+        self._sums: list[Tensor] = []
+        self._offsets: list[Tensor] = []
+        self._waiting = 0
+
+    def add(self, g: Tensor, offset: Tensor) -> None:
+        rn = g.shape[0]
+        if offset.dtype != g.dtype:
+            offset = offset.to(g.dtype)
+        if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
+            gs = g
+        else:
+            offset = offset.reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
+            dims = [d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1]
+            gs = g.sum(dims, keepdim=True) if dims else g
+            if offset.shape[0] != 1:  # an offset per sample
+                n = rn // self.r
+                self.b_rows += torch.einsum("rnd,nd->rn", gs.reshape(self.r, n, -1), offset.reshape(n, -1))
+                return
+        if gs is g:  # the cotangent itself, which the node's rule may overwrite: added now
+            self.b_rows.view(-1).addmv_(g.reshape(rn, -1), offset.reshape(-1))
+            return
+        self._sums.append(gs.reshape(rn, -1))
+        self._offsets.append(offset.reshape(-1))
+        self._waiting += self._sums[-1].numel()
+        if self._waiting > _SHARES:
+            self.total()
+
+    def total(self) -> Tensor:
+        """B of the shares added so far (the waiting sums added in)."""
+        if self._sums:
+            sums = self._sums[0] if len(self._sums) == 1 else torch.cat(self._sums, 1)
+            offsets = self._offsets[0] if len(self._offsets) == 1 else torch.cat(self._offsets)
+            self.b_rows.view(-1).addmv_(sums, offsets)
+            self._sums, self._offsets, self._waiting = [], [], 0
+        return self.b_rows
+
+
+#: At most this many elements of per-channel sums wait for :meth:`_Shares.total` (a small fraction of a sweep).
+_SHARES = 2**18
 
 
 def _batch_norm_forms(tape: Tape) -> None:
@@ -613,10 +646,11 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     coef = node.data.get("coef")
     if coef is None:
         mask = node.data["mask"].view(torch.uint8)  # (a uint8-to-float cast is 6x faster than bool-to-float)
-        coef = torch.empty(mask.shape, dtype=g.dtype, memory_format=torch.channels_last).copy_(mask) \
-            if cl and mask.dim() == 4 else mask.to(g.dtype)
+        coef = mask.to(g.dtype, memory_format=torch.channels_last) if cl and mask.dim() == 4 else mask.to(g.dtype)
     elif cl and coef.dim() == 4:
         coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
+    if r == 1 and coef.shape == g.shape:  # one row: no broadcast over rows
+        return g.mul_(coef) if own else g * coef
     rows = _rows(g, r)
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
@@ -832,7 +866,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     y_key, x_key = id(tape.shadow(y_raw)), id(tape.shadow(x))
     cot: dict[int, Tensor] = {y_key: seed.view(r * n, *y_raw.shape[1:])}
     owned = {y_key}  # cotangents no other cotangent shares memory with: their rules may work in place
-    b_rows = None if bias is None else y_raw.new_zeros(r, n)
+    shares = None if bias is None else _Shares(y_raw.new_zeros(r, n), r)
     try:
         with torch.no_grad():
             for node in reversed(tape.plan()):
@@ -843,10 +877,10 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                         continue
                     grads, at_zero = _apply_vjp(node, gs, r)
                     fresh = [False] * len(node.ins)
-                    if b_rows is not None:
+                    if shares is not None:
                         for g, const in zip(gs, at_zero, strict=True):
                             if g is not None:
-                                _add_offset(b_rows, g, const, r)
+                                shares.add(g, const)
                     del gs, at_zero
                 else:
                     g = cot.pop(id(node.out), None)
@@ -854,8 +888,8 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                         continue
                     own = id(node.out) in owned
                     owned.discard(id(node.out))
-                    if b_rows is not None and "offset" in node.data:  # before the rule, which may work in place
-                        _add_offset(b_rows, g, node.data["offset"], r)
+                    if shares is not None and "offset" in node.data:  # before the rule, which may work in place
+                        shares.add(g, node.data["offset"])
                     grads, fresh = _apply(node, g, r, own), _owned(node, own)
                     del g  # freed as soon as its rule has run (unless a result is a view of it)
                 for inp, new in zip(node.ins, fresh, strict=True):
@@ -864,8 +898,8 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
         tape.switch_off(f"{err} (no transpose rule)")
         return None
     gx = cot.pop(x_key, None)
-    if bias is not None:
-        bias.copy_(b_rows.T)
+    if shares is not None:
+        bias.copy_(shares.total().T)
     if out is None:
         out = x.new_empty(n, r, x[0].numel())
     if gx is None:
