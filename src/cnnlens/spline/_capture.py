@@ -691,7 +691,7 @@ class Capture(TorchFunctionMode):
         """Run ``func`` on a captured forward pass by its rule in the registry (see the module docstring)."""
         if self._escaped:
             self._check_escaped(func, args, kwargs)
-        if self.tape is not None and self.tape.pending_statistics:  # an in-place write: pending batch-norm forms first
+        if self.tape is not None and self.tape.pending_batch_norms:  # an in-place write: pending batch-norm forms
             for target in (args[0] if args and _mutates_first(func) else None, kwargs.get("out")):
                 for t in [target] if isinstance(target, Tensor) else tree_leaves(target) if target else []:
                     if isinstance(t, Tensor):

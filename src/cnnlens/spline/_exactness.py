@@ -83,8 +83,8 @@ def replay_offset(model: Callable[[Tensor], Tensor], x: Tensor, entries: list[En
 
 def identity_errors(a: Tensor, b: Tensor, x: Tensor, f: Tensor) -> Tensor:
     """Per-sample ``max_c |A x + B - f(x)|`` relative to ``max(|f(x)|, |A x|, |B|)`` of the sample, (N,)."""
-    ax = torch.einsum("nrd,nd->nr", a, x.reshape(x.shape[0], -1))
-    scale = torch.stack([f.abs().amax(1), ax.abs().amax(1), b.abs().amax(1)]).amax(0)
+    ax = torch.bmm(a, x.reshape(x.shape[0], -1, 1)).squeeze(2)
+    scale = torch.maximum(torch.maximum(f.abs(), ax.abs()), b.abs()).amax(1)
     err = (ax + b - f).abs().amax(1)
     return err / scale.clamp_min(torch.finfo(err.dtype).tiny)
 

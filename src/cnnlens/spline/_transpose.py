@@ -91,8 +91,8 @@ class Tape:
     _plan: list[Node] | None = field(default=None, repr=False)
     _plan_rows: int = field(default=0, repr=False)
     _shadows: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, repr=False)
-    pending_statistics: list[tuple[Tensor | None, ...]] = field(default_factory=list, repr=False)  # batch-norms
-    # whose forms are pending (their statistics); the storages they read, computed when a write needs them
+    pending_batch_norms: list[Node] = field(default_factory=list, repr=False)  # nodes whose forms are pending;
+    # the storages of their statistics, computed when a write needs them
     _pending_storages: set[int] = field(default_factory=set, repr=False)
     _pending_seen: int = field(default=0, repr=False)
 
@@ -120,11 +120,12 @@ class Tape:
     def before_write(self, t: Tensor) -> None:
         """Called before the model writes into ``t`` in place: the pending batch-norm forms that read its memory
         are computed now, from the values the pass used (:func:`_batch_norm_forms`)."""
-        if not self.pending_statistics:
+        if not self.pending_batch_norms:
             return
-        for stats in self.pending_statistics[self._pending_seen:]:
-            self._pending_storages.update(s.untyped_storage().data_ptr() for s in stats if s is not None)
-        self._pending_seen = len(self.pending_statistics)
+        for node in self.pending_batch_norms[self._pending_seen:]:
+            self._pending_storages.update(s.untyped_storage().data_ptr() for s in node.data["batch_norm"][0]
+                                          if s is not None)
+        self._pending_seen = len(self.pending_batch_norms)
         if t.untyped_storage().data_ptr() in self._pending_storages:
             _batch_norm_forms(self)
 
@@ -154,7 +155,7 @@ class Tape:
         node.ins, node.out = ins, self.shadow(node.out)
         self.nodes.append(node)
         if "batch_norm" in data:
-            self.pending_statistics.append(data["batch_norm"][0])
+            self.pending_batch_norms.append(node)
         if node.kind in ("view", "vjp") and any(o._is_view() for o in real_outs):  # the rules whose ops make views
             group: set[int] = set()
             for t in (*map(self.shadow, real_outs), *ins):
@@ -280,12 +281,11 @@ def _batch_norm_forms(tape: Tape) -> None:
     (through a NumPy view) leaves the forms out of step with the pass, and the identity check of the map raises.
     """
     groups: dict[tuple, list[Node]] = {}
-    tape.pending_statistics.clear()
+    pending = tape.pending_batch_norms
+    tape.pending_batch_norms = []
     tape._pending_storages.clear()
     tape._pending_seen = 0
-    for node in tape.nodes:
-        if node.kind != "channel_scale" or "scale" in node.data:
-            continue
+    for node in pending:
         stats, versions, eps, _ = node.data["batch_norm"]
         if any(t is not None and t._version != v for t, v in zip(stats, versions, strict=True)):
             tape.switch_off("a batch-norm whose statistics or affine parameters the model wrote in place after "
@@ -974,9 +974,7 @@ def tape_bytes(tape: Tape) -> tuple[int, int]:
     folded in (which do not); the model's own parameters aside (the activations are not kept: :class:`Tape`)."""
     tensors: dict[int, tuple[Tensor, bool]] = {}  # id -> (tensor, is a folded weight); each tensor looked at once
     nodes = {id(node): node for node in (*tape.nodes, *tape.plan())}  # the recorded nodes keep bypassed tensors
-    for node in nodes.values():
-        for t in (*node.ins, node.out, *node.data.get("outs", ())):
-            tensors[id(t)] = (t, False)
+    for node in nodes.values():  # (their inputs and outputs are stand-ins on the meta device: Tape.add)
         for key, value in node.data.items():
             if isinstance(value, Tensor) and key not in ("args", "kwargs", "fn", "outs"):
                 tensors[id(value)] = (value, key == "weight")
