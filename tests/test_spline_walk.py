@@ -5,6 +5,7 @@ recording pass and a replay, and the adaptive batch walks the same regions."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
@@ -362,11 +363,13 @@ def test_paired_pass_equals_a_recording_and_a_replay(name, split, monkeypatch):
 @pytest.mark.parametrize("conv", [nn.Conv1d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, stride=2, padding=1),
                                   nn.Conv2d(4, 4, 3, groups=2, dilation=2), nn.Conv3d(2, 3, 2)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_paired_pass_convolves_in_chunks_bit_for_bit(conv, threads, monkeypatch):
+def test_paired_pass_convolves_in_chunks_as_two_passes(conv, threads, monkeypatch):
     """Convolutions of a paired pass split into chunks of samples within each half (down to one sample: budget 0,
-    or several: a budget of a few samples' unfolding) give exactly the numbers of a recording pass and a replay, on
-    1 and 2 threads, and of the pass on the whole batch (not compared for conv3d on 2 threads, whose sums depend on
-    the batch: there the pass convolves each half whole)."""
+    or several: a budget of a few samples' unfolding) give the numbers of a recording pass and a replay, on 1 and 2
+    threads, and of the pass on the whole batch (not compared for conv3d on 2 threads: there the pass convolves each
+    half whole), up to rounding: float64 convolutions are not bit for bit the same for every batch size on every
+    CPU (on AVX-512 ones they differ in the last bits, up to 4.4e-16 here), while a chunk out of place or out of
+    order would differ by the size of the values (about 1)."""
     from cnnlens.spline import _capture
 
     d = conv.weight.dim() - 2
@@ -387,10 +390,13 @@ def test_paired_pass_convolves_in_chunks_bit_for_bit(conv, threads, monkeypatch)
         here, ahead, out = _two_passes(net, x, y)
     finally:
         torch.set_num_threads(previous)
+    close = functools.partial(torch.testing.assert_close, rtol=0, atol=1e-14)
     for got, u in runs:
-        assert torch.equal(got, runs[0][0]) and torch.equal(u, runs[0][1])
-        assert torch.equal(u[:len(x)], here[0].probe["u"]) and torch.equal(u[len(x):], ahead[0].probe["u"])
-        assert torch.equal(got[len(x):], out)
+        close(got, runs[0][0])
+        close(u, runs[0][1])
+        close(u[:len(x)], here[0].probe["u"])
+        close(u[len(x):], ahead[0].probe["u"])
+        close(got[len(x):], out)
 
 
 @pytest.mark.parametrize("name", PAIRED_CASES)

@@ -1064,9 +1064,9 @@ class Capture(TorchFunctionMode):
     # paired passes ------------------------------------------------------------------------------------------------
     def _run_halves(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A linear op of a paired pass: a CPU convolution that would unfold a large batch (:data:`_SPLIT_UNFOLD`)
-        runs on chunks of samples within each half (the same numbers, bit for bit, as on a recording pass and a
-        replay: it convolves sample by sample; checked for conv1d/2d/3d, on 1 and 2 threads); every other op runs
-        once on the whole batch."""
+        runs on chunks of samples within each half (the numbers of a recording pass and a replay up to rounding:
+        float64 convolutions differ in the last bits with the batch size on some CPUs; checked for conv1d/2d/3d, on
+        1 and 2 threads); every other op runs once on the whole batch."""
         h = args[0] if args else None
         if func not in _CONV_ND or not isinstance(h, Tensor) or h.device.type != "cpu" or \
                 not self._is(h, self._samples) or h.shape[0] != 2 * self.half:
