@@ -1078,9 +1078,7 @@ class Capture(TorchFunctionMode):
         if unfolded <= _SPLIT_UNFOLD:
             return self._run(func, args, kwargs)
         n = self.half
-        # chunks within each half; conv3d on several threads sums in an order that depends on the batch: halves
-        step = n if func is F.conv3d and torch.get_num_threads() > 1 else \
-            max(1, min(n, h.shape[0] * _SPLIT_UNFOLD // unfolded))
+        step = max(1, min(n, h.shape[0] * _SPLIT_UNFOLD // unfolded))  # chunks within each half
         return torch.cat([self._run(func, (part, *args[1:]), kwargs) for half in (h[:n], h[n:])
                           for part in half.split(step)])
 
