@@ -83,7 +83,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -1947,7 +1947,7 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
     _check_eager(model, named)
     if isinstance(model, nn.Module):
         for _, mod in named:
-            if isinstance(mod, _TRAINING_SENSITIVE) and mod.training:
+            if _kind_of(type(mod)).training_sensitive and mod.training:
                 raise ValueError(f"{_path_of(model, mod)} ({type(mod).__name__}) is in training mode, where it "
                                  "depends on the batch or on random masks; call model.eval() before using "
                                  "cnnlens.spline.")
@@ -1977,10 +1977,11 @@ def _check_eager(model: Callable[[Tensor], Tensor], named: list[tuple[str, nn.Mo
             raise TypeError(f"{_path_of(model, mod)} was compiled with torch.compile: a compiled graph reruns the "
                             "operations without the Python code that records them, so the capture cannot follow it. "
                             "Pass the eager module (the compiled module's ._orig_mod).")
-        if isinstance(mod, torch.jit.ScriptModule):
+        kind = _kind_of(type(mod))
+        if kind.script:
             raise TypeError(f"{_path_of(model, mod)} is a TorchScript module ({type(mod).__name__}, from "
                             f"torch.jit.script or torch.jit.trace). {_EAGER_HINT}")
-        if _torch_forward(mod):  # torch's own layers call none of their attributes
+        if kind.torch_forward:  # torch's own layers call none of their attributes
             continue
         for name, value in vars(mod).items():
             if isinstance(value, torch.jit.ScriptFunction):
@@ -1988,9 +1989,19 @@ def _check_eager(model: Callable[[Tensor], Tensor], named: list[tuple[str, nn.Mo
                                 f"{_EAGER_HINT}")
 
 
-def _torch_forward(mod: nn.Module) -> bool:
-    """Whether the module's ``forward`` is one of torch's own (a built-in layer, or a container)."""
-    return getattr(_forward_of(type(mod)), "__module__", "torch.").startswith("torch.")
+class _Kind(NamedTuple):
+    """What the checks of a capture need to know of a module class (:func:`_kind_of`)."""
+
+    torch_forward: bool  # its forward is one of torch's own (a built-in layer, or a container)
+    script: bool  # a TorchScript module
+    training_sensitive: bool  # it depends on the batch or on random masks in training mode
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind_of(cls: type) -> _Kind:
+    """The :class:`_Kind` of a module class, read once per class (the checks run on every call)."""
+    return _Kind(getattr(_forward_of(cls), "__module__", "torch.").startswith("torch."),
+                 issubclass(cls, torch.jit.ScriptModule), issubclass(cls, _TRAINING_SENSITIVE))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -2027,10 +2038,10 @@ def capture(model: Callable[[Tensor], Tensor], *, graph: bool = False, approxima
         named = named or list(model.named_modules())
         cap.paths = {id(mod): path for path, mod in named}
         mods = [mod for _, mod in named]
-    if cap.tape is not None:
-        held = _constants_of(model, modules=mods)
-        cap.know(held)
-        cap._mark(cap._held, held)
+    if cap.tape is not None:  # the model's own tensors: known constants (one weak reference each)
+        refs = {id(t): weakref.ref(t) for t in _constants_of(model, modules=mods)}
+        cap._known.update(refs)
+        cap._held.update(refs)
     with cap:
         yield cap
 
@@ -2071,7 +2082,7 @@ def _constants_of(model: Any, depth: int = 0, modules: list[nn.Module] | None = 
         mods = modules if modules is not None else list(model.modules())
         found = [t for mod in mods for table in (mod._parameters, mod._buffers) for t in table.values()
                  if isinstance(t, Tensor)]
-        own = [mod for mod in mods if not _torch_forward(mod)]
+        own = [mod for mod in mods if not _kind_of(type(mod)).torch_forward]
         found += [t for mod in own for t in vars(mod).values() if isinstance(t, Tensor)]
         if depth <= 2:
             for forward in {_forward_of(type(mod)) for mod in own}:  # torch's forwards close over no tensors
