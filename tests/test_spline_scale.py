@@ -384,7 +384,8 @@ def test_relu_units_are_held_as_one_byte_masks(dtype) -> None:
     with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
         run_captured(cap, model, x)
     relus = [n for n in tape.plan(1) if n.kind == "scale"]
-    assert len(relus) == 2 and all(set(n.data) == {"mask"} and n.data["mask"].dtype == torch.bool for n in relus)
+    assert len(relus) == 2 and all(set(n.data) - {"nonzero"} == {"mask"} and n.data["mask"].dtype == torch.bool
+                                for n in relus)
     assert tape_bytes(tape)[0] == 2 * (4 * 6 * 6 + 3 * 4 * 4)
     res = affine_map(model, x)
     assert res.path == "transposed" and _rel(res.A, _jacobian(model, x)) <= tol(dtype)
@@ -426,3 +427,38 @@ def test_global_average_pooling_has_its_own_rule(dims, out, kind, layout, dtype)
         res = affine_map(model, x, classes=[0] if one_row else None)
         assert res.path == "transposed" and _rel(res.A, reference[:, :1] if one_row else reference) <= tol(dtype)
         assert res.identity_error <= tol(dtype)
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(unit=st.sampled_from(["relu", "relu_", "leaky", "threshold"]), k=st.integers(2, 3), stride=st.integers(1, 3),
+       pad=st.integers(0, 1), size=st.integers(5, 9), batch=st.integers(1, 3), rows=st.sampled_from([1, 5]),
+       double=st.booleans(), seed=st.integers(0, 1000))
+def test_mask_at_the_argmax_of_a_pooled_relu(unit, k, stride, pad, size, batch, rows, double, seed):
+    """A ReLU followed by a max-pool: the recording pass reads the ReLU's mask at the argmax off the pooled values
+    (``picked``, where the maximum is not 0) and the sweep applies it at the pooled positions. On integer-valued
+    inputs (many exact zeros and ties in every window) ``picked`` equals the mask gathered at the argmax, it is
+    recorded for a ReLU only (not for a leaky ReLU, nor a threshold whose mask is not ``out != 0``), and A equals
+    jacrev for one and for several rows, float32 and float64."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    units = {"relu": nn.ReLU(), "relu_": nn.ReLU(inplace=True), "leaky": nn.LeakyReLU(0.1),
+             "threshold": nn.Threshold(-0.5, 0.0)}
+    pad = min(pad, k // 2)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), units[unit], nn.MaxPool2d(k, stride, pad), nn.Flatten(),
+                          nn.LazyLinear(5)).to(dtype)
+    x = torch.randint(-2, 3, (batch, 2, size, size), generator=gen).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randint(-1, 2, model[0].weight.shape, generator=gen).to(dtype))
+        model(x)  # materialise the lazy layer
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    relu, pool = [n for n in tape.nodes if n.kind in ("scale", "gather")]
+    assert ("picked" in pool.data) == (unit in ("relu", "relu_"))
+    if "picked" in pool.data:
+        idx = pool.data["idx"]
+        assert torch.equal(pool.data["picked"], relu.data["mask"].flatten(2).gather(2, idx.flatten(2)).view(idx.shape))
+        assert any(n.kind == "gather" and "mask" in n.data for n in tape.plan(rows))  # fused at every row count
+    res = affine_map(model, x, classes=list(range(rows)))
+    assert res.path == "transposed"
+    assert _rel(res.A, _jacobian(model, x)[:, :rows]) <= tol(dtype)

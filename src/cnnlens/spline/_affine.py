@@ -318,6 +318,9 @@ def _entries_bytes(entries: list[Entry]) -> int:
 def _rows_of(classes: Sequence[int] | Tensor | None, num_outputs: int) -> Tensor:
     if classes is None:
         return torch.arange(num_outputs)
+    if isinstance(classes, (range, list, tuple)) and classes and \
+            all(type(c) is int and 0 <= c < num_outputs for c in classes):  # checked without tensor operations
+        return torch.tensor(classes, dtype=torch.long)
     try:
         rows = torch.as_tensor(classes).reshape(-1)
     except (TypeError, ValueError, RuntimeError):

@@ -1287,7 +1287,7 @@ def _binary(cap: Capture, func: Callable, args: tuple, kwargs: dict, name: str, 
         out = _masked_output(cap, mask, make_out, inplace_target, slope[0] if zero_floor else None)
     cap.record(Entry(name, "binary", shape, 2, mask, mask, probe))
     if cap.tape is not None and cap.tape.ok:
-        _tape_binary(cap, func, mask, out, slope, select, inplace_target, floor)
+        _tape_binary(cap, func, mask, out, slope, select, inplace_target, floor, own and zero_floor)
     cap.track(out)
     return out
 
@@ -1309,9 +1309,12 @@ def _masked_output(cap: Capture, mask: Tensor, make_out: Callable[[Tensor], Tens
 
 
 def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope: tuple[Tensor | None, Any],
-                 select: tuple[Tensor, Tensor] | None, inplace_target: Tensor | None, floor: Tensor | None) -> None:
+                 select: tuple[Tensor, Tensor] | None, inplace_target: Tensor | None, floor: Tensor | None,
+                 nonzero: bool = False) -> None:
     """The transpose rule of a two-piece unit: a slope per unit (``scale``) or the selected operand (``select``),
-    with the unit's constant term where its piece has one (a constant operand, a clamp's bound), for B[x]."""
+    with the unit's constant term where its piece has one (a constant operand, a clamp's bound), for B[x].
+    ``nonzero``: the mask is ``out != 0`` (a ReLU's, read off its output), so that a max-pool of ``out`` can tell
+    the mask at its argmax from its own values (:func:`_selected`)."""
     tape = cap.tape
     describe = lambda: f"{_op_name(func)}{cap._where()}"  # noqa: E731 - only called on a switch-off
     if select is not None:
@@ -1332,7 +1335,7 @@ def _tape_binary(cap: Capture, func: Callable, mask: Tensor, out: Tensor, slope:
         tape.switch_off(f"the operation {describe()} with a bound that broadcasts its input to a larger shape")
         return
     if isinstance(s, float) and s == 0.0:  # the 0 / 1 factor is made from the mask when the sweep needs it
-        data: dict[str, Any] = {"mask": mask}
+        data: dict[str, Any] = {"mask": mask, "nonzero": True} if nonzero and floor is None else {"mask": mask}
     else:
         data = {"coef": torch.where(mask, torch.ones((), dtype=h.dtype), torch.as_tensor(s, dtype=h.dtype))}
     if floor is not None:
@@ -1549,7 +1552,13 @@ def _selected(cap: Capture, func: Callable, h: Tensor, values: Tensor, idx: Tens
     if cap.graph or forced:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
     if cap.tape is not None and cap.tape.ok:
-        cap.tape.add(Node("gather", (h,), values, {"idx": idx}), lambda: f"{_op_name(func)}{cap._where()}")
+        data: dict[str, Any] = {"idx": idx}
+        last = cap.tape.nodes[-1] if cap.tape.nodes else None
+        if last is not None and "nonzero" in last.data and last.out is cap.tape.shadow(h):
+            # a max-pool of a ReLU's output: the ReLU's mask at the argmax is where the maximum is not 0, one
+            # comparison on the pooled size instead of a gather (for the sweep's fusion of the two: _fuse)
+            data["picked"] = values != 0
+        cap.tape.add(Node("gather", (h,), values, data), lambda: f"{_op_name(func)}{cap._where()}")
     cap.track(values)
     return (values, idx) if return_indices else values
 
@@ -1951,7 +1960,8 @@ def check_model_input(model: Callable[[Tensor], Tensor], x: Any, what: str = "x"
                 raise ValueError(f"{_path_of(model, mod)} ({type(mod).__name__}) is in training mode, where it "
                                  "depends on the batch or on random masks; call model.eval() before using "
                                  "cnnlens.spline.")
-        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        param = next((p for _, mod in named for p in mod._parameters.values()  # model.parameters(), one walk
+                      if p is not None and p.is_floating_point()), None)
         if param is not None and param.dtype != x.dtype:
             raise TypeError(f"{what} has dtype {x.dtype} but the model's parameters are {param.dtype}; convert "
                             f"one of them (e.g. model.to({x.dtype}) or {what}.to({param.dtype})).")

@@ -507,13 +507,15 @@ def _conv_form(g_shape: torch.Size, x_shape: torch.Size, weight_shape: torch.Siz
 
 
 def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tensor,
-            params: tuple | None = None) -> Tensor:
+            params: tuple | None = None, onednn: bool | None = None) -> Tensor:
     """Input gradient of ``func(x, weight, bias, stride, padding, dilation, groups)`` for cotangents ``g``, in the
     form :func:`_conv_form` picks; ``weight`` is the layer's weight, with a following batch-norm folded in
-    (:func:`_fuse`); ``params``: :func:`_conv_params` of the call, when known."""
+    (:func:`_fuse`); ``params``: :func:`_conv_params` of the call, ``onednn``: :func:`_onednn` of ``g``, when
+    known."""
     params = params or _conv_params(func, args)
     stride, padding, dilation, groups = params
-    form = _conv_form(g.shape, x_shape, weight.shape, params, _onednn(g), _is_channels_last(weight))
+    onednn = _onednn(g) if onednn is None else onednn
+    form = _conv_form(g.shape, x_shape, weight.shape, params, onednn, _is_channels_last(weight))
     if form == "matmul":
         return (g.reshape(g.shape[0], -1) @ weight.reshape(weight.shape[0], -1)).reshape(g.shape[0], *x_shape[1:])
     if form == "pointwise":  # a GEMM in channels-last order, written to every stride-th input position
@@ -655,9 +657,10 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
 
-def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  # noqa: C901 - one rule per kind
+def _apply(node: Node, g: Tensor, r: int, own: bool = False, onednn: bool | None = None  # noqa: C901 - one
+           ) -> list[Tensor]:  # rule per kind
     """The rule of ``node`` for its output cotangent ``g``; ``own``: the sweep owns ``g`` (no other tensor's
-    cotangent shares its memory), so it may be overwritten."""
+    cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep, when known."""
     kind = node.kind
     if kind == "scale":
         return [_scaled(g, node, r, own)]
@@ -672,7 +675,8 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False) -> list[Tensor]:  #
         return [g @ node.data.get("weight", node.data["args"][1]).detach()]
     if kind == "conv":
         weight = node.data.get("weight", node.data["args"][1]).detach()
-        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight, node.data["params"])]
+        return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight, node.data["params"],
+                        onednn)]
     if kind == "gather":
         idx = node.data["idx"]
         x = node.ins[0]
@@ -739,9 +743,10 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
     * The weight of a 2-d convolution whose transposed form is "channels_last" (:func:`_conv_form`) is held in
       channels-last order where that layout changes its form to the faster one (:func:`_sweep_weight`).
     * A ReLU-like mask (also in place) followed only by a max-pool is applied at the argmax positions (pooled
-      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications); done when the ``rows``
-      multiplications it saves cost more than gathering the mask once (about 8 multiplications per element,
-      measured).
+      size) instead of on the whole pre-pool tensor (~window-size fewer multiplications); always for a ReLU,
+      whose mask at the argmax the recording pass read off the pooled values (``picked``: :func:`._capture._selected`),
+      otherwise when the ``rows`` multiplications it saves cost more than gathering the mask once (about 8
+      multiplications per element, measured).
     """
     uses: dict[int, int] = {}
     for node in nodes:
@@ -768,11 +773,14 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
             continue
         in_place = prev is not None and prev.ins[0] is prev.out  # relu_(h): h read by the mask and the pool
         key = "coef" if prev is not None and "coef" in prev.data else "mask"  # a scale's factor, or its mask
+        picked = node.data.get("picked") if key == "mask" else None  # the mask at the argmax, when recorded
         if node.kind == "gather" and prev is not None and prev.kind == "scale" and prev.out is node.ins[0] and \
                 "offset" not in prev.data and uses.get(id(prev.out), 0) == 1 + in_place and \
-                prev.data[key].shape == prev.out.shape and rows * prev.out.numel() >= 8 * node.data["idx"].numel():
+                prev.data[key].shape == prev.out.shape and \
+                (picked is not None or rows * prev.out.numel() >= 8 * node.data["idx"].numel()):
             idx = node.data["idx"]
-            picked = prev.data[key].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+            if picked is None:
+                picked = prev.data[key].flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
             fused[-1] = Node("gather", (prev.ins[0],), node.out, {"idx": idx, key: picked})
         else:
             fused.append(node)
@@ -867,6 +875,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
     cot: dict[int, Tensor] = {y_key: seed.view(r * n, *y_raw.shape[1:])}
     owned = {y_key}  # cotangents no other cotangent shares memory with: their rules may work in place
     shares = None if bias is None else _Shares(y_raw.new_zeros(r, n), r)
+    onednn = _onednn(x)
     try:
         with torch.no_grad():
             for node in reversed(tape.plan()):
@@ -890,7 +899,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                     owned.discard(id(node.out))
                     if shares is not None and "offset" in node.data:  # before the rule, which may work in place
                         shares.add(g, node.data["offset"])
-                    grads, fresh = _apply(node, g, r, own), _owned(node, own)
+                    grads, fresh = _apply(node, g, r, own, onednn), _owned(node, own)
                     del g  # freed as soon as its rule has run (unless a result is a view of it)
                 for inp, new in zip(node.ins, fresh, strict=True):
                     _accumulate(cot, owned, id(inp), grads.pop(0), new)
