@@ -683,9 +683,12 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False, onednn: bool | None
         n, c = idx.shape[:2]
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
-        if "coef" in node.data or "mask" in node.data:
-            g = _scaled(g, node, r, own)
-        out.scatter_add_(3, flat_idx, g.reshape(r, n, c, -1))
+        rows = g.reshape(r, n, c, -1)  # in (R, N, C, positions) order: a copy when g is channels-last
+        if "coef" in node.data or "mask" in node.data:  # a fused unit's factor at the argmax, in the same order
+            factor = node.data["coef"] if "coef" in node.data else node.data["mask"].view(torch.uint8).to(g.dtype)
+            factor = factor.reshape(n, c, -1)
+            rows = rows.mul_(factor) if own or rows.data_ptr() != g.data_ptr() else rows * factor
+        out.scatter_add_(3, flat_idx, rows)
         return [out.view(r * n, *x.shape[1:])]
     if kind == "take":  # a selection (max over dimensions, running max, sort, ...): scatter to the selected inputs
         src = node.data["src"]
