@@ -657,10 +657,9 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
 
-def _apply(node: Node, g: Tensor, r: int, own: bool = False, onednn: bool | None = None  # noqa: C901 - one
-           ) -> list[Tensor]:  # rule per kind
+def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tensor]:  # noqa: C901 - one rule per kind
     """The rule of ``node`` for its output cotangent ``g``; ``own``: the sweep owns ``g`` (no other tensor's
-    cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep, when known."""
+    cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep."""
     kind = node.kind
     if kind == "scale":
         return [_scaled(g, node, r, own)]
@@ -685,9 +684,8 @@ def _apply(node: Node, g: Tensor, r: int, own: bool = False, onednn: bool | None
         out = g.new_zeros(r, n, c, x[0, 0].numel())
         rows = g.reshape(r, n, c, -1)  # in (R, N, C, positions) order: a copy when g is channels-last
         if "coef" in node.data or "mask" in node.data:  # a fused unit's factor at the argmax, in the same order
-            factor = node.data["coef"] if "coef" in node.data else node.data["mask"].view(torch.uint8).to(g.dtype)
-            factor = factor.reshape(n, c, -1)
-            rows = rows.mul_(factor) if own or rows.data_ptr() != g.data_ptr() else rows * factor
+            fresh = own or rows.data_ptr() != g.data_ptr()
+            rows = _scaled(rows.view(g.shape), node, r, fresh).view(r, n, c, -1)
         out.scatter_add_(3, flat_idx, rows)
         return [out.view(r * n, *x.shape[1:])]
     if kind == "take":  # a selection (max over dimensions, running max, sort, ...): scatter to the selected inputs
