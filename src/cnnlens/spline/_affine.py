@@ -309,9 +309,9 @@ def _forward_bytes(codes: int, largest: int) -> int:
 
 
 def _entries_bytes(entries: list[Entry]) -> int:
-    """Memory held by the recorded region codes (masks, argmax indices), each storage counted once."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for e in entries for t in (e.states, e.selector) if isinstance(t, Tensor)}
+    """Memory held by the recorded region codes (masks, argmax indices), each storage counted once (states not
+    computed yet hold none: :class:`Entry`)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for e in entries for t in e.held()}
     return sum(storages.values())
 
 

@@ -369,6 +369,9 @@ class Entry:
 
     ``states`` holds the region code per unit: bool for "binary" (True = active piece), uint8 for "ternary"
     (0 below, 1 linear, 2 above), the window-relative argmax for "argmax" (uint8, int64 for windows over 256).
+    It may be given as a function of no arguments that computes it, called once on first use: the window-relative
+    index of a max-pool is read off its flat index, which the affine map never needs (ResNet-18 at 224x224: 0.35 ms
+    of a 60 ms call).
     ``selector`` is what the masked linear network needs to replay the same piece (the mask, the ternary state, or
     the flat max-pool index).
     ``probe`` holds, when requested, the quantities whose sign changes define region boundaries (used by the
@@ -379,9 +382,19 @@ class Entry:
     kind: str
     shape: tuple[int, ...]
     num_states: int
-    states: Tensor
+    _states: Tensor | Callable[[], Tensor]
     selector: Tensor
     probe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def states(self) -> Tensor:
+        if not isinstance(self._states, Tensor):
+            self._states = self._states()
+        return self._states
+
+    def held(self) -> list[Tensor]:
+        """The tensors the entry holds now (the states once computed, the selector)."""
+        return [t for t in (self._states, self.selector) if isinstance(t, Tensor)]
 
 
 def _has_tensor(out: Any) -> bool:
@@ -1505,9 +1518,11 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     if forced is not None:
         idx, rel = forced.selector, forced.states
     else:
-        rel = _window_index(idx, h.shape[2:], values.shape[2:], k, s, p, dil)
+        rel = functools.partial(_window_index, idx, h.shape[2:], values.shape[2:], k, s, p, dil)
         if paired:
-            idx, rel = _twice(idx), _twice(rel)
+            idx, rel = _twice(idx), _twice(rel())
+        elif return_indices:  # the model holds the index and may change it: read off now
+            rel = rel()
     probe = {"h": cap._kept(h), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
                                                           ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
