@@ -114,7 +114,8 @@ class Tape:
             if not self.ok:  # the sweep does not run (transpose_rows returns None): no fusions to plan
                 return self.nodes
             self._plan_rows = rows or self._plan_rows or 1
-            self._plan = _fuse(self.nodes, self._plan_rows)
+            with torch.no_grad():
+                self._plan = _fuse(self.nodes, self._plan_rows)
         return self._plan
 
     def before_write(self, t: Tensor) -> None:
@@ -236,9 +237,10 @@ class _Shares:
         if offset.dim() == 1 and g.dim() == 2:  # a linear layer's bias
             gs = g
         else:
-            offset = offset.reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
+            if offset.dim() != g.dim():
+                offset = offset.reshape((1,) * (g.dim() - offset.dim()) + tuple(offset.shape))
             dims = [d for d in range(1, g.dim()) if offset.shape[d] == 1 and g.shape[d] > 1]
-            gs = g.sum(dims, keepdim=True) if dims else g
+            gs = g.sum(dims) if dims else g  # (the dims summed out are those where offset has size 1: same order)
             if offset.shape[0] != 1:  # an offset per sample
                 n = rn // self.r
                 self.b_rows += torch.einsum("rnd,nd->rn", gs.reshape(self.r, n, -1), offset.reshape(n, -1))
@@ -246,7 +248,7 @@ class _Shares:
         if gs is g:  # the cotangent itself, which the node's rule may overwrite: added now
             self.b_rows.view(-1).addmv_(g.reshape(rn, -1), offset.reshape(-1))
             return
-        self._sums.append(gs.reshape(rn, -1))
+        self._sums.append(gs if gs.dim() == 2 else gs.reshape(rn, -1))
         self._offsets.append(offset.reshape(-1))
         self._waiting += self._sums[-1].numel()
         if self._waiting > _SHARES:
@@ -304,7 +306,7 @@ def _batch_norm_forms(tape: Tape) -> None:
             sizes = [st[1].numel() for st in stats]
             for node, s, t in zip(nodes, scale.split(sizes), shift.split(sizes), strict=True):
                 node.data["scale"] = s
-                node.data["offset"] = _channel_offset(t, node.data["batch_norm"][3])
+                node.data["offset"] = t.view(1, -1, *[1] * (node.data["batch_norm"][3] - 2))
 
 
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
@@ -671,9 +673,9 @@ def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tenso
     if kind == "sum":
         return [g if s == 1 else g * s for s in node.data["signs"]]
     if kind == "linear":
-        return [g @ node.data.get("weight", node.data["args"][1]).detach()]
+        return [g @ node.data.get("weight", node.data["args"][1])]
     if kind == "conv":
-        weight = node.data.get("weight", node.data["args"][1]).detach()
+        weight = node.data.get("weight", node.data["args"][1])
         return [_conv_t(g, node.ins[0].shape, node.data["func"], node.data["args"], weight, node.data["params"],
                         onednn)]
     if kind == "gather":
@@ -803,7 +805,7 @@ def _sweep_weight(node: Node, rows: int) -> Node:
     cotangents of the layer's output (its one reordering pass then costs less than the time the layout saves,
     measured on ResNet-18 at 224x224)."""
     scale = node.data.get("scale")
-    weight = node.data["args"][1].detach()
+    weight = node.data["args"][1]
     layout = torch.contiguous_format
     if node.kind == "conv" and weight.dim() == 4 and weight.numel() <= 2 * rows * node.out.numel():
         form = functools.partial(_conv_form, (rows * node.out.shape[0], *node.out.shape[1:]), node.ins[0].shape,
