@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from unittest import mock
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from torch.utils._pytree import tree_leaves
 
 from cnnlens.nn.models import get_model, lenet5, mobilenet_v1, resnet18, small_resnet, vgg11_bn
 from cnnlens.spline import _affine as affine_module
-from cnnlens.spline import affine_map, templates
+from cnnlens.spline import _capture as capture_module
+from cnnlens.spline import affine_map, partition_codes, templates
 from cnnlens.spline._capture import Capture, capture, run_captured
 from cnnlens.spline._transpose import (
     Tape,
@@ -462,3 +464,43 @@ def test_mask_at_the_argmax_of_a_pooled_relu(unit, k, stride, pad, size, batch, 
     res = affine_map(model, x, classes=list(range(rows)))
     assert res.path == "transposed"
     assert _rel(res.A, _jacobian(model, x)[:, :rows]) <= tol(dtype)
+
+
+@settings(max_examples=30, **_SETTINGS)
+@given(k=st.integers(2, 3), stride=st.integers(1, 3), pad=st.integers(0, 1), size=st.integers(5, 9),
+       batch=st.integers(1, 3), indices=st.booleans(), double=st.booleans(), seed=st.integers(0, 1000))
+def test_a_max_pool_code_is_computed_on_first_use(k, stride, pad, size, batch, indices, double, seed):
+    """The window-relative argmax of a max-pool (its region code, eq. 14 of 000) is read off the flat index only
+    when it is used: an affine_map call computes none, and the codes of partition_codes equal the argmax of each
+    window read off the unfolded input (an independent computation; random inputs, no ties), also when the model
+    asks for the indices (then the code is read off at once, before the model could change them)."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    pad = min(pad, k // 2)
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1)
+            self.head = nn.LazyLinear(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = F.max_pool2d(self.conv(x), k, stride, pad, return_indices=indices)
+            return self.head((out[0] if indices else out).flatten(1))
+
+    model = Pooled().to(dtype)
+    x = torch.randn(batch, 2, size, size, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        model(x)  # materialise the lazy layer
+    with mock.patch.object(capture_module, "_window_index", wraps=capture_module._window_index) as spy:
+        res = affine_map(model, x)
+        in_map = spy.call_count  # one per recording pass when the model holds the indices, else none
+        assert (in_map > 0) == indices
+        codes = partition_codes(model, x)
+        assert spy.call_count > in_map
+    assert _rel(res.A, _jacobian(model, x)) <= tol(dtype)
+    (pool,) = [layer for layer in codes.values() if layer.kind == "argmax"]
+    h = model.conv(x).detach()
+    windows = F.unfold(F.pad(h, (pad,) * 4, value=float("-inf")), k, stride=stride)  # (N, C*k*k, L)
+    expected = windows.view(batch, 3, k * k, -1).argmax(2)
+    assert torch.equal(pool.states().reshape(batch, 3, -1).long(), expected)
