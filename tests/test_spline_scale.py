@@ -30,6 +30,7 @@ from cnnlens.spline._transpose import (
     _conv_params,
     _conv_t,
     _conv_t_phases,
+    _conv_t_planes,
     _is_channels_last,
     _onednn,
     tape_bytes,
@@ -164,6 +165,27 @@ def test_conv_transpose_forms_equal_autograd(cin, cout, k, stride, pad, dil, gro
         gd = torch.randn(od.shape, generator=gen, dtype=dtype)
         (refd,) = torch.autograd.grad(od, xd, gd)
         assert _rel(_conv_t_phases(gd, wd, (stride,) * d, (pad,) * d, xd.shape), refd) <= tol(dtype)
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(cout=st.integers(1, 8), k=st.integers(1, 5), pad=st.integers(0, 4), size=st.integers(5, 10),
+       batch=st.integers(1, 40), chunk=st.integers(1, 16), dims=st.sampled_from([1, 2]), double=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_planes_form_in_chunks_equals_autograd(cout, k, pad, size, batch, chunk, dims, double, seed):
+    """The "planes" form (one input channel, stride 1: LeNet-5's first layer) in chunks that share their two buffers,
+    the last chunk shorter, equals autograd's input gradient of the convolution, in 1-d and 2-d."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    pad = min(pad, k - 1)
+    conv = (F.conv1d, F.conv2d)[dims - 1]
+    x = torch.randn(batch, 1, *[size] * dims, generator=gen, dtype=dtype, requires_grad=True)
+    weight = torch.randn(cout, 1, *[k] * dims, generator=gen, dtype=dtype)
+    out = conv(x, weight, None, 1, pad)
+    g = torch.randn(out.shape, generator=gen, dtype=dtype)
+    (ref,) = torch.autograd.grad(out, x, g)
+    mine = _conv_t_planes(g, weight, (pad,) * dims, x.shape, chunk=chunk)
+    assert mine.shape == x.shape
+    assert _rel(mine, ref) <= tol(dtype)
 
 
 @pytest.mark.parametrize(("cin", "cout", "k", "stride", "pad", "groups"),

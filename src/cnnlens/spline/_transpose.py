@@ -616,14 +616,25 @@ _PLANES_CHUNK = 256  # and of the planes form
 def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape: torch.Size,
                    chunk: int = _PLANES_CHUNK) -> Tensor:
     """Transposed stride-1 convolution onto ONE input channel: a GEMM per chunk, then one shifted add per kernel
-    offset (col2im by slices). Measured faster on CPU than oneDNN, NNPACK and ``fold`` for first layers."""
+    offset (col2im by slices). Measured faster on CPU than oneDNN, NNPACK and ``fold`` for first layers.
+
+    The chunks share two buffers (the cotangents in (C, B) order and the planes), allocated once: a buffer allocated
+    anew per chunk (the planes of LeNet-5's first layer are 20 MB for 256 cotangents) is handed back to the system and
+    faulted in again on every chunk (about 29,000 page faults per ``templates`` call at batch 256, counted)."""
     cout, ks, osz = weight.shape[0], tuple(weight.shape[2:]), tuple(g.shape[2:])
     wt = weight.reshape(cout, -1).t().contiguous()  # (K, Cout), K = prod(kernel)
     full = g.new_zeros(g.shape[0], *[o + k - 1 for o, k in zip(osz, ks, strict=True)])
     offsets = list(itertools.product(*[range(k) for k in ks]))
+    positions = math.prod(osz)
+    rows = min(chunk, g.shape[0])
+    columns, planes_buf = g.new_empty(cout * rows * positions), g.new_empty(len(offsets) * rows * positions)
     for start in range(0, g.shape[0], chunk):
         part = g[start:start + chunk]
-        planes = (wt @ part.transpose(0, 1).reshape(cout, -1)).view(len(offsets), part.shape[0], *osz)
+        m = part.shape[0] * positions
+        cols = columns[:cout * m].view(cout, part.shape[0], *osz)
+        cols.copy_(part.transpose(0, 1))
+        planes = torch.mm(wt, cols.view(cout, m), out=planes_buf[:len(offsets) * m].view(len(offsets), m))
+        planes = planes.view(len(offsets), part.shape[0], *osz)
         target = full[start:start + chunk]
         for r, off in enumerate(offsets):
             # add_ on the view: ``target[...] += v`` would also copy the view back onto itself (__setitem__)
