@@ -201,8 +201,11 @@ def _mutates_first(func: Any) -> bool:
 
 
 def _channel_offset(bias: Tensor | None, dim: int) -> Tensor | None:
-    """A per-channel bias (conv, batch-norm shift) shaped to broadcast against a ``dim``-d output (N, C, ...)."""
-    return None if bias is None else bias.detach().reshape(1, -1, *[1] * (dim - 2))
+    """A per-channel bias (conv, batch-norm shift) shaped to broadcast against a ``dim``-d output (N, C, ...),
+    detached when it requires grad (a layer's parameter; a batch-norm shift made without autograd is not)."""
+    if bias is None:
+        return None
+    return (bias.detach() if bias.requires_grad else bias).reshape(1, -1, *[1] * (dim - 2))
 
 
 def _with_offset(data: dict[str, Any], offset: Tensor | None) -> dict[str, Any]:
@@ -306,7 +309,7 @@ def _batch_norm_forms(tape: Tape) -> None:
             sizes = [st[1].numel() for st in stats]
             for node, s, t in zip(nodes, scale.split(sizes), shift.split(sizes), strict=True):
                 node.data["scale"] = s
-                node.data["offset"] = t.view(1, -1, *[1] * (node.data["batch_norm"][3] - 2))
+                node.data["offset"] = _channel_offset(t, node.data["batch_norm"][3])
 
 
 def _specific(func: Any, args: tuple, kwargs: dict, out: Any, tracked: list[Tensor],
