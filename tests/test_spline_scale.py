@@ -188,6 +188,68 @@ def test_planes_form_in_chunks_equals_autograd(cout, k, pad, size, batch, chunk,
     assert _rel(mine, ref) <= tol(dtype)
 
 
+@settings(max_examples=40, **_SETTINGS)
+@given(cout=st.integers(1, 6), k=st.integers(1, 4), pool=st.integers(1, 3), stride=st.integers(1, 3),
+       size=st.integers(4, 9), batch=st.integers(1, 12), chunk=st.integers(1, 9), double=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_planes_form_scatters_a_pooled_cotangent(cout, k, pool, stride, size, batch, chunk, double, seed):
+    """The "planes" form given the cotangent of a max-pool of the convolution (its argmax per sample): each chunk is
+    scattered to the argmax straight into the form's buffer, also when a chunk's rows wrap around the samples (R*N
+    cotangents of N samples) and when windows overlap (stride < pool: two outputs can share an argmax). Equals
+    autograd's input gradient of ``max_pool(conv(x))`` on integer-valued inputs (ties in the windows)."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    k = min(k, size)
+    x = torch.randint(-2, 3, (batch, 1, size, size), generator=gen).to(dtype).requires_grad_()
+    weight = torch.randint(-1, 2, (cout, 1, k, k), generator=gen).to(dtype)
+    y = F.conv2d(x, weight)
+    pooled, idx = F.max_pool2d(y, min(pool, y.shape[-1]), stride, return_indices=True)
+    rows = 3  # the sweep's cotangents are R*N, row-major in (R, N): each sample's argmax serves R of them
+    g = torch.randn(rows, *pooled.shape, generator=gen, dtype=dtype)
+    ref = torch.stack([torch.autograd.grad(pooled, x, g[r], retain_graph=True)[0] for r in range(rows)])
+    mine = _conv_t_planes(g.flatten(0, 1), weight, (0, 0), x.shape, chunk=chunk, pool=(idx, y.shape))
+    assert mine.shape == (rows * batch, *x.shape[1:])
+    assert _rel(mine, ref.flatten(0, 1)) <= tol(dtype)
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(unit=st.sampled_from(["relu", "relu_", "none", "leaky"]), norm=st.booleans(), bias=st.booleans(),
+       k=st.integers(2, 3), pool=st.integers(2, 3), stride=st.integers(1, 3), pad=st.integers(0, 1),
+       size=st.integers(6, 10), batch=st.integers(1, 3), rows=st.sampled_from([1, 5]), double=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stride, pad, size, batch, rows, double,
+                                                 seed):
+    """A one-channel convolution (the "planes" form: LeNet-5's first layer), [batch-norm,] a ReLU-like unit or none,
+    then a max-pool: the sweep merges the pool into the convolution where the pool alone reads its output, and never
+    makes the pre-pool cotangent. A equals jacrev and B equals f(x) - A x with jacrev's A (independent of the sweep,
+    which propagates the biases at the pooled size), for one and several rows, float32 and float64, on
+    integer-valued inputs (exact zeros and ties)."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    units = {"relu": nn.ReLU(), "relu_": nn.ReLU(inplace=True), "none": nn.Identity(), "leaky": nn.LeakyReLU(0.1)}
+    layers = [nn.Conv2d(1, 3, k, padding=min(pad, k - 1), bias=bias), *([nn.BatchNorm2d(3)] if norm else []),
+              units[unit], nn.MaxPool2d(pool, stride, min(pad, pool // 2)), nn.Flatten(), nn.LazyLinear(5)]
+    model = nn.Sequential(*layers).to(dtype)
+    x = torch.randint(-2, 3, (batch, 1, size, size), generator=gen).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randint(-1, 2, model[0].weight.shape, generator=gen).to(dtype))
+        model(x)  # materialise the lazy layer
+    _randomise_batch_norm(model, seed)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    kinds = [n.kind for n in tape.plan(rows)]
+    if unit != "leaky" and not norm:  # (a leaky unit's factor, a batch-norm, fold into their neighbours or not)
+        assert "pooled_planes" in kinds and "gather" not in kinds
+    res = affine_map(model, x, classes=list(range(rows)))
+    assert res.path == "transposed"
+    jac = _jacobian(model, x)[:, :rows]
+    assert _rel(res.A, jac) <= tol(dtype)
+    with torch.no_grad():
+        b = model(x)[:, :rows] - torch.einsum("ncd,nd->nc", jac, x.flatten(1))
+    assert float((res.B - b).abs().max()) <= tol(dtype) * (1 + float(b.abs().max()))
+
+
 @pytest.mark.parametrize(("cin", "cout", "k", "stride", "pad", "groups"),
                          [(16, 16, 3, 1, 1, 1), (16, 32, 3, 2, 1, 1), (32, 16, 5, 3, 2, 1), (32, 32, 3, 1, 1, 32),
                           (16, 48, 3, 2, 0, 16)])

@@ -549,7 +549,7 @@ def _conv_t(g: Tensor, x_shape: torch.Size, func: Any, args: tuple, weight: Tens
 def _conv_workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     """Temporary elements of :func:`_conv_t` beyond its result for ``batch`` = R * N cotangents, as (per row, in
     all): layout copies and im2col buffers grow with the rows, the chunked forms' buffers are bounded."""
-    g, x = node.out, node.ins[0]
+    g, x = node.data.get("conv_out", node.out), node.ins[0]  # ("conv_out": a max-pool follows, merged in)
     weight = node.data.get("weight", node.data["args"][1])
     params = node.data["params"]
     form = _conv_form((batch, *g.shape[1:]), x.shape, weight.shape, params, onednn, _is_channels_last(weight))
@@ -617,14 +617,19 @@ _PLANES_CHUNK = 256  # and of the planes form
 
 
 def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape: torch.Size,
-                   chunk: int = _PLANES_CHUNK) -> Tensor:
+                   chunk: int = _PLANES_CHUNK, pool: tuple[Tensor, torch.Size] | None = None) -> Tensor:
     """Transposed stride-1 convolution onto ONE input channel: a GEMM per chunk, then one shifted add per kernel
     offset (col2im by slices). Measured faster on CPU than oneDNN, NNPACK and ``fold`` for first layers.
 
     The chunks share two buffers (the cotangents in (C, B) order and the planes), allocated once: a buffer allocated
     anew per chunk (the planes of LeNet-5's first layer are 20 MB for 256 cotangents) is handed back to the system and
-    faulted in again on every chunk (about 29,000 page faults per ``templates`` call at batch 256, counted)."""
-    cout, ks, osz = weight.shape[0], tuple(weight.shape[2:]), tuple(g.shape[2:])
+    faulted in again on every chunk (about 29,000 page faults per ``templates`` call at batch 256, counted).
+
+    ``pool``: ``g`` is the cotangent of a max-pool of the convolution's output, given as ``(idx, out_shape)``: the
+    pool's argmax per sample (N, C, *pooled) and the convolution's output shape (N, C, *positions). Each chunk of
+    ``g`` is scattered to its argmax positions straight into the first buffer (:func:`_pool_into_planes`)."""
+    cout, ks = weight.shape[0], tuple(weight.shape[2:])
+    osz = tuple(g.shape[2:] if pool is None else pool[1][2:])
     wt = weight.reshape(cout, -1).t().contiguous()  # (K, Cout), K = prod(kernel)
     full = g.new_zeros(g.shape[0], *[o + k - 1 for o, k in zip(osz, ks, strict=True)])
     offsets = list(itertools.product(*[range(k) for k in ks]))
@@ -635,7 +640,12 @@ def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape:
         part = g[start:start + chunk]
         m = part.shape[0] * positions
         cols = columns[:cout * m].view(cout, part.shape[0], *osz)
-        cols.copy_(part.transpose(0, 1))
+        if pool is None:
+            cols.copy_(part.transpose(0, 1))
+        else:
+            cols.zero_()
+            cols.view(cout, part.shape[0], -1).transpose(0, 1).scatter_add_(
+                2, _sample_rows(pool[0].flatten(2), start, part.shape[0]), part.flatten(2))
         planes = torch.mm(wt, cols.view(cout, m), out=planes_buf[:len(offsets) * m].view(len(offsets), m))
         planes = planes.view(len(offsets), part.shape[0], *osz)
         target = full[start:start + chunk]
@@ -644,6 +654,16 @@ def _conv_t_planes(g: Tensor, weight: Tensor, padding: tuple[int, ...], x_shape:
             target[(slice(None), *(slice(o, o + n) for o, n in zip(off, osz, strict=True)))].add_(planes[r])
     crop = tuple(slice(p, p + n) for p, n in zip(padding, x_shape[2:], strict=True))
     return full[(slice(None), *crop)].unsqueeze(1)
+
+
+def _sample_rows(t: Tensor, start: int, count: int) -> Tensor:
+    """Rows ``start .. start + count - 1`` of the R*N cotangents (row-major in (R, N)) taken from ``t``'s N samples:
+    a slice when they do not wrap around N, else an index copy."""
+    n = t.shape[0]
+    first = start % n
+    if first + count <= n:
+        return t[first:first + count]
+    return t[torch.arange(start, start + count, device=t.device) % n]
 
 
 def _tup(v: Any, d: int) -> tuple[int, ...]:
@@ -673,6 +693,16 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
 
+def _at_argmax(node: Node, g: Tensor, r: int, own: bool) -> Tensor:
+    """The cotangent ``g`` of a max-pool (a "gather" or "pooled_planes" node) contiguous in (R*N, C, ...) order (a
+    copy when it is channels-last), times the factor of the unit fused into the pool at its argmax (:func:`_fuse`)
+    when it has one: in place when the sweep owns ``g`` or the order took a copy."""
+    rows = g.contiguous()
+    if "coef" not in node.data and "mask" not in node.data:
+        return rows
+    return _scaled(rows, node, r, own or rows.data_ptr() != g.data_ptr())
+
+
 def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tensor]:  # noqa: C901 - one rule per kind
     """The rule of ``node`` for its output cotangent ``g``; ``own``: the sweep owns ``g`` (no other tensor's
     cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep."""
@@ -698,12 +728,12 @@ def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tenso
         n, c = idx.shape[:2]
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
-        rows = g.reshape(r, n, c, -1)  # in (R, N, C, positions) order: a copy when g is channels-last
-        if "coef" in node.data or "mask" in node.data:  # a fused unit's factor at the argmax, in the same order
-            fresh = own or rows.data_ptr() != g.data_ptr()
-            rows = _scaled(rows.view(g.shape), node, r, fresh).view(r, n, c, -1)
-        out.scatter_add_(3, flat_idx, rows)
+        out.scatter_add_(3, flat_idx, _at_argmax(node, g, r, own).view(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
+    if kind == "pooled_planes":  # g: the pool's cotangent with the unit's factor applied (transpose_rows)
+        weight = node.data.get("weight", node.data["args"][1])
+        return [_conv_t_planes(g, weight, node.data["params"][1], node.ins[0].shape,
+                               pool=(node.data["idx"], node.data["conv_out"].shape))]
     if kind == "take":  # a selection (max over dimensions, running max, sort, ...): scatter to the selected inputs
         src = node.data["src"]
         x = node.ins[0]
@@ -802,7 +832,37 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
         else:
             fused.append(node)
         made_by[id(node.out)] = len(fused) - 1
-    return [_sweep_weight(node, rows) if node.kind in ("conv", "linear") else node for node in fused]
+    return _pool_into_planes([_sweep_weight(node, rows) if node.kind in ("conv", "linear") else node
+                              for node in fused], rows)
+
+
+def _pool_into_planes(nodes: list[Node], rows: int) -> list[Node]:
+    """``nodes`` with each max-pool ("gather", a unit's factor fused in or not) whose input is read by it alone and
+    made by a convolution in the "planes" form (:func:`_conv_form`: one input channel, LeNet-5's first layer) with a
+    per-channel offset merged with that convolution into one "pooled_planes" node, at the pool's place. Its rule
+    scatters each chunk of the pool's cotangents straight into the planes form's buffer (:func:`_conv_t_planes`),
+    so the cotangent of the convolution's output is never made: for LeNet-5 at batch 256 and 10 rows a 48 MB tensor,
+    which glibc maps afresh and the system faults in on every call (11,762 page faults per ``templates`` call,
+    counted). B's share of the offset is summed at the pooled size: a scatter keeps each channel's sum."""
+    uses: dict[int, int] = {}
+    for node in nodes:
+        for t in node.ins:
+            uses[id(t)] = uses.get(id(t), 0) + 1
+    made_by: dict[int, int] = {}
+    merged: list[Node | None] = list(nodes)
+    for i, node in enumerate(nodes):
+        j = made_by.get(id(node.ins[0])) if node.kind == "gather" else None
+        conv = nodes[j] if j is not None else None
+        offset = conv.data.get("offset") if conv is not None else None
+        if conv is not None and conv.kind == "conv" and uses[id(node.ins[0])] == 1 and \
+                (offset is None or all(s == 1 for s in offset.shape[2:])) and \
+                _conv_form((rows * conv.out.shape[0], *conv.out.shape[1:]), conv.ins[0].shape,
+                           conv.data["args"][1].shape, conv.data["params"], False, False) == "planes":
+            pool = {k: v for k, v in node.data.items() if k in ("idx", "mask", "coef")}
+            merged[i] = Node("pooled_planes", conv.ins, node.out, {**conv.data, **pool, "conv_out": conv.out})
+            merged[j] = None
+        made_by[id(node.out)] = i
+    return [node for node in merged if node is not None]
 
 
 def _is_channels_last(weight: Tensor) -> bool:
@@ -838,7 +898,7 @@ def _sweep_weight(node: Node, rows: int) -> Node:
 
 #: Rules whose results are new tensors (the sweep owns them); "view" and "cat" return views of their cotangent
 #: (owned when it is), "sum" hands the same cotangent to several inputs, the rest are left unowned.
-_FRESH = frozenset({"scale", "channel_scale", "linear", "conv", "gather", "select", "global_mean"})
+_FRESH = frozenset({"scale", "channel_scale", "linear", "conv", "gather", "pooled_planes", "select", "global_mean"})
 
 
 def _owned(node: Node, own: bool) -> list[bool]:
@@ -914,6 +974,8 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                         continue
                     own = id(node.out) in owned
                     owned.discard(id(node.out))
+                    if node.kind == "pooled_planes":  # the unit's factor first: B's share is summed at pooled size
+                        g = _at_argmax(node, g, r, own)
                     if shares is not None and "offset" in node.data:  # before the rule, which may work in place
                         shares.add(g, node.data["offset"])
                     grads, fresh = _apply(node, g, r, own, onednn), _owned(node, own)
@@ -940,6 +1002,9 @@ def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
     outs = node.data["outs"] if node.kind == "vjp" else (node.out,)
     if node.kind == "conv":
         return _conv_workspace(node, onednn, batch)
+    if node.kind == "pooled_planes":  # and the pool's cotangent times its factor, a chunk's argmax (int64)
+        per_row, bounded = _conv_workspace(node, onednn, batch)
+        return per_row + node.out.numel(), bounded + 2 * min(batch, _PLANES_CHUNK) * node.data["idx"][0].numel()
     if node.kind == "gather":
         return node.out.numel(), node.out.numel() if "mask" in node.data else 0
     if node.kind == "scale" and "mask" in node.data:  # the factor made from the mask, and B's share
