@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_spline.py [--batch 256] [--repeats 7]``. Everything is measured in one process on
 LeNet-5 (``cnnlens.nn.models.lenet5``, 10 classes, 32x32 inputs); the script prints the median times and ratios.
 Targets (issue 3): templates <= 15x one forward and >= 2.5x faster than Captum Saliency looped over the 10
-targets; partition_codes <= 1.3x one forward.
+targets; partition_codes <= 1.3x one forward. Issue 10 asks to keep the 2.8x lead over Captum's loop it measured.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> None:
     if "captum Saliency x10 targets" in results:
         cap_med, cap_min, _, cap_cpu = results["captum Saliency x10 targets"]
         print(f"  templates speed-up over captum loop: {cap_med / tpl_med:.2f}x / {cap_min / tpl_min:.2f}x "
-              f"(CPU time {cap_cpu / tpl_cpu:.2f}x; target >= 2.5x)")
+              f"(CPU time {cap_cpu / tpl_cpu:.2f}x; target >= 2.5x, issue 3; >= 2.8x, issue 10)")
     print(f"  templates / forward: {tpl_med / fwd_med:.2f}x / {tpl_min / fwd_min:.2f}x (target <= 15x)")
     codes_med, codes_min, _, _ = results["partition_codes"]
     print(f"  partition_codes / forward: {codes_med / fwd_med:.2f}x / {codes_min / fwd_min:.2f}x (target <= 1.3x)")
