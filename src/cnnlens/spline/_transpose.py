@@ -780,7 +780,7 @@ def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> tuple[list[Tensor
 
 
 def _fuse(nodes: list[Node], rows: int) -> list[Node]:
-    """The nodes the sweep runs for ``rows`` rows: the recorded ones with two exact rewrites (same numbers up to
+    """The nodes the sweep runs for ``rows`` rows: the recorded ones with these exact rewrites (same numbers up to
     rounding).
 
     * A per-channel scale (batch-norm in eval mode) whose input is only read by it and was made by a convolution
@@ -794,6 +794,8 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
       whose mask at the argmax the recording pass read off the pooled values (``picked``: :func:`._capture._selected`),
       otherwise when the ``rows`` multiplications it saves cost more than gathering the mask once (about 8
       multiplications per element, measured).
+    * A max-pool of a one-input-channel convolution's output is merged into that convolution
+      (:func:`_pool_into_planes`).
     """
     uses: dict[int, int] = {}
     for node in nodes:
@@ -857,7 +859,8 @@ def _pool_into_planes(nodes: list[Node], rows: int) -> list[Node]:
         if conv is not None and conv.kind == "conv" and uses[id(node.ins[0])] == 1 and \
                 (offset is None or all(s == 1 for s in offset.shape[2:])) and \
                 _conv_form((rows * conv.out.shape[0], *conv.out.shape[1:]), conv.ins[0].shape,
-                           conv.data["args"][1].shape, conv.data["params"], False, False) == "planes":
+                           conv.data["args"][1].shape, conv.data["params"], _onednn(conv.data["args"][1]),
+                           False) == "planes":
             pool = {k: v for k, v in node.data.items() if k in ("idx", "mask", "coef")}
             merged[i] = Node("pooled_planes", conv.ins, node.out, {**conv.data, **pool, "conv_out": conv.out})
             merged[j] = None
