@@ -215,22 +215,26 @@ def test_planes_form_scatters_a_pooled_cotangent(cout, k, pool, stride, size, ba
 @settings(max_examples=40, **_SETTINGS)
 @given(unit=st.sampled_from(["relu", "relu_", "none", "leaky"]), norm=st.booleans(), bias=st.booleans(),
        k=st.integers(2, 3), pool=st.integers(2, 3), stride=st.integers(1, 3), pad=st.integers(0, 1),
-       size=st.integers(6, 10), batch=st.integers(1, 3), rows=st.sampled_from([1, 5]), double=st.booleans(),
-       seed=st.integers(0, 1000))
-def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stride, pad, size, batch, rows, double,
-                                                 seed):
+       size=st.integers(6, 10), batch=st.integers(1, 3), rows=st.sampled_from([1, 5]), dims=st.sampled_from([1, 2, 3]),
+       double=st.booleans(), seed=st.integers(0, 1000))
+def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stride, pad, size, batch, rows, dims,
+                                                 double, seed):
     """A one-channel convolution (the "planes" form: LeNet-5's first layer), [batch-norm,] a ReLU-like unit or none,
-    then a max-pool: the sweep merges the pool into the convolution where the pool alone reads its output, and never
-    makes the pre-pool cotangent. A equals jacrev and B equals f(x) - A x with jacrev's A (independent of the sweep,
-    which propagates the biases at the pooled size), for one and several rows, float32 and float64, on
-    integer-valued inputs (exact zeros and ties)."""
+    then a max-pool, in 1-d, 2-d and 3-d: the sweep merges the pool into the convolution where the pool alone reads
+    its output, and never makes the pre-pool cotangent. A equals jacrev and B equals f(x) - A x with jacrev's A
+    (independent of the sweep, which propagates the biases at the pooled size), for one and several rows, float32
+    and float64, on integer-valued inputs (exact zeros and ties)."""
     dtype = torch.float64 if double else torch.float32
     gen = torch.Generator().manual_seed(seed)
     units = {"relu": nn.ReLU(), "relu_": nn.ReLU(inplace=True), "none": nn.Identity(), "leaky": nn.LeakyReLU(0.1)}
-    layers = [nn.Conv2d(1, 3, k, padding=min(pad, k - 1), bias=bias), *([nn.BatchNorm2d(3)] if norm else []),
-              units[unit], nn.MaxPool2d(pool, stride, min(pad, pool // 2)), nn.Flatten(), nn.LazyLinear(5)]
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    norm_layer = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
+    max_pool = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[dims - 1]
+    size = size if dims < 3 else size // 2 + 1  # (3-d: at most 6 per side, 216 inputs for jacrev)
+    layers = [conv(1, 3, k, padding=min(pad, k - 1), bias=bias), *([norm_layer(3)] if norm else []),
+              units[unit], max_pool(pool, stride, min(pad, pool // 2)), nn.Flatten(), nn.LazyLinear(5)]
     model = nn.Sequential(*layers).to(dtype)
-    x = torch.randint(-2, 3, (batch, 1, size, size), generator=gen).to(dtype)
+    x = torch.randint(-2, 3, (batch, 1, *[size] * dims), generator=gen).to(dtype)
     with torch.no_grad():
         model[0].weight.copy_(torch.randint(-1, 2, model[0].weight.shape, generator=gen).to(dtype))
         model(x)  # materialise the lazy layer
