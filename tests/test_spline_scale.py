@@ -65,6 +65,16 @@ def _jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return jac.reshape(x.shape[0], jac.shape[1], -1).detach()
 
 
+def _autograd_rows(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """(N, rows, D) by plain autograd on the batch itself, one backward pass per row: the model's own kernels at the
+    model's own batch size, so a max-pool breaks ties as in the map's recording pass (vmap's batched kernels can
+    round differently and then pick another of two equal values)."""
+    xi = x.clone().requires_grad_(True)
+    y = model(xi)
+    grads = [torch.autograd.grad(y[:, c].sum(), xi, retain_graph=True)[0].flatten(1) for c in range(rows)]
+    return torch.stack(grads, 1).detach()
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -223,14 +233,16 @@ def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stri
     then a max-pool, in 1-d, 2-d and 3-d: the sweep merges the pool into the convolution where the pool alone reads
     its output, and never makes the pre-pool cotangent. A equals jacrev and B equals f(x) - A x with jacrev's A
     (independent of the sweep, which propagates the biases at the pooled size), for one and several rows, float32
-    and float64, on integer-valued inputs (exact zeros and ties)."""
+    and float64, on integer-valued inputs (exact zeros and ties). The reference is autograd on the batch itself
+    (:func:`_autograd_rows`): under vmap, a 3-d batch-norm's output rounded differently and the pool took the other
+    of two tied values (found by hypothesis: 0.61 relative, where plain autograd agreed with the map to 8e-8)."""
     dtype = torch.float64 if double else torch.float32
     gen = torch.Generator().manual_seed(seed)
     units = {"relu": nn.ReLU(), "relu_": nn.ReLU(inplace=True), "none": nn.Identity(), "leaky": nn.LeakyReLU(0.1)}
     conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
     norm_layer = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
     max_pool = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[dims - 1]
-    size = size if dims < 3 else size // 2 + 1  # (3-d: at most 6 per side, 216 inputs for jacrev)
+    size = size if dims < 3 else size // 2 + 2  # (3-d: 5-7 per side, at most 343 inputs for jacrev)
     layers = [conv(1, 3, k, padding=min(pad, k - 1), bias=bias), *([norm_layer(3)] if norm else []),
               units[unit], max_pool(pool, stride, min(pad, pool // 2)), nn.Flatten(), nn.LazyLinear(5)]
     model = nn.Sequential(*layers).to(dtype)
@@ -247,7 +259,7 @@ def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stri
         assert "pooled_planes" in kinds and "gather" not in kinds
     res = affine_map(model, x, classes=list(range(rows)))
     assert res.path == "transposed"
-    jac = _jacobian(model, x)[:, :rows]
+    jac = _autograd_rows(model.eval(), x, rows)
     assert _rel(res.A, jac) <= tol(dtype)
     with torch.no_grad():
         b = model(x)[:, :rows] - torch.einsum("ncd,nd->nc", jac, x.flatten(1))
