@@ -693,6 +693,10 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     return rows.mul_(coef).view(g.shape) if own else (rows * coef).reshape(g.shape)
 
 
+#: The max-pool nodes of the sweep: a unit may be fused into them at the argmax (:func:`_fuse`).
+_MAX_POOLS = frozenset({"gather", "pooled_planes"})
+
+
 def _at_argmax(node: Node, g: Tensor, r: int, own: bool) -> Tensor:
     """The cotangent ``g`` of a max-pool (a "gather" or "pooled_planes" node) contiguous in (R*N, C, ...) order (a
     copy when it is channels-last), times the factor of the unit fused into the pool at its argmax (:func:`_fuse`)
@@ -705,7 +709,8 @@ def _at_argmax(node: Node, g: Tensor, r: int, own: bool) -> Tensor:
 
 def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tensor]:  # noqa: C901 - one rule per kind
     """The rule of ``node`` for its output cotangent ``g``; ``own``: the sweep owns ``g`` (no other tensor's
-    cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep."""
+    cotangent shares its memory), so it may be overwritten; ``onednn``: :func:`_onednn` of the sweep. The cotangent
+    of a max-pool ("gather", "pooled_planes") comes with its fused unit's factor applied (:func:`_at_argmax`)."""
     kind = node.kind
     if kind == "scale":
         return [_scaled(g, node, r, own)]
@@ -728,9 +733,9 @@ def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tenso
         n, c = idx.shape[:2]
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
-        out.scatter_add_(3, flat_idx, _at_argmax(node, g, r, own).view(r, n, c, -1))
+        out.scatter_add_(3, flat_idx, g.view(r, n, c, -1))
         return [out.view(r * n, *x.shape[1:])]
-    if kind == "pooled_planes":  # g: the pool's cotangent with the unit's factor applied (transpose_rows)
+    if kind == "pooled_planes":
         weight = node.data.get("weight", node.data["args"][1])
         return [_conv_t_planes(g, weight, node.data["params"][1], node.ins[0].shape,
                                pool=(node.data["idx"], node.data["conv_out"].shape))]
@@ -779,6 +784,15 @@ def _apply_vjp(node: Node, gs: list[Tensor | None], r: int) -> tuple[list[Tensor
     return [gi.reshape(r * t.shape[0], *t.shape[1:]) for gi, t in zip(grads, node.ins, strict=True)], at_zero
 
 
+def _readers(nodes: list[Node]) -> dict[int, int]:
+    """id(tensor) -> how many inputs of ``nodes`` read it."""
+    uses: dict[int, int] = {}
+    for node in nodes:
+        for t in node.ins:
+            uses[id(t)] = uses.get(id(t), 0) + 1
+    return uses
+
+
 def _fuse(nodes: list[Node], rows: int) -> list[Node]:
     """The nodes the sweep runs for ``rows`` rows: the recorded ones with these exact rewrites (same numbers up to
     rounding).
@@ -797,10 +811,7 @@ def _fuse(nodes: list[Node], rows: int) -> list[Node]:
     * A max-pool of a one-input-channel convolution's output is merged into that convolution
       (:func:`_pool_into_planes`).
     """
-    uses: dict[int, int] = {}
-    for node in nodes:
-        for t in node.ins:
-            uses[id(t)] = uses.get(id(t), 0) + 1
+    uses = _readers(nodes)
     fused: list[Node] = []
     made_by: dict[int, int] = {}  # id(tensor) -> position in ``fused`` of the latest node that wrote it
     for node in nodes:
@@ -846,10 +857,7 @@ def _pool_into_planes(nodes: list[Node], rows: int) -> list[Node]:
     so the cotangent of the convolution's output is never made: for LeNet-5 at batch 256 and 10 rows a 48 MB tensor,
     which glibc maps afresh and the system faults in on every call (11,762 page faults per ``templates`` call,
     counted). B's share of the offset is summed at the pooled size: a scatter keeps each channel's sum."""
-    uses: dict[int, int] = {}
-    for node in nodes:
-        for t in node.ins:
-            uses[id(t)] = uses.get(id(t), 0) + 1
+    uses = _readers(nodes)
     made_by: dict[int, int] = {}
     merged: list[Node | None] = list(nodes)
     for i, node in enumerate(nodes):
@@ -977,7 +985,7 @@ def transpose_rows(tape: Tape, x: Tensor, y_raw: Tensor, rows: Tensor, out: Tens
                         continue
                     own = id(node.out) in owned
                     owned.discard(id(node.out))
-                    if node.kind == "pooled_planes":  # the unit's factor first: B's share is summed at pooled size
+                    if node.kind in _MAX_POOLS:  # the factor of the unit fused in first: B's share is taken after it
                         g = _at_argmax(node, g, r, own)
                     if shares is not None and "offset" in node.data:  # before the rule, which may work in place
                         shares.add(g, node.data["offset"])
