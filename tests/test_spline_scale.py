@@ -568,39 +568,88 @@ def test_mask_at_the_argmax_of_a_pooled_relu(unit, k, stride, pad, size, batch, 
 
 @settings(max_examples=30, **_SETTINGS)
 @given(k=st.integers(2, 3), stride=st.integers(1, 3), pad=st.integers(0, 1), size=st.integers(5, 9),
-       batch=st.integers(1, 3), indices=st.booleans(), double=st.booleans(), seed=st.integers(0, 1000))
-def test_a_max_pool_code_is_computed_on_first_use(k, stride, pad, size, batch, indices, double, seed):
+       batch=st.integers(1, 3), indices=st.booleans(), large=st.booleans(), double=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_a_max_pool_code_is_computed_on_first_use(k, stride, pad, size, batch, indices, large, double, seed):
     """The window-relative argmax of a max-pool (its region code, eq. 14 of 000) is read off the flat index only
     when it is used: an affine_map call computes none, and the codes of partition_codes equal the argmax of each
-    window read off the unfolded input (an independent computation; random inputs, no ties), also when the model
-    asks for the indices (then the code is read off at once, before the model could change them)."""
+    window read off the unfolded input (an independent computation; random inputs, no ties). A model that asks for
+    the indices gets its own copy, in the layout PyTorch returns: it may write into it (here it does) without
+    changing the recorded argmax, A or the codes. ``large``: a pool input of at least 2**14 elements, pooled on a
+    channels-last copy (:func:`cnnlens.spline._capture._pool_with_indices`)."""
     dtype = torch.float64 if double else torch.float32
     gen = torch.Generator().manual_seed(seed)
     pad = min(pad, k // 2)
+    size = size + 70 if large else size  # 3 x 75 x 75 and more elements
+    seen = []
 
     class Pooled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(2, 3, 1)
             self.head = nn.LazyLinear(4)
+            self.write = True
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = F.max_pool2d(self.conv(x), k, stride, pad, return_indices=indices)
+            if indices and self.write:
+                seen.append(out[1].is_contiguous())
+                out[1].zero_()  # the model writes into its indices (autograd's own backward then refuses)
             return self.head((out[0] if indices else out).flatten(1))
 
     model = Pooled().to(dtype)
     x = torch.randn(batch, 2, size, size, generator=gen, dtype=dtype)
     with torch.no_grad():
         model(x)  # materialise the lazy layer
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    assert _is_channels_last([n for n in tape.nodes if n.kind == "gather"][0].data["idx"]) == large
+    seen.clear()
     with mock.patch.object(capture_module, "_window_index", wraps=capture_module._window_index) as spy:
         res = affine_map(model, x)
-        in_map = spy.call_count  # one per recording pass when the model holds the indices, else none
-        assert (in_map > 0) == indices
+        assert spy.call_count == 0
         codes = partition_codes(model, x)
-        assert spy.call_count > in_map
-    assert _rel(res.A, _jacobian(model, x)) <= tol(dtype)
+        assert spy.call_count > 0
+    assert all(seen) and bool(seen) == indices
+    model.write = False
+    assert _rel(res.A, _jacobian(model, x)) <= tol(dtype) and res.identity_error <= tol(dtype)
     (pool,) = [layer for layer in codes.values() if layer.kind == "argmax"]
     h = model.conv(x).detach()
     windows = F.unfold(F.pad(h, (pad,) * 4, value=float("-inf")), k, stride=stride)  # (N, C*k*k, L)
     expected = windows.view(batch, 3, k * k, -1).argmax(2)
     assert torch.equal(pool.states().reshape(batch, 3, -1).long(), expected)
+
+
+@settings(max_examples=30, **_SETTINGS)
+@given(unit=st.sampled_from(["relu", "relu_", "leaky", "none"]), after=st.sampled_from(["conv", "linear"]),
+       k=st.integers(2, 3), stride=st.integers(1, 3), pad=st.integers(0, 1), size=st.integers(40, 48),
+       batch=st.integers(1, 3), rows=st.sampled_from([1, 3]), norm=st.booleans(), double=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_a_channels_last_max_pool_in_the_sweep(unit, after, k, stride, pad, size, batch, rows, norm, double, seed):
+    """A max-pool whose input has at least 2**14 elements is pooled on a channels-last copy, and its argmax stays in
+    that order: the sweep scatters the pool's cotangent in channels-last order (a cotangent in NCHW order is copied
+    to it first) and hands on a channels-last cotangent. Before the pool: a convolution, maybe a batch-norm, a unit
+    (ReLU, in place, leaky, none: fused into the pool at the argmax or not); after it a 16-channel convolution
+    (channels-last transposed form in float32) or a linear layer (an NCHW cotangent). A equals plain autograd on
+    the batch, one and three rows, float32 and float64, and the identity holds with B propagated."""
+    dtype = torch.float64 if double else torch.float32
+    torch.manual_seed(seed)
+    pad = min(pad, k // 2)
+    units = {"relu": nn.ReLU(), "relu_": nn.ReLU(inplace=True), "leaky": nn.LeakyReLU(0.1), "none": nn.Identity()}
+    head = [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)] if after == "conv" else \
+        [nn.Flatten(), nn.LazyLinear(4)]
+    model = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1), *([nn.BatchNorm2d(16)] if norm else []), units[unit],
+                          nn.MaxPool2d(k, stride, pad), *head).to(dtype)
+    x = torch.randn(batch, 2, size, size, dtype=dtype)
+    with torch.no_grad():
+        model(x)  # materialise the lazy layer
+    _randomise_batch_norm(model.eval(), seed)
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    (pool,) = [n for n in tape.plan(rows) if n.kind == "gather"]
+    assert _is_channels_last(pool.data["idx"])
+    res = affine_map(model, x, classes=list(range(rows)))
+    assert res.path == "transposed"
+    assert _rel(res.A, _autograd_rows(model, x, rows)) <= tol(dtype) and res.identity_error <= tol(dtype)

@@ -103,7 +103,7 @@ from ._ops import (
     register_builtin,
     rule_of,
 )
-from ._transpose import Node, Tape, _mutates_first, record_linear
+from ._transpose import Node, Tape, _is_channels_last, _mutates_first, record_linear
 from ._windows import (
     Windows,
     adaptive_code,
@@ -1512,7 +1512,8 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
     pool = (F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)[d - 1]
     name = cap._layer_name(func)
     paired = cap.half is not None
-    values, idx = _pool_with_indices(cap, pool, cap._first_half(h, h) if paired else h, (k, s, p, dil, ceil_mode))
+    values, idx, native = _pool_with_indices(cap, pool, cap._first_half(h, h) if paired else h,
+                                             (k, s, p, dil, ceil_mode))
     shape = tuple(values.shape[1:])
     forced = cap._next_forced(name, "argmax", shape)
     if forced is not None:
@@ -1521,12 +1522,10 @@ def _max_pool(cap: Capture, func: Callable, args: tuple, kwargs: dict) -> Any:
         rel = functools.partial(_window_index, idx, h.shape[2:], values.shape[2:], k, s, p, dil)
         if paired:
             idx, rel = _twice(idx), _twice(rel())
-        elif return_indices:  # the model holds the index and may change it: read off now
-            rel = rel()
     probe = {"h": cap._kept(h), "windows": functools.partial(pool_windows, k=k, s=s, p=p, dil=dil,
                                                           ceil_mode=ceil_mode)} if cap.probe else {}
     cap.record(Entry(name, "argmax", shape, math.prod(k), rel, idx, probe))
-    return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired)
+    return _selected(cap, func, h, values, idx, return_indices, forced is not None or paired, native)
 
 
 #: A paired pass runs a CPU convolution on chunks of samples whose unfolding (the im2col buffer, samples x C_in x
@@ -1546,36 +1545,45 @@ _CONV_ND = {F.conv1d, F.conv2d, F.conv3d}
 _CHANNELS_LAST_POOL = 2**14
 
 
-def _pool_with_indices(cap: Capture, pool: Callable, h: Tensor, params: tuple) -> tuple[Tensor, Tensor]:
-    """``pool(h, *params, return_indices=True)``: the values and flat per-channel argmax of a max-pooling, in the
-    layout the model's own call returns (channels-last kernel: :data:`_CHANNELS_LAST_POOL`). On a replay only the
+def _pool_with_indices(cap: Capture, pool: Callable, h: Tensor, params: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """``pool(h, *params, return_indices=True)``: the values in the layout the model's own call returns, the flat
+    per-channel argmax and the values in the layout the kernel computed them in (channels-last kernel:
+    :data:`_CHANNELS_LAST_POOL`). The argmax stays in that layout: the sweep scatters in it (the "gather" rule of
+    :func:`._transpose._apply`), and a copy to NCHW order costs 0.13 ms at ResNet-18's stem. On a replay only the
     output shape is computed (on the meta device): the recorded argmax selects the values (:func:`_selected`)."""
     if cap.forced is not None:
-        return cap._run(pool, (torch.empty_like(h, device="meta"), *params, True), {})
+        values, idx = cap._run(pool, (torch.empty_like(h, device="meta"), *params, True), {})
+        return values, idx, values
     if pool is F.max_pool2d_with_indices and h.device.type == "cpu" and h.numel() >= _CHANNELS_LAST_POOL and \
             h.is_contiguous() and not h.is_contiguous(memory_format=torch.channels_last):
         values, idx = cap._run(pool, (h.contiguous(memory_format=torch.channels_last), *params, True), {})
-        return values.contiguous(), idx.contiguous()
-    return cap._run(pool, (h, *params, True), {})
+        return values.contiguous(), idx, values
+    values, idx = cap._run(pool, (h, *params, True), {})
+    return values, idx, values
 
 
 def _selected(cap: Capture, func: Callable, h: Tensor, values: Tensor, idx: Tensor, return_indices: bool,
-              forced: bool) -> Any:
+              forced: bool, native: Tensor | None = None) -> Any:
     """The values a pooling selects from ``h`` at the flat per-channel indices ``idx`` (max-pool, adaptive
     max-pool), as a gather on the masked graph or on a replay (``forced``, also a paired pass), recorded on the tape;
-    with the indices if asked."""
+    with the indices if asked, in the layout the model's own call returns (a copy of the tape's: the model may
+    write into it). ``native``: the values in ``idx``'s layout (:func:`_pool_with_indices`)."""
     if cap.graph or forced:
         values = h.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+        native = None
     if cap.tape is not None and cap.tape.ok:
         data: dict[str, Any] = {"idx": idx}
         last = cap.tape.nodes[-1] if cap.tape.nodes else None
         if last is not None and "nonzero" in last.data and last.out is cap.tape.shadow(h):
             # a max-pool of a ReLU's output: the ReLU's mask at the argmax is where the maximum is not 0, one
-            # comparison on the pooled size instead of a gather (for the sweep's fusion of the two: _fuse)
-            data["picked"] = values != 0
+            # comparison on the pooled size instead of a gather (for the sweep's fusion of the two: _fuse), in the
+            # argmax's layout
+            data["picked"] = (values if native is None else native) != 0
         cap.tape.add(Node("gather", (h,), values, data), lambda: f"{_op_name(func)}{cap._where()}")
     cap.track(values)
-    return (values, idx) if return_indices else values
+    if not return_indices:
+        return values
+    return values, idx.contiguous() if _is_channels_last(idx) else idx.clone()
 
 
 def _ntuple(v: Any, d: int) -> tuple[int, ...]:

@@ -698,10 +698,17 @@ _MAX_POOLS = frozenset({"gather", "pooled_planes"})
 
 
 def _at_argmax(node: Node, g: Tensor, r: int, own: bool) -> Tensor:
-    """The cotangent ``g`` of a max-pool (a "gather" or "pooled_planes" node) contiguous in (R*N, C, ...) order (a
-    copy when it is channels-last), times the factor of the unit fused into the pool at its argmax (:func:`_fuse`)
-    when it has one: in place when the sweep owns ``g`` or the order took a copy."""
-    rows = g.contiguous()
+    """The cotangent ``g`` of a max-pool (a "gather" or "pooled_planes" node) in the layout its rule scatters in,
+    times the factor of the unit fused into the pool at its argmax (:func:`_fuse`) when it has one: in place when
+    the sweep owns ``g`` or the layout took a copy. The layout is channels-last when both ``g`` and the argmax are
+    (a channels-last pool of the recording pass: :func:`._capture._pool_with_indices`), else contiguous (R*N, C, ...):
+    then a channels-last argmax and factor are put in that order once, kept for the next sweeps of the plan, so
+    that the pool's input cotangent is in the order the layer before the pool was given (a convolution's form may
+    be slower in the other)."""
+    data = node.data
+    if _is_channels_last(data["idx"]) and not _is_channels_last(g):
+        data.update({k: v.contiguous() for k, v in data.items() if k in ("idx", "mask", "coef")})
+    rows = g if _is_channels_last(data["idx"]) else g.contiguous()
     if "coef" not in node.data and "mask" not in node.data:
         return rows
     return _scaled(rows, node, r, own or rows.data_ptr() != g.data_ptr())
@@ -731,6 +738,11 @@ def _apply(node: Node, g: Tensor, r: int, own: bool, onednn: bool) -> list[Tenso
         idx = node.data["idx"]
         x = node.ins[0]
         n, c = idx.shape[:2]
+        if _is_channels_last(idx):  # (a channels-last max-pool: _capture._pool_with_indices) scatter in that order
+            flat_idx = idx.permute(0, 2, 3, 1).reshape(1, n, -1, c).expand(r, n, idx[0, 0].numel(), c)  # views
+            out = g.new_zeros(r, n, x[0, 0].numel(), c)
+            out.scatter_add_(2, flat_idx, g.permute(0, 2, 3, 1).reshape(r, n, -1, c))
+            return [out.view(r * n, *x.shape[2:], c).permute(0, 3, 1, 2)]
         flat_idx = idx.reshape(1, n, c, -1).expand(r, n, c, idx[0, 0].numel())  # a view: no copy per row
         out = g.new_zeros(r, n, c, x[0, 0].numel())
         out.scatter_add_(3, flat_idx, g.view(r, n, c, -1))
@@ -869,17 +881,17 @@ def _pool_into_planes(nodes: list[Node], rows: int) -> list[Node]:
                 _conv_form((rows * conv.out.shape[0], *conv.out.shape[1:]), conv.ins[0].shape,
                            conv.data["args"][1].shape, conv.data["params"], _onednn(conv.data["args"][1]),
                            False) == "planes":
-            pool = {k: v for k, v in node.data.items() if k in ("idx", "mask", "coef")}
+            pool = {k: v.contiguous() for k, v in node.data.items() if k in ("idx", "mask", "coef")}  # C order
             merged[i] = Node("pooled_planes", conv.ins, node.out, {**conv.data, **pool, "conv_out": conv.out})
             merged[j] = None
         made_by[id(node.out)] = i
     return [node for node in merged if node is not None]
 
 
-def _is_channels_last(weight: Tensor) -> bool:
-    """Whether a 2-d convolution's weight is in channels-last order (and not also plain contiguous: 1x1 kernels)."""
-    return weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and \
-        not weight.is_contiguous()
+def _is_channels_last(t: Tensor) -> bool:
+    """Whether a 4-d tensor (a 2-d convolution's weight, a max-pool's argmax, a cotangent) is in channels-last order
+    and not also plain contiguous (1x1 kernels, one channel)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _sweep_weight(node: Node, rows: int) -> Node:
