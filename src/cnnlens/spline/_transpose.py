@@ -680,11 +680,13 @@ def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     byte per unit, not a float, between the recording and the sweep); in place when the sweep owns ``g``. A 4-d
     factor takes ``g``'s channels-last layout (a mixed-layout product is 1.6x slower); a ``coef`` converted once is
     kept."""
-    cl = g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous()
+    cl = _is_channels_last(g)
     coef = node.data.get("coef")
     if coef is None:
         mask = node.data["mask"].view(torch.uint8)  # (a uint8-to-float cast is 6x faster than bool-to-float)
-        coef = mask.to(g.dtype, memory_format=torch.channels_last) if cl and mask.dim() == 4 else mask.to(g.dtype)
+        if cl and mask.dim() == 4:  # reordered as bytes, then cast: 1.4-3x faster than a cast into that order
+            mask = mask.contiguous(memory_format=torch.channels_last)
+        coef = mask.to(g.dtype)
     elif cl and coef.dim() == 4:
         coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
     if r == 1 and coef.shape == g.shape:  # one row: no broadcast over rows
