@@ -676,17 +676,16 @@ def _rows(g: Tensor, r: int) -> Tensor:
 
 def _scaled(g: Tensor, node: Node, r: int, own: bool) -> Tensor:
     """``g`` times the node's factor (a constant shaped like one row's tensor, broadcast over the R rows): its
-    ``coef``, or for a ReLU-like unit 1.0 / 0.0 made from its ``mask`` here and dropped after (the tape holds one
-    byte per unit, not a float, between the recording and the sweep); in place when the sweep owns ``g``. A 4-d
-    factor takes ``g``'s channels-last layout (a mixed-layout product is 1.6x slower); a ``coef`` converted once is
-    kept."""
+    ``coef``, or for a ReLU-like unit its ``mask`` as bytes 1 / 0, which the product casts (no float copy of the mask:
+    one operation fewer, 3-10% faster than a cast and a product, measured at ResNet-18's sizes); in place when the
+    sweep owns ``g``. A 4-d factor takes ``g``'s channels-last layout (a mixed-layout product is 1.6x slower; a mask
+    is reordered as bytes, 1.4-3x faster than a cast into that order); a ``coef`` converted once is kept."""
     cl = _is_channels_last(g)
     coef = node.data.get("coef")
     if coef is None:
-        mask = node.data["mask"].view(torch.uint8)  # (a uint8-to-float cast is 6x faster than bool-to-float)
-        if cl and mask.dim() == 4:  # reordered as bytes, then cast: 1.4-3x faster than a cast into that order
-            mask = mask.contiguous(memory_format=torch.channels_last)
-        coef = mask.to(g.dtype)
+        coef = node.data["mask"].view(torch.uint8)  # (products and casts from uint8 are faster than from bool)
+        if cl and coef.dim() == 4:
+            coef = coef.contiguous(memory_format=torch.channels_last)
     elif cl and coef.dim() == 4:
         coef = node.data["coef"] = coef.contiguous(memory_format=torch.channels_last)  # kept: no second copy
     if r == 1 and coef.shape == g.shape:  # one row: no broadcast over rows
@@ -1032,7 +1031,7 @@ def _workspace(node: Node, onednn: bool, batch: int) -> tuple[int, int]:
         return per_row + node.out.numel(), bounded + 2 * min(batch, _PLANES_CHUNK) * node.data["idx"][0].numel()
     if node.kind == "gather":
         return node.out.numel(), node.out.numel() if "mask" in node.data else 0
-    if node.kind == "scale" and "mask" in node.data:  # the factor made from the mask, and B's share
+    if node.kind == "scale" and "mask" in node.data:  # the mask reordered (bytes: counted as elements), B's share
         return node.out.numel() if "offset" in node.data else 0, node.out.numel()
     if node.kind in ("scale", "channel_scale", "sum", "linear") and "offset" in node.data and \
             node.data["offset"].numel() > (node.out.shape[1] if node.out.dim() > 1 else 1):  # B's share: a product
