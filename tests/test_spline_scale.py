@@ -75,6 +75,14 @@ def _autograd_rows(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor
     return torch.stack(grads, 1).detach()
 
 
+def _recorded(model: nn.Module, x: torch.Tensor) -> Tape:
+    """The tape of one recording pass of ``model`` at ``x`` (what the sweep of affine_map runs on)."""
+    tape = Tape()
+    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
+        run_captured(cap, model, x)
+    return tape
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -101,9 +109,7 @@ def test_imagenet_models_equal_jacrev(name: str, dtype: torch.dtype) -> None:
 
 
 def _conv_forms(model: nn.Module, x: torch.Tensor, rows: int) -> set[str]:
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     cotangent = lambda t: (rows * t.shape[0], *t.shape[1:])  # noqa: E731 - R rows of every sample
     forms = {}
     for n in tape.plan(rows):
@@ -132,9 +138,7 @@ def test_fast_conv_forms_and_batch_norm_folding() -> None:
         forms = _conv_forms(wide, torch.randn(1, 3, 224, 224), rows=1)
         assert 0 < forms.get("channels_last", 0) and 0 < forms.get("backward", 0)
     assert not {"phases", "channels_last", "pointwise"} & set(_conv_forms(model.double(), x.double(), rows=10))
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x.double())
+    tape = _recorded(model, x.double())
     assert not any(n.kind == "channel_scale" for n in tape.plan(1000))
     assert 0 < sum(n.kind == "channel_scale" for n in tape.plan(1)) < 20
 
@@ -251,9 +255,7 @@ def test_a_pool_merged_into_a_planes_convolution(unit, norm, bias, k, pool, stri
         model[0].weight.copy_(torch.randint(-1, 2, model[0].weight.shape, generator=gen).to(dtype))
         model(x)  # materialise the lazy layer
     _randomise_batch_norm(model, seed)
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     kinds = [n.kind for n in tape.plan(rows)]
     if unit != "leaky" and not norm:  # (a leaky unit's factor, a batch-norm, fold into their neighbours or not)
         assert "pooled_planes" in kinds and "gather" not in kinds
@@ -482,9 +484,7 @@ def test_relu_units_are_held_as_one_byte_masks(dtype) -> None:
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(4, 3, 3, bias=False),
                           nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False)).to(dtype)
     x = torch.randn(2, 2, 6, 6, dtype=dtype)
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     relus = [n for n in tape.plan(1) if n.kind == "scale"]
     assert len(relus) == 2 and all(set(n.data) - {"nonzero"} == {"mask"} and n.data["mask"].dtype == torch.bool
                                 for n in relus)
@@ -520,9 +520,7 @@ def test_global_average_pooling_has_its_own_rule(dims, out, kind, layout, dtype)
         if dims != 2:
             pytest.skip("channels-last order is defined for 4-d tensors")
         x = x.contiguous(memory_format=torch.channels_last)
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     assert kind in {n.kind for n in tape.plan(1)}
     reference = _jacobian(model, x)
     for one_row in (False, True):  # all four rows in one sweep, or one row per sweep
@@ -552,9 +550,7 @@ def test_mask_at_the_argmax_of_a_pooled_relu(unit, k, stride, pad, size, batch, 
     with torch.no_grad():
         model[0].weight.copy_(torch.randint(-1, 2, model[0].weight.shape, generator=gen).to(dtype))
         model(x)  # materialise the lazy layer
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     relu, pool = [n for n in tape.nodes if n.kind in ("scale", "gather")]
     assert ("picked" in pool.data) == (unit in ("relu", "relu_"))
     if "picked" in pool.data:
@@ -601,9 +597,7 @@ def test_a_max_pool_code_is_computed_on_first_use(k, stride, pad, size, batch, i
     x = torch.randn(batch, 2, size, size, generator=gen, dtype=dtype)
     with torch.no_grad():
         model(x)  # materialise the lazy layer
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     assert _is_channels_last([n for n in tape.nodes if n.kind == "gather"][0].data["idx"]) == large
     seen.clear()
     with mock.patch.object(capture_module, "_window_index", wraps=capture_module._window_index) as spy:
@@ -645,9 +639,7 @@ def test_a_channels_last_max_pool_in_the_sweep(unit, after, k, stride, pad, size
     with torch.no_grad():
         model(x)  # materialise the lazy layer
     _randomise_batch_norm(model.eval(), seed)
-    tape = Tape()
-    with torch.no_grad(), capture(model, cap=Capture(graph=False, tape=tape)) as cap:
-        run_captured(cap, model, x)
+    tape = _recorded(model, x)
     (pool,) = [n for n in tape.plan(rows) if n.kind == "gather"]
     assert _is_channels_last(pool.data["idx"])
     res = affine_map(model, x, classes=list(range(rows)))

@@ -710,7 +710,7 @@ def _at_argmax(node: Node, g: Tensor, r: int, own: bool) -> Tensor:
     if _is_channels_last(data["idx"]) and not _is_channels_last(g):
         data.update({k: v.contiguous() for k, v in data.items() if k in ("idx", "mask", "coef")})
     rows = g if _is_channels_last(data["idx"]) else g.contiguous()
-    if "coef" not in node.data and "mask" not in node.data:
+    if "coef" not in data and "mask" not in data:
         return rows
     return _scaled(rows, node, r, own or rows.data_ptr() != g.data_ptr())
 
